@@ -1,0 +1,1 @@
+"""Rendering: the tiny model, pipeline and adapter caches. Imports torch lazily."""

@@ -1,0 +1,186 @@
+"""The embedded `tiny` model: an SD-1.5-architecture pipeline built in code from fixed seeds.
+
+It has the same module tree as Stable Diffusion 1.5 (CLIP text encoder, cross-attention
+UNet, KL VAE, Euler scheduler) at a size that renders in well under a second on a CPU, so
+every code path that a real model takes is exercised without downloading weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from farm.home import farm_home
+
+# Bump when anything below changes the weights: the version is part of every item_id.
+TINY_VERSION = "tiny-v1"
+TINY_FINGERPRINT = hashlib.sha256(TINY_VERSION.encode()).hexdigest()
+
+UNET_CONFIG = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64],
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "cross_attention_dim": 32,
+    "attention_head_dim": 4,
+    "norm_num_groups": 16,
+}
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": [16, 32],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 16,
+    "sample_size": 32,
+}
+TEXT_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+}
+# SD 1.5's own scheduler settings, so samplers behave as they do on the real model.
+SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+# Words that get whole-word tokens; anything else is spelled out one character at a time.
+WORDS = (
+    "a an the of in on with and at by for to from photo portrait painting studio light "
+    "lights neon city cityscape cyberpunk night street knight castle forest mountain lake "
+    "cat dog robot mecha car shoe bag chair lamp watch red blue green black white gold "
+    "silver leather wood glass metal cotton style ink sketch watercolor oil low quality "
+    "blurry bright dark sunset rain fog product catalog house"
+).split()
+
+
+def default_tiny_dir() -> Path:
+    """Where the tiny pipeline is cached: FARM_HOME/models/tiny-v1."""
+    return farm_home() / "models" / TINY_VERSION
+
+
+def ensure_tiny(path: Path | None = None) -> Path:
+    """Return a directory holding the tiny pipeline, building it once if it is missing."""
+    path = Path(path) if path else default_tiny_dir()
+    if (path / "model_index.json").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so concurrent builders never see half a model.
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
+    try:
+        build_tiny_pipeline().save_pretrained(tmp, safe_serialization=True)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def build_tiny_pipeline():
+    """Build the tiny StableDiffusionPipeline in memory from fixed seeds."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(1)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer.get_vocab()),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **TEXT_CONFIG,
+        )
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tokenizer():
+    """A CLIP BPE tokenizer over bytes plus a few whole words, made without any download."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _vocab_and_merges()
+    # The default model_max_length (about 1e30) breaks padding to the CLIP context.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges: list[tuple[str, str]] = []
+    seen = set(vocab_list)
+    for word in WORDS:
+        # Merge left to right: "neon" -> n e, ne o, neo n</w>.
+        current = word[0]
+        for i, ch in enumerate(word[1:], start=1):
+            right = ch + ("</w>" if i == len(word) - 1 else "")
+            merge = (current, right)
+            current = current + right
+            if current not in seen:
+                merges.append(merge)
+                vocab_list.append(current)
+                seen.add(current)
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(vocab_list)}, merges
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level alphabet: every byte maps to a printable character.
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def describe() -> str:
+    """One line naming the tiny model's shape, for `farm model tiny`."""
+    return json.dumps({"version": TINY_VERSION, "unet": UNET_CONFIG["block_out_channels"]})
