@@ -55,9 +55,13 @@ def write_demo_lora(demo: DemoLora, path: Path) -> Path:
     from safetensors.numpy import save
 
     tensors = _tensors(demo)
-    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(demo.rank),
-            "ss_network_alpha": str(demo.rank), "ss_output_name": demo.name,
-            "farm_demo": f"{TINY_VERSION}/{demo.name}"}
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(demo.rank),
+        "ss_network_alpha": str(demo.rank),
+        "ss_output_name": demo.name,
+        "farm_demo": f"{TINY_VERSION}/{demo.name}",
+    }
     if demo.layout == "peft":
         meta = {"farm_demo": meta["farm_demo"]}
     data = save(tensors, metadata=meta)

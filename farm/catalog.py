@@ -1,0 +1,195 @@
+"""Catalog jobs: prompts made from the rows of a CSV, JSONL or Parquet file.
+
+Rows are streamed, so a catalog of millions of products is never held in memory at once;
+only validate_catalog keeps the set of keys, to prove that they are unique. Every value
+becomes a string (the row lands in the metadata as map<string,string>); a null value
+counts as missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm.spec import Catalog, SpecError, _hint, _show
+
+BATCH_ROWS = 4096  # Parquet rows decoded at a time
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    key: str
+    prompt: str  # the template filled from the row
+    fields: dict[str, str]  # every non-null column, as a string
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The column names a template uses, in order of first use; SpecError when it is bad."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise SpecError(f"catalog.template: {e} (write {{{{ or }}}} for a literal brace)") from None
+    names: list[str] = []
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise SpecError("catalog.template: fields must name a column, like {name}, not {}")
+        if "." in name or "[" in name or (spec and "{" in spec):
+            # Attribute, index and nested fields mean nothing on string values.
+            raise SpecError(f"catalog.template: {{{name}}}: use a plain column name")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise SpecError(
+            "catalog.template: uses no column, so every row would get the same prompt "
+            "(add fields like {name})"
+        )
+    return tuple(names)
+
+
+def read_catalog(catalog: Catalog) -> Iterator[CatalogRow]:
+    """Stream the catalog's rows with their prompts; SpecError at the first bad row."""
+    names = template_fields(catalog.template)
+    label = Path(catalog.path).name
+    for n, fields in enumerate(_rows(catalog, names), 1):
+        yield _make_row(catalog, f"catalog: {label} row {n}", fields, names)
+
+
+def validate_catalog(catalog: Catalog) -> int:
+    """Read the catalog once, check every row and the keys' uniqueness; the row count."""
+    label = Path(catalog.path).name
+    first_row: dict[str, int] = {}
+    count = 0
+    for count, row in enumerate(read_catalog(catalog), 1):
+        first = first_row.setdefault(row.key, count)
+        if first != count:
+            raise SpecError(f"catalog: {label} row {count}: key {row.key!r} repeats row {first}")
+    if count == 0:
+        raise SpecError(f"catalog: {label} has no rows")
+    return count
+
+
+def _make_row(catalog: Catalog, where: str, fields: dict[str, str], names: tuple) -> CatalogRow:
+    key = fields.get(catalog.key)
+    if key is None:
+        raise SpecError(f"{where}: key column {catalog.key!r} missing")
+    if not key.strip():
+        raise SpecError(f"{where}: key column {catalog.key!r} is empty")
+    for name in names:
+        if name not in fields:
+            raise SpecError(f"{where}: template field {{{name}}} missing")
+    try:
+        prompt = catalog.template.format_map(fields)
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise SpecError(f"{where}: cannot fill the template: {e}") from None
+    if not prompt.strip():
+        raise SpecError(f"{where}: the prompt is empty")
+    return CatalogRow(key, prompt, fields)
+
+
+def _rows(catalog: Catalog, names: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """Rows as {column: text}, whatever the file format; file problems become SpecErrors."""
+    path = Path(catalog.path)
+    suffix = path.suffix.lower()
+    readers = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
+    if suffix not in readers:
+        raise SpecError(f"catalog.path: {path.name} is not a .csv, .jsonl or .parquet file")
+    try:
+        yield from readers[suffix](path, lambda cols: _check_columns(cols, catalog, names))
+    except FileNotFoundError:
+        raise SpecError(f"catalog.path: {path} not found") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"catalog: {path.name} is not UTF-8 text") from None
+    except (OSError, csv.Error) as e:
+        raise SpecError(f"catalog: cannot read {path.name}: {e}") from None
+
+
+def _check_columns(columns: list[str], catalog: Catalog, names: tuple[str, ...]) -> None:
+    """For formats with a header: name a missing column once, not on every row."""
+    label = Path(catalog.path).name
+    shown = ", ".join(columns[:20]) + (", …" if len(columns) > 20 else "")
+    for name in names:
+        if name not in columns:
+            hint = _hint(name, columns)
+            raise SpecError(
+                f"catalog.template: {{{name}}} is not a column of {label}{hint} (columns: {shown})"
+            )
+    if catalog.key not in columns:
+        hint = _hint(catalog.key, columns)
+        raise SpecError(
+            f"catalog.key: {catalog.key!r} is not a column of {label}{hint} (columns: {shown})"
+        )
+
+
+def _csv_rows(path: Path, check) -> Iterator[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise SpecError(f"catalog: {path.name} is empty (expected a header row)")
+        header = [h.strip() for h in header]  # "name, color" is a common way to write one
+        for i, column in enumerate(header):
+            if column in header[:i]:
+                raise SpecError(f"catalog: {path.name}: column {column!r} appears twice")
+        check(header)
+        for values in reader:
+            if not values:  # a blank line
+                continue
+            if len(values) > len(header):
+                raise SpecError(
+                    f"catalog: {path.name} line {reader.line_num}: {len(values)} values "
+                    f"but {len(header)} columns"
+                )
+            # A short row leaves its last columns missing, which the row checks report.
+            yield dict(zip(header, values, strict=False))
+
+
+def _jsonl_rows(path: Path, check) -> Iterator[dict[str, str]]:
+    with path.open(encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SpecError(
+                    f"catalog: {path.name} line {line_no}: invalid JSON: {e.msg}"
+                ) from None
+            if not isinstance(obj, dict):
+                raise SpecError(
+                    f"catalog: {path.name} line {line_no}: expected a JSON object, got {_show(obj)}"
+                )
+            yield {str(k): _text(v) for k, v in obj.items() if v is not None}
+
+
+def _parquet_rows(path: Path, check) -> Iterator[dict[str, str]]:
+    import pyarrow as pa  # lazily: only Parquet catalogs need it
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        check(parquet.schema_arrow.names)
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            for row in batch.to_pylist():
+                yield {str(k): _text(v) for k, v in row.items() if v is not None}
+    except pa.ArrowException as e:
+        raise SpecError(f"catalog: cannot read {path.name} as Parquet: {e}") from None
+
+
+def _text(value: Any) -> str:
+    """A cell as text: JSON spelling for bools and containers, str() for the rest."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)

@@ -1,0 +1,193 @@
+"""The `farm` command line. Thin: parse, call, print. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from farm import __version__
+
+# Exit codes: 0 ok, 1 the job failed (resumable), 2 bad input.
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    from farm.job import JobError
+    from farm.loras import LoraError
+    from farm.spec import SpecError
+    from farm.store import StoreError
+
+    return (SpecError, JobError, LoraError, StoreError)
+
+
+class FarmGroup(click.Group):
+    """Turns known bad-input errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _bad_input_errors() as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=FarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="farm")
+def main() -> None:
+    """farm renders LoRA strength sweeps on a Ray cluster, exactly once, resumably."""
+
+
+def _load(spec_path: str, output: str | None):
+    import dataclasses
+
+    from farm.spec import load_spec
+
+    spec = load_spec(spec_path)
+    return dataclasses.replace(spec, output=output) if output else spec
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--output", "-o", help="Local folder or s3://bucket/prefix (overrides the spec).")
+@click.option("--address", help="Ray cluster address; default: a private local Ray.")
+@click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker, e.g. 0.5.")
+def run(spec_path: str, output: str | None, address: str | None, workers: int | None,
+        gpus_per_worker: float | None) -> None:  # fmt: skip
+    """Plan SPEC, then render every item not yet rendered."""
+    spec = _load(spec_path, output)
+    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+
+
+@main.command()
+@click.argument("job_url")
+@click.option("--address", help="Ray cluster address; default: a private local Ray.")
+@click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker.")
+def resume(job_url: str, address: str | None, workers: int | None,
+           gpus_per_worker: float | None) -> None:  # fmt: skip
+    """Finish the job at JOB_URL from its stored job.json."""
+    import dataclasses
+
+    from farm.job import read_job, spec_from_job
+    from farm.store import open_store, split_job_url
+
+    output, _ = split_job_url(job_url)
+    doc = read_job(open_store(job_url))
+    spec = dataclasses.replace(spec_from_job(doc, job_url), output=output)
+    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+
+
+def _run(spec, **options) -> None:
+    from farm.job import run_job
+
+    result = run_job(spec, echo=click.echo, **options)
+    url = result.job_url
+    if result.rendered:
+        rate = result.rendered / result.seconds if result.seconds else 0.0
+        click.echo(f"rendered {result.rendered} images in {result.seconds:.1f}s ({rate:.2f} img/s)")
+    click.echo(f"images:   {url}/images/")
+    click.echo(f"metadata: {url}/metadata.parquet")
+    if not result.ok:
+        click.echo(
+            f"{len(result.failed_items)} items not rendered; `farm resume {url}` retries them",
+            err=True,
+        )
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(spec_path: str, as_json: bool) -> None:
+    """Validate and expand SPEC without rendering: counts per axis, units, adapter groups."""
+    from farm.sweep import make_plan
+
+    spec = _load(spec_path, None)
+    counts = make_plan(spec).counts()
+    if as_json:
+        click.echo(json.dumps({"job": spec.job, "output": spec.output, **counts}, indent=2))
+        return
+    click.echo(f"job {spec.job} → {spec.output}/{spec.job}")
+    for key in ("prompts", "seeds", "loras", "combos"):
+        click.echo(f"  {key:<15}{counts[key]:>10}")
+    click.echo(f"  {'items':<15}{counts['items']:>10}")
+    click.echo(f"  {'units':<15}{counts['units']:>10}")
+    click.echo(f"  {'adapter groups':<15}{counts['adapter_groups']:>10}")
+
+
+@main.command()
+@click.argument("job_url")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(job_url: str, as_json: bool) -> None:
+    """Progress of the job at JOB_URL, read from the store alone."""
+    from farm.store import open_store
+    from farm.verify import job_status
+
+    info = job_status(open_store(job_url))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(
+        f"job {info['job_id']}: {info['status']} · {info['rendered']}/{info['planned']} items "
+        f"({info['percent']}%) · {info['parts']} parts · {info['runs']} runs"
+    )
+    if info["images_per_second"]:
+        click.echo(f"rate: {info['images_per_second']} img/s")
+    if info["failed_items"]:
+        click.echo(f"failed items in the last run: {info['failed_items']}")
+
+
+@main.command()
+@click.argument("job_url")
+@click.option("--no-images", is_flag=True, help="Check rows only, not image hashes.")
+def verify(job_url: str, no_images: bool) -> None:
+    """Check that every planned item has exactly one row and an intact image."""
+    from farm.store import open_store
+    from farm.verify import verify_job
+
+    verdict = verify_job(open_store(job_url), check_images=not no_images)
+    for problem in verdict.problems:
+        click.echo(f"problem: {problem}")
+    if not verdict.ok:
+        sys.exit(EXIT_FAILED)
+    click.echo(
+        f"ok: {verdict.planned} planned items, {verdict.rows} rows, "
+        f"{verdict.images_checked} images with matching sha256"
+    )
+
+
+@main.group()
+def model() -> None:
+    """Models: write the embedded tiny pipeline."""
+
+
+@model.command("tiny")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+def model_tiny(out: Path) -> None:
+    """Write the embedded tiny SD-1.5-architecture pipeline (diffusers format) to OUT."""
+    from farm.render.tiny import ensure_tiny
+
+    if out.exists() and any(out.iterdir()) and not (out / "model_index.json").exists():
+        click.echo(f"error: {out}: folder exists and is not empty; pick a new folder", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"tiny model: {ensure_tiny(out)}")
+
+
+@main.group()
+def lora() -> None:
+    """LoRA files: demo LoRAs for the tiny model."""
+
+
+@lora.command("demo")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+def lora_demo(out: Path) -> None:
+    """Write the demo LoRAs for the tiny model (both key layouts) to OUT."""
+    from farm.demo_loras import DEMO_LORAS, write_demo_lora
+
+    for name, demo in DEMO_LORAS.items():
+        click.echo(write_demo_lora(demo, out / f"{name}.safetensors"))

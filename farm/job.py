@@ -1,0 +1,182 @@
+"""A job in its store: job.json, completion from parts, and the run loop around it.
+
+`farm run` and `farm resume` take the same path: open the job (write job.json or check
+it against the spec), subtract the item_ids already in parts/, render the rest, compact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+
+from farm import __version__
+from farm.models import model_hash, model_name, resolve_model_path
+from farm.records import compact, completed_items
+from farm.spec import Spec, SpecError, parse_spec
+from farm.store import Store, open_store
+from farm.sweep import Plan, content_id, expand, group_units, make_plan
+
+JOB_JSON = "job.json"
+
+
+class JobError(ValueError):
+    """A job that cannot be opened as asked (exit 2): say why and what to do."""
+
+
+@dataclass
+class RunResult:
+    job_url: str
+    planned: int
+    already_done: int
+    rendered: int = 0
+    failed_items: list[str] = field(default_factory=list)
+    counters: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_items and not self.interrupted
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """Changes when anything that decides the items changes (spec, model, LoRA files)."""
+    spec = {k: v for k, v in plan.spec.to_dict().items() if k != "output"}
+    adapters = sorted((a.name, a.sha256) for a in plan.adapters.values())
+    return content_id([spec, plan.model_fingerprint, adapters])
+
+
+def job_store(spec: Spec) -> Store:
+    return open_store(spec.output).child(spec.job)
+
+
+def read_job(store: Store) -> dict:
+    """job.json of a job, or a JobError saying there is no job there."""
+    if not store.exists(JOB_JSON):
+        raise JobError(f"{store.url}: no job here (no {JOB_JSON}); check the job URL")
+    try:
+        return json.loads(store.get(JOB_JSON))
+    except json.JSONDecodeError as err:
+        raise JobError(f"{store.url}/{JOB_JSON}: unreadable ({err.msg})") from None
+
+
+def spec_from_job(doc: dict, job_url: str) -> Spec:
+    """The resolved spec a job was started with, for resume and verify."""
+    try:
+        return parse_spec(doc["spec"], source=f"{job_url}/{JOB_JSON}")
+    except (KeyError, SpecError) as err:
+        raise JobError(f"{job_url}/{JOB_JSON}: stored spec is unusable ({err})") from None
+
+
+def open_job(plan: Plan, store: Store) -> tuple[dict, set[str]]:
+    """Write job.json for a new job, or check that an existing one is this plan."""
+    fingerprint = plan_fingerprint(plan)
+    now = _now()
+    if store.exists(JOB_JSON):
+        doc = read_job(store)
+        if doc.get("fingerprint") != fingerprint:
+            raise JobError(
+                f"{store.url}: job {plan.spec.job!r} exists with a different spec, model or "
+                "LoRA files; give the new sweep its own `job:` name"
+            )
+    else:
+        doc = {
+            "job_id": plan.spec.job,
+            "fingerprint": fingerprint,
+            "spec": plan.spec.to_dict(),
+            "plan": plan.counts(),
+            "model": {
+                "ref": plan.spec.model,
+                "name": model_name(plan.spec.model),
+                "hash": model_hash(plan.model_fingerprint),
+                "fingerprint": plan.model_fingerprint,
+            },
+            "adapters": [
+                {"name": a.name, "sha256": a.sha256, "shorthash": a.shorthash}
+                for a in plan.adapters.values()
+            ],
+            "versions": _versions(),
+            "created_at": now,
+            "runs": [],
+        }
+    doc.update(status="running", updated_at=now)
+    write_job(store, doc)
+    return doc, completed_items(store)
+
+
+def write_job(store: Store, doc: dict) -> None:
+    store.put(JOB_JSON, json.dumps(doc, indent=2, sort_keys=False).encode())
+
+
+def run_job(
+    spec: Spec,
+    *,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    address: str | None = None,
+    echo=print,
+) -> RunResult:
+    """Plan, open the job, render the missing items on Ray, compact, record the run."""
+    from farm.executor import execute
+    from farm.worker import JobContext
+
+    plan = make_plan(spec)
+    store = job_store(spec)
+    store.check()
+    doc, done = open_job(plan, store)
+    result = RunResult(store.url, plan.items, len(done))
+    echo(
+        f"job {spec.job}: {plan.items} items in {plan.units} units, "
+        f"{plan.adapter_groups} adapter groups; {len(done)} already rendered"
+    )
+    remaining = (item for item in expand(plan) if item.item_id not in done)
+    todo = plan.items - len(done)
+    started = _now()
+    if todo > 0:
+        ctx = JobContext(
+            job_id=spec.job,
+            store_url=store.url,
+            model=spec.model,
+            model_path=resolve_model_path(spec.model),
+            model_name=doc["model"]["name"],
+            model_hash=doc["model"]["hash"],
+            render=spec.render,
+            adapters=plan.adapters,
+        )
+        outcome = execute(
+            group_units(remaining), ctx, total=todo, workers=workers,
+            gpus_per_worker=gpus_per_worker, address=address, echo=echo,
+        )  # fmt: skip
+        result.rendered = outcome.images
+        result.failed_items = outcome.failed_items
+        result.counters = outcome.counters
+        result.seconds = outcome.seconds
+        result.interrupted = outcome.interrupted
+    else:
+        echo("nothing to render: every item already has a row")
+    rows = compact(store)
+    doc["status"] = "done" if result.ok else ("interrupted" if result.interrupted else "failed")
+    doc["updated_at"] = _now()
+    doc["rows"] = rows
+    doc["runs"].append({
+        "started_at": started, "finished_at": doc["updated_at"], "rendered": result.rendered,
+        "failed_items": len(result.failed_items), "counters": result.counters,
+    })  # fmt: skip
+    write_job(store, doc)
+    return result
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    versions = {"farm": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "transformers", "peft", "ray"):
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
+            versions[pkg] = importlib_metadata.version(pkg)
+    return versions

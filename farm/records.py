@@ -1,0 +1,136 @@
+"""Metadata rows: the Arrow schema, parts, compaction and reading a job's rows."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from farm.store import Store
+
+LORA_TYPE = pa.struct(
+    [
+        ("name", pa.string()),
+        ("sha256", pa.string()),
+        ("shorthash", pa.string()),
+        ("weight", pa.float64()),
+        ("te_weight", pa.float64()),
+        ("unet_weight", pa.float64()),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("tenant", pa.string()),
+        ("item_id", pa.string()),
+        ("unit_id", pa.string()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("seed", pa.int64()),
+        ("rng", pa.string()),
+        ("model", pa.string()),
+        ("model_hash", pa.string()),
+        ("loras", pa.list_(LORA_TYPE)),
+        ("alpha", pa.float64()),
+        ("preset", pa.string()),
+        ("steps", pa.int32()),
+        ("guidance", pa.float64()),
+        ("scheduler", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("catalog", pa.map_(pa.string(), pa.string())),
+        ("image_key", pa.string()),
+        ("file_name", pa.string()),
+        ("image_sha256", pa.string()),
+        ("image_bytes", pa.int64()),
+        ("format", pa.string()),
+        ("render_seconds", pa.float64()),
+        ("batch_size", pa.int32()),
+        ("worker", pa.string()),
+        ("node", pa.string()),
+        ("gpu", pa.string()),
+        ("attempt", pa.int32()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("infotext", pa.string()),
+    ]
+)
+PARTS = "parts/"
+METADATA = "metadata.parquet"
+
+
+class CorruptPart(ValueError):
+    """A part that is not readable Parquet with farm's schema."""
+
+
+def part_key(unit_id: str) -> str:
+    return f"{PARTS}{unit_id}.parquet"
+
+
+def encode_rows(rows: list[dict]) -> bytes:
+    """Rows (dicts keyed by SCHEMA's names) as one Parquet file's bytes."""
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    try:
+        # ParquetFile, not read_table: read_table's dataset path aborts the interpreter at
+        # exit on some pyarrow builds after reading tz-aware timestamps.
+        table = pq.ParquetFile(io.BytesIO(data)).read(columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        raise CorruptPart(str(err).splitlines()[0]) from None
+    missing = set(columns or SCHEMA.names) - set(table.column_names)
+    if missing:
+        raise CorruptPart(f"missing columns {sorted(missing)}")
+    return table
+
+
+def iter_parts(
+    store: Store, columns: list[str] | None = None
+) -> Iterator[tuple[str, pa.Table | CorruptPart]]:
+    """(key, table) for every part of a job; a corrupt part yields its error instead."""
+    for key in store.list(PARTS):
+        if not key.endswith(".parquet"):
+            continue
+        try:
+            yield key, decode_part(store.get(key), columns)
+        except CorruptPart as err:
+            yield key, err
+
+
+def completed_items(store: Store) -> set[str]:
+    """Completion truth: every item_id that has a row in a readable part."""
+    done: set[str] = set()
+    for _, table in iter_parts(store, ["item_id"]):
+        if isinstance(table, pa.Table):
+            done.update(table.column("item_id").to_pylist())
+    return done
+
+
+def read_rows(store: Store) -> pa.Table:
+    """Every row of every readable part, one row per item (first part wins)."""
+    tables = [t for _, t in iter_parts(store) if isinstance(t, pa.Table)]
+    if not tables:
+        return SCHEMA.empty_table()
+    table = pa.concat_tables([t.cast(SCHEMA) for t in tables])
+    ids = table.column("item_id").to_pylist()
+    first: dict[str, int] = {}
+    for i, item_id in enumerate(ids):
+        first.setdefault(item_id, i)
+    if len(first) != len(ids):
+        table = table.take(sorted(first.values()))
+    return table
+
+
+def compact(store: Store) -> int:
+    """Write metadata.parquet from the parts, sorted by item_id; safe to rerun."""
+    table = read_rows(store)
+    table = table.sort_by("item_id")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    store.put(METADATA, buf.getvalue())
+    return table.num_rows

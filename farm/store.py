@@ -1,0 +1,141 @@
+"""Stores: where a job's outputs go. One interface over a local folder and S3.
+
+Keys are '/'-separated and relative to the store's root URL. Writes are idempotent:
+`put` replaces, `put_if_absent` creates once and reports whether this call created it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class StoreError(RuntimeError):
+    """Storage is unreachable or refuses us. str() is one line, safe to print."""
+
+
+class Store:
+    url: str
+
+    def put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `key` only if no object has that key; True if this call created it."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under `prefix`, relative to the store's root."""
+        raise NotImplementedError
+
+    def child(self, name: str) -> Store:
+        """The store rooted at `{url}/{name}` (a job inside an output)."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Fail early, with a StoreError, when the store cannot be written."""
+
+
+class LocalStore(Store):
+    """A folder. Every write goes to a temp file first, then an atomic rename."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        # Keys are ids made by farm, but a store must never write outside its root.
+        if self.root != path and self.root not in path.parents:
+            raise StoreError(f"{key}: key escapes the store root {self.root}")
+        return path
+
+    def _write_temp(self, path: Path, data: bytes) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._write_temp(path, data), path)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            # link() fails if the target exists: an atomic create-once.
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _, files in os.walk(base):
+            for name in sorted(files):
+                if not name.startswith("."):
+                    yield (Path(dirpath) / name).relative_to(self.root).as_posix()
+
+    def child(self, name: str) -> LocalStore:
+        return LocalStore(self._path(name))
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".check-")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise StoreError(f"{self.root}: cannot write here ({err.strerror})") from None
+
+
+def open_store(url: str) -> Store:
+    """A store for a local path or an s3:// URL."""
+    if url.startswith("s3://"):
+        from farm.s3store import S3Store
+
+        return S3Store.from_url(url)
+    if "://" in url:
+        raise StoreError(f"{url}: unsupported output URL; use a local folder or s3://bucket/prefix")
+    return LocalStore(url)
+
+
+def split_job_url(url: str) -> tuple[str, str]:
+    """'{output}/{job_id}' -> (output, job_id)."""
+    trimmed = url.rstrip("/")
+    parent, _, job_id = trimmed.rpartition("/")
+    if not job_id or not parent:
+        raise StoreError(f"{url}: expected a job URL of the form OUTPUT/JOB_ID")
+    return parent, job_id
+
+
+@contextlib.contextmanager
+def store_errors(url: str):
+    """Turn OS errors into one-line StoreErrors naming the URL."""
+    try:
+        yield
+    except OSError as err:
+        raise StoreError(f"{url}: {err.strerror or err}") from None

@@ -1,0 +1,230 @@
+"""Axes, items and units: what a spec expands into, with content-addressed ids."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from farm.loras import LoraError, inspect_lora
+from farm.models import model_fingerprint
+from farm.prompts import PromptError, lora_tag, parse_prompt
+from farm.spec import Spec, SpecError
+
+# Items per unit: enough to amortise a dispatch, small enough to spread over workers.
+UNIT_SIZE = 8
+ID_HEX = 20  # 80 bits: collision-free for any realistic sweep
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    path: str
+    sha256: str
+    shorthash: str
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    prompt: str  # as stored and shown: with its <lora:…> tags
+    text: str  # what the text encoder sees: tags removed
+    negative_prompt: str
+    seed: int
+    loras: tuple[tuple[str, float], ...]  # (adapter name, weight), in prompt order
+    alpha: float | None  # the swept strength when exactly one LoRA is swept
+    catalog: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Unit:
+    unit_id: str
+    adapters: tuple[str, ...]  # adapter names this unit needs loaded
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One entry of the prompt axis: a prompt, or a catalog row's filled template."""
+
+    prompt: str
+    text: str
+    tags: tuple[tuple[str, float], ...]
+    catalog: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    model_fingerprint: str
+    adapters: dict[str, Adapter]
+    combos: list[tuple[tuple[str, float], ...]]
+    sources: list[Source] = field(default_factory=list)
+
+    @property
+    def items(self) -> int:
+        return len(self.sources) * len(self.spec.seeds) * len(self.combos)
+
+    def _adapter_runs(self) -> Iterator[tuple[tuple[str, ...], int]]:
+        # Mirrors expand() + group_units() without touching seeds: (adapter set, items).
+        keys = (
+            tuple(sorted(n for n, _ in combo + source.tags))
+            for combo in self.combos
+            for source in self.sources
+        )
+        seeds = len(self.spec.seeds)
+        for key, run in itertools.groupby(keys):
+            yield key, sum(1 for _ in run) * seeds
+
+    @property
+    def adapter_groups(self) -> int:
+        return len({key for key, _ in self._adapter_runs()})
+
+    @property
+    def units(self) -> int:
+        return sum(-(-n // UNIT_SIZE) for _, n in self._adapter_runs())
+
+    def counts(self) -> dict:
+        return {
+            "prompts": len(self.sources),
+            "seeds": len(self.spec.seeds),
+            "combos": len(self.combos),
+            "loras": len(self.spec.loras),
+            "items": self.items,
+            "units": self.units,
+            "adapter_groups": self.adapter_groups,
+        }
+
+
+def make_plan(spec: Spec, *, frozen: tuple[str, dict[str, Adapter]] | None = None) -> Plan:
+    """Check the spec's files and prompts and fix the axes; raises SpecError.
+
+    `frozen` is (model fingerprint, adapters) recorded in a job.json: the plan is then
+    rebuilt exactly as it was, without reading the model or LoRA files.
+    """
+    if frozen:
+        fingerprint, adapters = frozen
+    else:
+        fingerprint = model_fingerprint(spec.model)
+        adapters = {
+            lora.name: _adapter(lora.name, lora.path, f"loras[{i}].path")
+            for i, lora in enumerate(spec.loras)
+        }
+    combos = combinations(spec)
+    sources = list(_sources(spec, adapters, combos))
+    return Plan(spec, fingerprint, adapters, combos, sources)
+
+
+def _adapter(name: str, path: str, field_path: str) -> Adapter:
+    if path.startswith("tiny:"):
+        from farm.demo_loras import demo_lora_path
+
+        path = str(demo_lora_path(path))
+    if path.startswith("s3://"):
+        raise SpecError(f"{field_path}: LoRA files on S3 are not supported yet; copy it locally")
+    try:
+        info = inspect_lora(path)
+    except LoraError as err:
+        raise SpecError(f"{field_path}: {err}") from None
+    return Adapter(name, path, info.sha256, info.shorthash)
+
+
+def combinations(spec: Spec) -> list[tuple[tuple[str, float], ...]]:
+    """Every LoRA combination of the sweep, as (name, weight) tuples."""
+    if not isinstance(spec.combine, str):
+        combos = [tuple(c) for c in spec.combine]
+    elif spec.combine == "zip":
+        names = [lora.name for lora in spec.loras]
+        rows = zip(*(x.alphas for x in spec.loras), strict=True)
+        combos = [tuple(zip(names, ws, strict=True)) for ws in rows]
+    else:
+        swept = [lora for lora in spec.loras if lora.alphas]
+        axes = [[(lora.name, a) for a in lora.alphas] for lora in swept]
+        combos = [tuple(c) for c in itertools.product(*axes)]
+    if len(set(combos)) != len(combos):
+        raise SpecError("combine: the same LoRA combination is listed twice")
+    return combos
+
+
+def _sources(spec: Spec, adapters: dict[str, Adapter], combos: list) -> Iterator[Source]:
+    swept = {name for combo in combos for name, _ in combo}
+    if spec.catalog is not None:
+        from farm.catalog import read_catalog
+
+        rows = ((f"catalog[{r.key}]", r.prompt, tuple(sorted(r.fields.items())))
+                for r in read_catalog(spec.catalog))  # fmt: skip
+    else:
+        rows = ((f"prompts[{i}]", p, ()) for i, p in enumerate(spec.prompts))
+    seen: set[tuple] = set()
+    for where, prompt, catalog in rows:
+        try:
+            text, tags = parse_prompt(prompt)
+        except PromptError as err:
+            raise SpecError(f"{where}: {err}") from None
+        for tag in tags:
+            if tag.name not in adapters:
+                raise SpecError(
+                    f"{where}: <lora:{tag.name}:…> names no LoRA in `loras`; add it there"
+                )
+            if tag.name in swept:
+                raise SpecError(
+                    f"{where}: {tag.name} is both swept in `loras` and tagged in the prompt; "
+                    "keep one"
+                )
+        if len({t.name for t in tags}) != len(tags):
+            raise SpecError(f"{where}: a LoRA is tagged twice; merge the tags")
+        key = (text, tuple((t.name, t.weight) for t in tags), catalog)
+        if key in seen:
+            raise SpecError(f"{where}: duplicate of an earlier prompt; remove it")
+        seen.add(key)
+        yield Source(prompt, text, key[1], catalog)
+
+
+def expand(plan: Plan) -> Iterator[Item]:
+    """All items, combination-major so items sharing adapters are contiguous."""
+    spec, render = plan.spec, plan.spec.render
+    base = {
+        "model": plan.model_fingerprint,
+        "negative": spec.negative_prompt,
+        "steps": render.steps,
+        "guidance": render.guidance,
+        "size": [render.width, render.height],
+        "scheduler": render.scheduler,
+        "format": render.format,
+    }
+    single = len({n for c in plan.combos for n, _ in c}) == 1
+    for combo in plan.combos:
+        for source in plan.sources:
+            loras = combo + source.tags
+            prompt = " ".join([source.prompt, *(lora_tag(n, w) for n, w in combo)])
+            hashed = sorted((plan.adapters[n].sha256, w) for n, w in loras)
+            for seed in spec.seeds:
+                payload = {**base, "text": source.text, "seed": seed, "loras": hashed,
+                           "catalog": source.catalog}  # fmt: skip
+                yield Item(
+                    item_id=content_id(payload),
+                    prompt=prompt,
+                    text=source.text,
+                    negative_prompt=spec.negative_prompt,
+                    seed=seed,
+                    loras=loras,
+                    alpha=combo[0][1] if single and combo else None,
+                    catalog=source.catalog,
+                )
+
+
+def group_units(items: Iterable[Item], size: int = UNIT_SIZE) -> Iterator[Unit]:
+    """Cut contiguous items that share an adapter set into units of at most `size`."""
+    for adapters, run in itertools.groupby(
+        items, key=lambda it: tuple(sorted(n for n, _ in it.loras))
+    ):
+        while chunk := tuple(itertools.islice(run, size)):
+            yield Unit(content_id(sorted(i.item_id for i in chunk)), adapters, chunk)
+
+
+def content_id(payload: object) -> str:
+    """A short, stable hash of a JSON-able value."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:ID_HEX]

@@ -1,0 +1,206 @@
+"""RenderWorker: a plain class that renders units; Ray wraps it as an actor."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from farm import __version__
+from farm.encode import EXTENSIONS, encode_image
+from farm.infotext import build_infotext
+from farm.records import encode_rows, part_key
+from farm.schedulers import SAMPLERS
+from farm.spec import Render
+from farm.store import open_store
+from farm.sweep import Adapter, Item, Unit
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every unit of one job shares; sent along with each unit."""
+
+    job_id: str
+    store_url: str  # the job's own store: {output}/{job_id}
+    model: str  # as in the spec
+    model_path: str  # what from_pretrained loads
+    model_name: str
+    model_hash: str
+    render: Render
+    adapters: dict[str, Adapter]
+    tenant: str | None = None
+
+
+@dataclass
+class UnitReport:
+    unit_id: str
+    images: int
+    skipped: bool  # the part already existed: nothing rendered
+    seconds: float
+    worker: str
+    pipeline_loads: int = 0
+    adapter_loads: int = 0
+
+
+@dataclass
+class WorkerStats:
+    units: int = 0
+    images: int = 0
+    skipped_units: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def image_key(item: Item, fmt: str) -> str:
+    return f"images/{item.item_id}.{EXTENSIONS[fmt]}"
+
+
+class RenderWorker:
+    """Holds pipelines and adapters across units; `render(unit)` is the whole story."""
+
+    def __init__(self, device: str | None = None, threads: int | None = None):
+        import torch
+
+        from farm.render.pipelines import PipelineCache, pick_device, quiet_libraries
+
+        if threads:
+            # Workers sharing a CPU must split its cores, or they thrash.
+            torch.set_num_threads(threads)
+        quiet_libraries()
+        self.device = pick_device(device)
+        self.pipelines = PipelineCache(self.device)
+        self.node = socket.gethostname()
+        self.name = f"{self.node}:{os.getpid()}"
+        self.stats = WorkerStats()
+        # PNG encoding and uploads run here so they overlap the next pipeline call.
+        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-io")
+
+    def render(self, unit: Unit, ctx: JobContext, attempt: int = 1) -> UnitReport:
+        """Render one unit and write its images, then its part (the completion mark)."""
+        start = time.perf_counter()
+        store = open_store(ctx.store_url)
+        pipe_loads, adapter_loads = self.pipelines.loads, self.pipelines.adapter_loads
+        # 1. Skip a unit whose part exists: a retry after the part was written.
+        if store.exists(part_key(unit.unit_id)):
+            self.stats.skipped_units += 1
+            return UnitReport(unit.unit_id, 0, True, 0.0, self.name)
+        # 2. Pipeline from the cache, with the unit's sampler.
+        loaded = self.pipelines.get(ctx.model_path)
+        loaded.use_scheduler(ctx.render.scheduler)
+        # 3. Adapters: load what is missing.
+        adapters = loaded.adapters
+        adapters.ensure([ctx.adapters[name] for name in unit.adapters])
+        rows: list[dict] = []
+        pending: list[Future] = []
+        for batch in self._batches(unit, ctx.render.batch):
+            # 4. Strengths for this batch, then one pipeline call.
+            adapters.activate([(ctx.adapters[n], w) for n, w in batch[0].loras])
+            t0 = time.perf_counter()
+            images = self._call(loaded.pipe, batch, ctx.render)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            # 5. Encode and upload off this thread; 6. record one row per image.
+            for item, image in zip(batch, images, strict=True):
+                row = self._row(item, unit, ctx, attempt, seconds, len(batch))
+                pending.append(self.io.submit(self._write_image, store, image, row))
+                rows.append(row)
+        for fut in pending:
+            fut.result()
+        # 7. The part last: once it exists, the unit is done.
+        store.put_if_absent(part_key(unit.unit_id), encode_rows(rows))
+        self.stats.units += 1
+        self.stats.images += len(rows)
+        return UnitReport(
+            unit.unit_id,
+            len(rows),
+            False,
+            time.perf_counter() - start,
+            self.name,
+            pipeline_loads=self.pipelines.loads - pipe_loads,
+            adapter_loads=self.pipelines.adapter_loads - adapter_loads,
+        )
+
+    def _batches(self, unit: Unit, requested: int | None) -> list[list[Item]]:
+        # Only items with identical strengths share a pipeline call.
+        size = unit_batch_size(self.device.name, requested)
+        batches: list[list[Item]] = []
+        for item in unit.items:
+            last = batches[-1] if batches else None
+            if last and last[0].loras == item.loras and len(last) < size:
+                last.append(item)
+            else:
+                batches.append([item])
+        return batches
+
+    def _call(self, pipe, batch: list[Item], render: Render) -> list:
+        import torch
+
+        # CPU generators seeded per item: the same noise on any GPU kind, any batch size.
+        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+        negative = [item.negative_prompt for item in batch]
+        out = pipe(
+            prompt=[item.text for item in batch],
+            negative_prompt=negative if any(negative) else None,
+            num_inference_steps=render.steps,
+            guidance_scale=render.guidance,
+            width=render.width,
+            height=render.height,
+            generator=generators if len(generators) > 1 else generators[0],
+            output_type="pil",
+        )
+        return out.images
+
+    def _row(self, item: Item, unit: Unit, ctx: JobContext, attempt: int, seconds: float,
+             batch_size: int) -> dict:  # fmt: skip
+        r = ctx.render
+        lora_hashes = [(n, ctx.adapters[n].shorthash) for n, _ in item.loras]
+        infotext = build_infotext(
+            prompt=item.prompt,
+            negative_prompt=item.negative_prompt,
+            steps=r.steps,
+            sampler=SAMPLERS[r.scheduler].a1111_name,
+            cfg_scale=r.guidance,
+            seed=item.seed,
+            width=r.width,
+            height=r.height,
+            model_hash=ctx.model_hash,
+            model=ctx.model_name,
+            lora_hashes=lora_hashes,
+            version=f"farm {__version__}",
+        )
+        key = image_key(item, r.format)
+        loras = [
+            {"name": n, "sha256": ctx.adapters[n].sha256, "shorthash": ctx.adapters[n].shorthash,
+             "weight": w, "te_weight": w, "unet_weight": w}
+            for n, w in item.loras
+        ]  # fmt: skip
+        return {
+            "job_id": ctx.job_id, "tenant": ctx.tenant, "item_id": item.item_id,
+            "unit_id": unit.unit_id, "prompt": item.prompt,
+            "negative_prompt": item.negative_prompt, "seed": item.seed, "rng": "cpu",
+            "model": ctx.model, "model_hash": ctx.model_hash, "loras": loras,
+            "alpha": item.alpha, "preset": None, "steps": r.steps, "guidance": r.guidance,
+            "scheduler": r.scheduler, "width": r.width, "height": r.height,
+            "catalog": list(item.catalog) or None, "image_key": key, "file_name": key,
+            "format": r.format, "render_seconds": seconds, "batch_size": batch_size,
+            "worker": self.name, "node": self.node, "gpu": self.device.label,
+            "attempt": attempt, "created_at": datetime.now(UTC), "infotext": infotext,
+        }  # fmt: skip
+
+    def _write_image(self, store, image, row: dict) -> None:
+        data = encode_image(image, row["format"], row["infotext"])
+        row["image_sha256"] = hashlib.sha256(data).hexdigest()
+        row["image_bytes"] = len(data)
+        store.put(row["image_key"], data)
+
+    def ping(self) -> str:
+        return self.name
+
+
+def unit_batch_size(device: str, requested: int | None = None) -> int:
+    """`batch: auto` is 1 on CPU (exact parity with single calls), 4 on a GPU."""
+    if requested:
+        return requested
+    return 1 if device == "cpu" else 4
