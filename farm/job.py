@@ -122,7 +122,6 @@ def run_job(
 ) -> RunResult:
     """Plan, open the job, render the missing items on Ray, compact, record the run."""
     from farm.executor import execute
-    from farm.worker import JobContext
 
     plan = make_plan(spec)
     store = job_store(spec)
@@ -137,16 +136,7 @@ def run_job(
     todo = plan.items - len(done)
     started = _now()
     if todo > 0:
-        ctx = JobContext(
-            job_id=spec.job,
-            store_url=store.url,
-            model=spec.model,
-            model_path=resolve_model_path(spec.model),
-            model_name=doc["model"]["name"],
-            model_hash=doc["model"]["hash"],
-            render=spec.render,
-            adapters=plan.adapters,
-        )
+        ctx = job_context(plan, store)
         outcome = execute(
             group_units(remaining), ctx, total=todo, workers=workers,
             gpus_per_worker=gpus_per_worker, address=address, echo=echo,
@@ -168,6 +158,23 @@ def run_job(
     })  # fmt: skip
     write_job(store, doc)
     return result
+
+
+def job_context(plan: Plan, store: Store):
+    """What every worker needs to render this plan's units into `store`."""
+    from farm.worker import JobContext
+
+    spec = plan.spec
+    return JobContext(
+        job_id=spec.job,
+        store_url=store.url,
+        model=spec.model,
+        model_path=resolve_model_path(spec.model),
+        model_name=model_name(spec.model),
+        model_hash=model_hash(plan.model_fingerprint),
+        render=spec.render,
+        adapters=plan.adapters,
+    )
 
 
 def _now() -> str:
