@@ -25,7 +25,11 @@ IMPORT_CHECK = (
 
 @pytest.mark.parametrize(
     "argv",
-    [["farm", "--help"], ["farm", "run", "--help"], ["farm", "plan", "jobs/examples/neon-sweep.yaml"]],
+    [
+        ["farm", "--help"],
+        ["farm", "run", "--help"],
+        ["farm", "plan", "jobs/examples/neon-sweep.yaml"],
+    ],
 )
 def test_help_and_plan_import_neither_torch_nor_ray(argv):
     code = "import farm\n" + IMPORT_CHECK.format(argv=argv)
@@ -107,5 +111,7 @@ def test_same_job_name_with_a_changed_spec_is_refused(tmp_path, tiny_dir):
 
 
 def test_resume_of_a_missing_job_is_bad_input(tmp_path):
-    proc = subprocess.run([*FARM, "resume", str(tmp_path / "nojob")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*FARM, "resume", str(tmp_path / "nojob")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "no job here" in proc.stderr

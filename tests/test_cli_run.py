@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FARM, REPO
+from farm.demo_loras import demo_lora_path
 from farm.encode import read_infotext
 from farm.infotext import parse_infotext
 from farm.loras import inspect_lora
@@ -46,7 +47,7 @@ def test_run_renders_every_planned_item(neon_job, farm_home):
     assert len({p.stem for p in images}) == len(set(table.column("item_id").to_pylist()))
     assert len(list((job / "parts").glob("*.parquet"))) == planned["units"]
 
-    neon = inspect_lora(farm_home / "loras" / "tiny-v1" / "neon.safetensors")
+    neon = inspect_lora(demo_lora_path("tiny:neon"))
     strengths = set()
     for row in table.to_pylist():
         data = (job / row["image_key"]).read_bytes()

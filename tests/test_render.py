@@ -50,15 +50,21 @@ def pixels(data: bytes) -> np.ndarray:
 
 def test_strength_zero_equals_no_lora_bit_exact(cpu_worker, tmp_path):
     # LoRA units first, so any adapter state that leaked would show in the plain render.
-    swept = render(cpu_worker, tmp_path, "swept", [{"name": "neon", "path": "tiny:neon", "alpha": [1, 0]}])
+    swept = render(
+        cpu_worker, tmp_path, "swept", [{"name": "neon", "path": "tiny:neon", "alpha": [1, 0]}]
+    )
     plain = render(cpu_worker, tmp_path, "plain")
     for seed in (7, 8):
         assert np.array_equal(pixels(swept[(seed, (("neon", 0.0),))]), pixels(plain[(seed, ())]))
-        assert not np.array_equal(pixels(swept[(seed, (("neon", 1.0),))]), pixels(plain[(seed, ())]))
+        assert not np.array_equal(
+            pixels(swept[(seed, (("neon", 1.0),))]), pixels(plain[(seed, ())])
+        )
 
 
 def test_half_strength_differs_from_full(cpu_worker, tmp_path):
-    images = render(cpu_worker, tmp_path, "half", [{"name": "ink", "path": "tiny:ink", "alpha": [0.5, 1]}])
+    images = render(
+        cpu_worker, tmp_path, "half", [{"name": "ink", "path": "tiny:ink", "alpha": [0.5, 1]}]
+    )
     half, full = pixels(images[(7, (("ink", 0.5),))]), pixels(images[(7, (("ink", 1.0),))])
     assert np.abs(half.astype(int) - full.astype(int)).mean() > 1.0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from farm.home import farm_home
 
 # Bump when anything below changes the weights: the version is part of every item_id.
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 TINY_FINGERPRINT = hashlib.sha256(TINY_VERSION.encode()).hexdigest()
 
 UNET_CONFIG = {
@@ -212,20 +212,27 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     symbols = list(_bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols]
     merges: list[tuple[str, str]] = []
-    seen = set(vocab_list)
     for word in WORDS:
-        # Merge left to right: "neon" -> n e, ne o, neo n</w>.
-        current = word[0]
-        for i, ch in enumerate(word[1:], start=1):
-            right = ch + ("</w>" if i == len(word) - 1 else "")
-            merge = (current, right)
-            current = current + right
-            if current not in seen:
-                merges.append(merge)
-                vocab_list.append(current)
-                seen.add(current)
+        # Add merges until BPE (lowest rank first) turns the word into one token; a new
+        # merge ranks last, so it applies only where the existing merges stop.
+        while len(parts := _bpe(word, merges)) > 1:
+            merges.append((parts[0], parts[1]))
+            if parts[0] + parts[1] not in vocab_list:
+                vocab_list.append(parts[0] + parts[1])
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
+
+
+def _bpe(word: str, merges: list[tuple[str, str]]) -> list[str]:
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    while len(parts) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
 
 
 def _bytes_to_unicode() -> dict[int, str]:
