@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import FARM, REPO
 
 IMPORT_CHECK = (
@@ -74,7 +73,8 @@ CASES = [
      "loras[0].path"),
     ("ckpt-lora", lambda t: {"loras": [{"name": "n", "path": "x.ckpt", "alpha": 1}]},
      "pickle"),
-    ("pickle-named-safetensors", lambda t: {"loras": [{"name": "n", "path": pickled_lora(t), "alpha": 1}]},
+    ("pickle-as-safetensors",
+     lambda t: {"loras": [{"name": "n", "path": pickled_lora(t), "alpha": 1}]},
      "not a safetensors file"),
     ("truncated-lora", lambda t: {"loras": [{"name": "n", "path": truncated_lora(t), "alpha": 1}]},
      "truncated"),

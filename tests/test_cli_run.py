@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import FARM, REPO
+
 from farm.demo_loras import demo_lora_path
 from farm.encode import read_infotext
 from farm.infotext import parse_infotext

@@ -227,7 +227,7 @@ def _bpe(word: str, merges: list[tuple[str, str]]) -> list[str]:
     parts = list(word[:-1]) + [word[-1] + "</w>"]
     ranks = {pair: i for i, pair in enumerate(merges)}
     while len(parts) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts, parts[1:]))]
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts, parts[1:], strict=False))]
         rank, i = min(pairs)
         if rank == len(ranks):
             break
