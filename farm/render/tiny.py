@@ -227,8 +227,10 @@ def _bpe(word: str, merges: list[tuple[str, str]]) -> list[str]:
     parts = list(word[:-1]) + [word[-1] + "</w>"]
     ranks = {pair: i for i, pair in enumerate(merges)}
     while len(parts) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts, parts[1:], strict=False))]
-        rank, i = min(pairs)
+        rank, i = min(
+            (ranks.get((a, b), len(ranks)), i)
+            for i, (a, b) in enumerate(zip(parts, parts[1:], strict=False))
+        )
         if rank == len(ranks):
             break
         parts[i : i + 2] = [parts[i] + parts[i + 1]]
