@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +42,22 @@ def main() -> None:
     """farm renders LoRA strength sweeps on a Ray cluster, exactly once, resumably."""
 
 
+def s3_endpoint_option(command):
+    """--s3-endpoint: an S3-compatible endpoint; local Ray workers inherit it."""
+
+    def apply(ctx: click.Context, _param, value: str | None) -> None:
+        if value:
+            os.environ["AWS_ENDPOINT_URL_S3"] = value
+
+    return click.option(
+        "--s3-endpoint",
+        metavar="URL",
+        expose_value=False,
+        callback=apply,
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or the profile's).",
+    )(command)
+
+
 def _load(spec_path: str, output: str | None):
     import dataclasses
 
@@ -56,6 +73,7 @@ def _load(spec_path: str, output: str | None):
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker, e.g. 0.5.")
+@s3_endpoint_option
 def run(spec_path: str, output: str | None, address: str | None, workers: int | None,
         gpus_per_worker: float | None) -> None:  # fmt: skip
     """Plan SPEC, then render every item not yet rendered."""
@@ -68,6 +86,7 @@ def run(spec_path: str, output: str | None, address: str | None, workers: int | 
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker.")
+@s3_endpoint_option
 def resume(job_url: str, address: str | None, workers: int | None,
            gpus_per_worker: float | None) -> None:  # fmt: skip
     """Finish the job at JOB_URL from its stored job.json."""
@@ -93,8 +112,11 @@ def _run(spec, **options) -> None:
     click.echo(f"images:   {url}/images/")
     click.echo(f"metadata: {url}/metadata.parquet")
     if not result.ok:
+        missing = result.planned - result.already_done - result.rendered
+        why = result.stopped or ("interrupted" if result.interrupted else "some units failed")
         click.echo(
-            f"{len(result.failed_items)} items not rendered; `farm resume {url}` retries them",
+            f"job incomplete ({why}): {missing} items not rendered; "
+            f"`farm resume {url}` renders them",
             err=True,
         )
         sys.exit(EXIT_FAILED)
@@ -123,6 +145,7 @@ def plan(spec_path: str, as_json: bool) -> None:
 @main.command()
 @click.argument("job_url")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@s3_endpoint_option
 def status(job_url: str, as_json: bool) -> None:
     """Progress of the job at JOB_URL, read from the store alone."""
     from farm.store import open_store
@@ -145,6 +168,7 @@ def status(job_url: str, as_json: bool) -> None:
 @main.command()
 @click.argument("job_url")
 @click.option("--no-images", is_flag=True, help="Check rows only, not image hashes.")
+@s3_endpoint_option
 def verify(job_url: str, no_images: bool) -> None:
     """Check that every planned item has exactly one row and an intact image."""
     from farm.store import open_store

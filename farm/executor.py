@@ -32,6 +32,7 @@ class Outcome:
     counters: dict = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
+    stopped: str = ""
 
 
 @dataclass
@@ -94,7 +95,8 @@ def execute(
     start_ray(address)
     count, resources = worker_layout(workers, gpus_per_worker)
     threads = None if resources.get("num_gpus") else int(resources["num_cpus"])
-    remote = ray.remote(max_restarts=0)(RenderWorker)
+    # Two concurrent calls per actor: one renders while the other finishes its uploads.
+    remote = ray.remote(max_restarts=0, max_concurrency=IN_FLIGHT)(RenderWorker)
 
     def new_slot() -> Slot:
         device = None if resources.get("num_gpus") else "cpu"
@@ -108,8 +110,9 @@ def execute(
     source = iter(units)
     running: dict = {}  # ObjectRef -> (slot index, unit, attempt)
     t0 = time.perf_counter()
+    failures_in_a_row = 0
     try:
-        while True:
+        while not outcome.stopped:
             queue.extend((u, 1) for u in itertools.islice(source, LOOKAHEAD - len(queue)))
             for index, slot in enumerate(slots):
                 while slot.in_flight < IN_FLIGHT and queue:
@@ -128,13 +131,18 @@ def execute(
                     report: UnitReport = ray.get(ref)
                 except ray.exceptions.RayActorError:
                     # The worker process or its node died: replace it, send the unit again.
-                    _drop_slot(slots, index, running, queue, new_slot)
+                    _drop_slot(slots, index, new_slot)
                     _retry(unit, attempt, queue, outcome, "its worker died")
                     continue
                 except ray.exceptions.RayTaskError as err:
                     outcome.failed_items += [i.item_id for i in unit.items]
                     outcome.errors.append(f"unit {unit.unit_id}: {_first_line(err)}")
+                    failures_in_a_row += 1
+                    if failures_in_a_row >= max(4, 2 * count):
+                        # Storage down or a broken model: every unit would fail the same way.
+                        outcome.stopped = f"{failures_in_a_row} units failed in a row"
                     continue
+                failures_in_a_row = 0
                 slots[index].images += report.images
                 outcome.images += report.images
                 outcome.units += 1
@@ -151,8 +159,12 @@ def execute(
         outcome.counters["workers"] = count
         for slot in slots:
             ray.kill(slot.actor, no_restart=True)
-    for error in outcome.errors:
+    for error in outcome.errors[:10]:
         echo(f"failed: {error}")
+    if len(outcome.errors) > 10:
+        echo(f"… and {len(outcome.errors) - 10} more failed units")
+    if outcome.stopped:
+        echo(f"stopped: {outcome.stopped}")
     return outcome
 
 
@@ -166,8 +178,8 @@ def _take(queue: deque, adapters: tuple[str, ...] | None) -> tuple[Unit, int]:
     return queue.popleft()
 
 
-def _drop_slot(slots, index, running, queue, new_slot) -> None:
-    # Every other unit sent to the dead actor fails too; requeue those when they report.
+def _drop_slot(slots: list[Slot], index: int, new_slot) -> None:
+    # Other units sent to the dead actor fail too; each is requeued when it reports.
     slots[index] = new_slot()
 
 

@@ -15,9 +15,9 @@ from importlib import metadata as importlib_metadata
 
 from farm import __version__
 from farm.models import model_hash, model_name, resolve_model_path
-from farm.records import compact, completed_items
+from farm.records import compact, scan_parts
 from farm.spec import Spec, SpecError, parse_spec
-from farm.store import Store, open_store
+from farm.store import Store, StoreError, open_store
 from farm.sweep import Plan, content_id, expand, group_units, make_plan
 
 JOB_JSON = "job.json"
@@ -37,10 +37,11 @@ class RunResult:
     counters: dict = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
+    stopped: str = ""  # why rendering stopped before every unit was tried
 
     @property
     def ok(self) -> bool:
-        return not self.failed_items and not self.interrupted
+        return not self.failed_items and not self.interrupted and not self.stopped
 
 
 def plan_fingerprint(plan: Plan) -> str:
@@ -72,8 +73,12 @@ def spec_from_job(doc: dict, job_url: str) -> Spec:
         raise JobError(f"{job_url}/{JOB_JSON}: stored spec is unusable ({err})") from None
 
 
-def open_job(plan: Plan, store: Store) -> tuple[dict, set[str]]:
-    """Write job.json for a new job, or check that an existing one is this plan."""
+def open_job(plan: Plan, store: Store, echo=print) -> tuple[dict, set[str]]:
+    """Write job.json for a new job, or check that an existing one is this plan.
+
+    Returns the job document and the item_ids already rendered. Corrupt parts are
+    removed, so their items count as missing and render again.
+    """
     fingerprint = plan_fingerprint(plan)
     now = _now()
     if store.exists(JOB_JSON):
@@ -105,7 +110,11 @@ def open_job(plan: Plan, store: Store) -> tuple[dict, set[str]]:
         }
     doc.update(status="running", updated_at=now)
     write_job(store, doc)
-    return doc, completed_items(store)
+    done, corrupt = scan_parts(store)
+    for key in corrupt:
+        echo(f"removing corrupt part {key}: its items render again")
+        store.delete(key)
+    return doc, done
 
 
 def write_job(store: Store, doc: dict) -> None:
@@ -126,7 +135,7 @@ def run_job(
     plan = make_plan(spec)
     store = job_store(spec)
     store.check()
-    doc, done = open_job(plan, store)
+    doc, done = open_job(plan, store, echo)
     result = RunResult(store.url, plan.items, len(done))
     echo(
         f"job {spec.job}: {plan.items} items in {plan.units} units, "
@@ -146,10 +155,19 @@ def run_job(
         result.counters = outcome.counters
         result.seconds = outcome.seconds
         result.interrupted = outcome.interrupted
+        result.stopped = outcome.stopped
     else:
         echo("nothing to render: every item already has a row")
-    rows = compact(store)
+    try:
+        rows = compact(store)
+    except (StoreError, OSError) as err:
+        # Rendered work is safe in parts/; only the summary files could not be written.
+        echo(f"could not finish the job's metadata: {err}")
+        result.stopped = result.stopped or "the store failed while finishing the job"
+        return result
     doc["status"] = "done" if result.ok else ("interrupted" if result.interrupted else "failed")
+    if result.stopped:
+        doc["stopped"] = result.stopped
     doc["updated_at"] = _now()
     doc["rows"] = rows
     doc["runs"].append({

@@ -102,13 +102,20 @@ def iter_parts(
             yield key, err
 
 
-def completed_items(store: Store) -> set[str]:
-    """Completion truth: every item_id that has a row in a readable part."""
+def scan_parts(store: Store) -> tuple[set[str], list[str]]:
+    """Completion truth: item_ids with a row in a readable part, and the corrupt parts."""
     done: set[str] = set()
-    for _, table in iter_parts(store, ["item_id"]):
+    corrupt: list[str] = []
+    for key, table in iter_parts(store, ["item_id"]):
         if isinstance(table, pa.Table):
             done.update(table.column("item_id").to_pylist())
-    return done
+        else:
+            corrupt.append(key)
+    return done, corrupt
+
+
+def completed_items(store: Store) -> set[str]:
+    return scan_parts(store)[0]
 
 
 def read_rows(store: Store) -> pa.Table:

@@ -33,6 +33,9 @@ class Store:
     def exists(self, key: str) -> bool:
         raise NotImplementedError
 
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under `prefix`, relative to the store's root."""
         raise NotImplementedError
@@ -89,6 +92,9 @@ class LocalStore(Store):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root

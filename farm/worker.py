@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from farm import __version__
@@ -18,6 +19,9 @@ from farm.schedulers import SAMPLERS
 from farm.spec import Render
 from farm.store import open_store
 from farm.sweep import Adapter, Item, Unit
+
+UPLOAD_THREADS = 4
+UPLOAD_QUEUE = 16  # images encoded or uploading at once, per worker
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,6 @@ class UnitReport:
     adapter_loads: int = 0
 
 
-@dataclass
-class WorkerStats:
-    units: int = 0
-    images: int = 0
-    skipped_units: int = 0
-    extra: dict = field(default_factory=dict)
-
-
 def image_key(item: Item, fmt: str) -> str:
     return f"images/{item.item_id}.{EXTENSIONS[fmt]}"
 
@@ -74,19 +70,43 @@ class RenderWorker:
         self.pipelines = PipelineCache(self.device)
         self.node = socket.gethostname()
         self.name = f"{self.node}:{os.getpid()}"
-        self.stats = WorkerStats()
-        # PNG encoding and uploads run here so they overlap the next pipeline call.
-        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-io")
+        # PNG encoding and uploads run on these threads so they overlap the next pipeline
+        # call; the semaphore bounds the queue, so slow storage slows rendering down.
+        self.io = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="farm-io")
+        self.upload_slots = threading.BoundedSemaphore(UPLOAD_QUEUE)
+        # The pipeline serves one call at a time; a second unit may wait on its uploads.
+        self.render_lock = threading.Lock()
 
     def render(self, unit: Unit, ctx: JobContext, attempt: int = 1) -> UnitReport:
         """Render one unit and write its images, then its part (the completion mark)."""
         start = time.perf_counter()
         store = open_store(ctx.store_url)
-        pipe_loads, adapter_loads = self.pipelines.loads, self.pipelines.adapter_loads
         # 1. Skip a unit whose part exists: a retry after the part was written.
         if store.exists(part_key(unit.unit_id)):
-            self.stats.skipped_units += 1
             return UnitReport(unit.unit_id, 0, True, 0.0, self.name)
+        with self.render_lock:
+            pipe_loads, adapter_loads = self.pipelines.loads, self.pipelines.adapter_loads
+            rows, pending = self._render_images(unit, ctx, store, attempt)
+            loads = (
+                self.pipelines.loads - pipe_loads,
+                self.pipelines.adapter_loads - adapter_loads,
+            )
+        # 6. Wait for this unit's uploads (the next unit is rendering meanwhile), then
+        # 7. the part, last: once it exists, the unit is done.
+        for fut in pending:
+            fut.result()
+        store.put_if_absent(part_key(unit.unit_id), encode_rows(rows))
+        return UnitReport(
+            unit.unit_id,
+            len(rows),
+            False,
+            time.perf_counter() - start,
+            self.name,
+            pipeline_loads=loads[0],
+            adapter_loads=loads[1],
+        )
+
+    def _render_images(self, unit: Unit, ctx: JobContext, store, attempt: int):
         # 2. Pipeline from the cache, with the unit's sampler.
         loaded = self.pipelines.get(ctx.model_path)
         loaded.use_scheduler(ctx.render.scheduler)
@@ -101,26 +121,13 @@ class RenderWorker:
             t0 = time.perf_counter()
             images = self._call(loaded.pipe, batch, ctx.render)
             seconds = (time.perf_counter() - t0) / len(batch)
-            # 5. Encode and upload off this thread; 6. record one row per image.
+            # 5. One row per image; encoding and upload go to the I/O threads.
             for item, image in zip(batch, images, strict=True):
                 row = self._row(item, unit, ctx, attempt, seconds, len(batch))
+                self.upload_slots.acquire()
                 pending.append(self.io.submit(self._write_image, store, image, row))
                 rows.append(row)
-        for fut in pending:
-            fut.result()
-        # 7. The part last: once it exists, the unit is done.
-        store.put_if_absent(part_key(unit.unit_id), encode_rows(rows))
-        self.stats.units += 1
-        self.stats.images += len(rows)
-        return UnitReport(
-            unit.unit_id,
-            len(rows),
-            False,
-            time.perf_counter() - start,
-            self.name,
-            pipeline_loads=self.pipelines.loads - pipe_loads,
-            adapter_loads=self.pipelines.adapter_loads - adapter_loads,
-        )
+        return rows, pending
 
     def _batches(self, unit: Unit, requested: int | None) -> list[list[Item]]:
         # Only items with identical strengths share a pipeline call.
@@ -190,10 +197,13 @@ class RenderWorker:
         }  # fmt: skip
 
     def _write_image(self, store, image, row: dict) -> None:
-        data = encode_image(image, row["format"], row["infotext"])
-        row["image_sha256"] = hashlib.sha256(data).hexdigest()
-        row["image_bytes"] = len(data)
-        store.put(row["image_key"], data)
+        try:
+            data = encode_image(image, row["format"], row["infotext"])
+            row["image_sha256"] = hashlib.sha256(data).hexdigest()
+            row["image_bytes"] = len(data)
+            store.put(row["image_key"], data)
+        finally:
+            self.upload_slots.release()
 
     def ping(self) -> str:
         return self.name
