@@ -9,6 +9,7 @@ LoRA path `tiny:NAME` names one of them, written on first use under the farm hom
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -64,13 +65,24 @@ def write_demo_lora(demo: DemoLora, path: Path) -> Path:
     }
     if demo.layout == "peft":
         meta = {"farm_demo": meta["farm_demo"]}
-    data = save(tensors, metadata=meta)
+    data = _stable_header(save(tensors, metadata=meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".lora-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
     return path
+
+
+def _stable_header(data: bytes) -> bytes:
+    # safetensors writes __metadata__ in hash-map order; sort it so that every farm home
+    # writes the same bytes, and so the same sha256 and item_ids.
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # tensor data stays 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n :]
 
 
 def _tensors(demo: DemoLora) -> dict[str, np.ndarray]:

@@ -60,11 +60,13 @@ def read_header(path: str | Path) -> tuple[dict, dict[str, str]]:
         raise LoraError(f"{path}: cannot read ({err.strerror})") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise LoraError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise LoraError(f"{path}: not a safetensors file (header is not a mapping)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise LoraError(f"{path}: not a safetensors file (__metadata__ is not a mapping)")
     data_len = size - 8 - n
     for name, entry in header.items():
         _check_entry(path, name, entry, data_len)
@@ -74,7 +76,8 @@ def read_header(path: str | Path) -> tuple[dict, dict[str, str]]:
 
 
 def _check_entry(path: Path, name: str, entry: object, data_len: int) -> None:
-    if not isinstance(entry, dict) or entry.get("dtype") not in DTYPE_BYTES:
+    dtype = entry.get("dtype") if isinstance(entry, dict) else None
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise LoraError(f"{path}: tensor {name!r} has an unknown dtype")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):

@@ -112,6 +112,15 @@ def make_plan(spec: Spec, *, frozen: tuple[str, dict[str, Adapter]] | None = Non
             lora.name: _adapter(lora.name, lora.path, f"loras[{i}].path")
             for i, lora in enumerate(spec.loras)
         }
+        # item_ids hash files, not names: one file under two names would give two items
+        # one id, and the job could never account for both.
+        first: dict[str, int] = {}
+        for i, lora in enumerate(spec.loras):
+            j = first.setdefault(adapters[lora.name].sha256, i)
+            if j != i:
+                raise SpecError(
+                    f"loras[{i}].path: the same file as loras[{j}].path; give it one name"
+                )
     combos = combinations(spec)
     sources = list(_sources(spec, adapters, combos))
     return Plan(spec, fingerprint, adapters, combos, sources)

@@ -38,3 +38,47 @@ def cpu_worker(tiny_dir):
     from farm.worker import RenderWorker
 
     return RenderWorker(device="cpu")
+
+
+class S3:
+    """The session's S3 server: endpoint, bucket, credentials and the relay to cut it."""
+
+    def __init__(self, proc, relay, bucket: str, access_key: str, secret: str):
+        self.proc, self.relay, self.bucket = proc, relay, bucket
+        self.access_key, self.secret = access_key, secret
+        self.endpoint = f"http://127.0.0.1:{relay.port}"
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's server as its own process, reached over HTTP; credentials via the env."""
+    import secrets
+
+    from s3server import Relay, start_moto
+
+    proc, port = start_moto()
+    relay = Relay(port)
+    s3 = S3(proc, relay, "farm-test", "AKIAFARMTEST" + secrets.token_hex(4).upper(),
+            "farm-secret-" + secrets.token_hex(16))  # fmt: skip
+    # Only the standard chain: these reach the CLI and its Ray workers by inheritance.
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=s3.access_key,
+        AWS_SECRET_ACCESS_KEY=s3.secret,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=s3.endpoint,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    s3.client().create_bucket(Bucket=s3.bucket)
+    yield s3
+    relay.stop()
+    proc.terminate()
+    proc.wait(timeout=10)

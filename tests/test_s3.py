@@ -1,0 +1,199 @@
+"""Jobs on S3 (moto's server over real HTTP): end to end, killed drivers, outages, damage."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import FARM, REPO
+from s3server import free_port, start_moto
+
+from farm.records import read_rows, scan_parts
+from farm.s3store import S3Store
+
+EXAMPLE = str(REPO / "jobs" / "examples" / "neon-sweep.yaml")
+pytestmark = pytest.mark.slow
+
+
+def farm(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [*FARM, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"farm {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def keys(s3, prefix: str) -> list[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def small_spec(tmp_path: Path, job: str = "small", seeds: int = 4) -> str:
+    spec = {
+        "job": job,
+        "prompts": ["neon city", "a red car"],
+        "seeds": {"start": 0, "count": seeds},
+        "loras": [{"name": "neon", "path": "tiny:neon", "alpha": [0, 1]}],
+        "render": {"steps": 4, "width": 64, "height": 64},
+    }
+    path = tmp_path / f"{job}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def rendered(proc: subprocess.CompletedProcess) -> int:
+    match = re.search(r"rendered (\d+) images", proc.stdout)
+    return int(match[1]) if match else 0
+
+
+@pytest.fixture(scope="module")
+def s3_job(s3, tiny_dir):
+    proc = farm("run", EXAMPLE, "--output", s3.url("e2e"), "--workers", "2")
+    return s3.url("e2e/neon-sweep"), proc
+
+
+def test_run_to_s3_writes_the_job_layout_and_verifies(s3, s3_job):
+    job_url, proc = s3_job
+    found = keys(s3, "e2e/neon-sweep/")
+    assert sum("/images/" in k for k in found) == 48
+    assert sum("/parts/" in k for k in found) == 6
+    assert {"e2e/neon-sweep/job.json", "e2e/neon-sweep/metadata.parquet"} <= set(found)
+    assert f"images:   {job_url}/images/" in proc.stdout
+    assert "ok: 48 planned items, 48 rows, 48 images" in farm("verify", job_url).stdout
+    body = s3.client().get_object(Bucket=s3.bucket, Key="e2e/neon-sweep/metadata.parquet")
+    table = pq.ParquetFile(io.BytesIO(body["Body"].read())).read()
+    assert table.num_rows == 48 and len(set(table.column("item_id").to_pylist())) == 48
+    again = farm("run", EXAMPLE, "--output", s3.url("e2e"))
+    assert "nothing to render" in again.stdout
+
+
+def test_no_credential_in_outputs_or_logs(s3, s3_job):
+    _, proc = s3_job
+    texts = [proc.stdout, proc.stderr]
+    for key in keys(s3, "e2e/neon-sweep/"):
+        if not key.endswith(".png"):
+            texts.append(s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    for log in Path("/tmp/ray").glob("session_*/logs/*"):
+        if log.is_file() and log.suffix in (".out", ".err", ".log"):
+            texts.append(log.read_bytes())
+    for secret in (s3.secret, s3.access_key):
+        for text in texts:
+            assert secret.encode() not in (text if isinstance(text, bytes) else text.encode())
+
+
+def _cases(s3_port_unused: int):
+    return [
+        ("unreachable", ["--s3-endpoint", f"http://127.0.0.1:{s3_port_unused}"], "s3://farm-test/x",
+         {}, "cannot reach the S3 endpoint"),
+        ("missing-bucket", [], "s3://no-such-bucket/x", {}, "the bucket does not exist"),
+        ("no-credentials", [], "s3://farm-test/x",
+         {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no S3 credentials found"),
+        ("malformed", [], "s3://", {}, "malformed S3 URL"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(4), ids=["unreachable", "missing-bucket", "no-creds", "url"])
+def test_bad_storage_is_refused_before_rendering(s3, tmp_path, case):
+    name, extra, output, env_over, expected = _cases(free_port())[case]
+    env = {k: v for k, v in os.environ.items() if env_over.get(k, v) is not None}
+    proc = farm("run", small_spec(tmp_path), "--output", output, *extra, check=False, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ") and expected in line, line
+    assert "Traceback" not in proc.stderr and s3.secret not in proc.stderr
+    assert keys(s3, "x/") == []
+
+
+def test_access_denied_is_refused_before_rendering(s3, tmp_path):
+    # A second server that enforces authentication, so our keys are unknown to it.
+    proc, port = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        run = farm("run", small_spec(tmp_path), "--output", "s3://farm-test/x",
+                   "--s3-endpoint", f"http://127.0.0.1:{port}", check=False)  # fmt: skip
+    finally:
+        proc.kill()
+    assert run.returncode == 2 and "access denied" in run.stderr, run.stderr
+    assert s3.access_key not in run.stderr and s3.secret not in run.stderr
+
+
+def _wait_for_parts(store: S3Store, proc: subprocess.Popen, count: int) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if sum(1 for _ in store.list("parts/")) >= count:
+            return
+        assert proc.poll() is None, "the job ended before it could be interrupted"
+        time.sleep(0.2)
+    raise AssertionError("no parts appeared")
+
+
+def test_sigkill_driver_then_resume_renders_only_the_rest(s3, tiny_dir):
+    store = S3Store.from_url(s3.url("killed/neon-sweep"))
+    driver = subprocess.Popen(
+        [*FARM, "run", EXAMPLE, "--output", s3.url("killed"), "--workers", "2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    _wait_for_parts(store, driver, 2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    # The local Ray it started goes down with it, as it would with the machine.
+    os.killpg(driver.pid, signal.SIGKILL)
+    time.sleep(1)
+    done_before, _ = scan_parts(store)
+    rows_before = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}
+    assert 0 < len(done_before) < 48
+
+    resumed = farm("resume", s3.url("killed/neon-sweep"), "--workers", "2")
+    assert f"{len(done_before)} already rendered" in resumed.stdout
+    assert rendered(resumed) == 48 - len(done_before)
+    rows_after = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}
+    assert {i: rows_after[i] for i in rows_before} == rows_before
+    assert "ok: 48 planned items, 48 rows" in farm("verify", s3.url("killed/neon-sweep")).stdout
+
+
+def test_store_outage_mid_job_loses_and_duplicates_nothing(s3, tmp_path, tiny_dir):
+    job_url = s3.url("outage/neon-sweep")
+    store = S3Store.from_url(job_url)
+    driver = subprocess.Popen(
+        [*FARM, "run", EXAMPLE, "--output", s3.url("outage"), "--workers", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_parts(store, driver, 1)
+    s3.relay.stop()
+    time.sleep(4)
+    s3.relay.start()
+    out, err = driver.communicate(timeout=600)
+    if driver.returncode == 1:
+        assert f"farm resume {job_url}" in err
+        farm("resume", job_url)
+    else:
+        assert driver.returncode == 0, out + err
+    assert "ok: 48 planned items, 48 rows, 48 images" in farm("verify", job_url).stdout
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_part_is_named_by_verify_and_rendered_again(s3, tmp_path, tiny_dir, damage):
+    output = s3.url(f"corrupt-{damage}")
+    spec = small_spec(tmp_path, seeds=8)  # 32 items, 4 units
+    farm("run", spec, "--output", output)
+    job_url = f"{output}/small"
+    store = S3Store.from_url(job_url)
+    part = sorted(store.list("parts/"))[0]
+    data = store.get(part)
+    store.put(part, os.urandom(200) if damage == "garbage" else data[: len(data) // 2])
+
+    checked = farm("verify", job_url, check=False)
+    assert checked.returncode == 1 and f"{part}: corrupt part" in checked.stdout
+
+    resumed = farm("resume", job_url)
+    assert f"removing corrupt part {part}" in resumed.stdout
+    assert rendered(resumed) == 8
+    assert "ok: 32 planned items, 32 rows, 32 images" in farm("verify", job_url).stdout
