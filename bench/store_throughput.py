@@ -4,7 +4,7 @@ S3 is moto's server in its own process on 127.0.0.1, reached over HTTP by boto3,
 S3-compatible endpoint. Local and S3 runs alternate on one warm Ray, each rendering every
 item of a fresh job, and the report is the ratio of S3 images/s to local images/s.
 
-    python bench/store_throughput.py [--rounds 2] [--workers 2] [--seeds 12]
+    python bench/store_throughput.py [--rounds 2] [--workers 2] [--seeds 12] [--size 256]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--spec", default=str(REPO / "jobs/examples/neon-sweep.yaml"))
     parser.add_argument("--seeds", type=int, default=12, help="seeds per prompt (sweep size)")
+    parser.add_argument("--size", type=int, default=0, help="render width and height")
     args = parser.parse_args()
 
     from s3server import start_moto
@@ -55,6 +56,9 @@ def run_rounds(args) -> dict[str, list[float]]:
     from farm.spec import load_spec
 
     spec = dataclasses.replace(load_spec(args.spec), seeds=tuple(range(args.seeds)))
+    if args.size:
+        render = dataclasses.replace(spec.render, width=args.size, height=args.size)
+        spec = dataclasses.replace(spec, render=render)
     outputs = {"local": tempfile.mkdtemp(prefix="farm-bench-out-"), "s3": "s3://bench/run"}
     rates: dict[str, list[float]] = {"local": [], "s3": []}
     # A warm-up job builds the tiny model and starts Ray before anything is timed.
@@ -74,7 +78,7 @@ def report(rates: dict[str, list[float]], args) -> None:
     local, s3 = statistics.median(rates["local"]), statistics.median(rates["s3"])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}")
     print(f"workers: {args.workers}, rounds: {args.rounds}, spec: {Path(args.spec).name} "
-          f"with {args.seeds} seeds")  # fmt: skip
+          f"with {args.seeds} seeds at {args.size or 'the spec size'}")  # fmt: skip
     print(f"local folder: {local:.2f} images/s (median)")
     print(f"S3 (moto):    {s3:.2f} images/s (median)")
     print(f"S3 / local:   {s3 / local:.3f}")
