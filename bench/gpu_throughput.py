@@ -37,8 +37,14 @@ VAE = {
     "layers_per_block": 2,
     "sample_size": 512,
 }
-TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "max_position_embeddings": 77, "projection_dim": 768}  # fmt: skip
+TEXT = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "projection_dim": 768,
+}
 PROMPTS = ["cyberpunk cityscape with neon lights", "portrait of a knight in a castle"]
 STRENGTHS = [0.0, 0.5, 1.0]
 
@@ -103,7 +109,9 @@ def bare_loop(model: Path, lora: Path, seeds: list[int], batch: int) -> tuple[fl
     return time.perf_counter() - start, len(jobs)
 
 
-def farm_worker(model: Path, lora: Path, seeds: list[int], batch: int, out: Path) -> tuple[float, int]:
+def farm_worker(
+    model: Path, lora: Path, seeds: list[int], batch: int, out: Path
+) -> tuple[float, int]:
     import torch
 
     from farm.job import job_context
