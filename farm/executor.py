@@ -108,30 +108,30 @@ def execute(
     progress = Progress(total, echo)
     queue: deque[tuple[Unit, int]] = deque()
     source = iter(units)
-    running: dict = {}  # ObjectRef -> (slot index, unit, attempt)
+    running: dict = {}  # ObjectRef -> (slot, unit, attempt)
     t0 = time.perf_counter()
     failures_in_a_row = 0
     try:
         while not outcome.stopped:
             queue.extend((u, 1) for u in itertools.islice(source, LOOKAHEAD - len(queue)))
-            for index, slot in enumerate(slots):
+            for slot in slots:
                 while slot.in_flight < IN_FLIGHT and queue:
                     unit, attempt = _take(queue, slot.adapters)
                     ref = slot.actor.render.remote(unit, ctx, attempt)
-                    running[ref] = (index, unit, attempt)
+                    running[ref] = (slot, unit, attempt)
                     slot.in_flight += 1
                     slot.adapters = unit.adapters
             if not running:
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in done:
-                index, unit, attempt = running.pop(ref)
-                slots[index].in_flight -= 1
+                slot, unit, attempt = running.pop(ref)
+                slot.in_flight -= 1
                 try:
                     report: UnitReport = ray.get(ref)
                 except ray.exceptions.RayActorError:
                     # The worker process or its node died: replace it, send the unit again.
-                    _drop_slot(slots, index, new_slot)
+                    _replace(slots, slot, new_slot)
                     _retry(unit, attempt, queue, outcome, "its worker died")
                     continue
                 except ray.exceptions.RayTaskError as err:
@@ -143,7 +143,7 @@ def execute(
                         outcome.stopped = f"{failures_in_a_row} units failed in a row"
                     continue
                 failures_in_a_row = 0
-                slots[index].images += report.images
+                slot.images += report.images
                 outcome.images += report.images
                 outcome.units += 1
                 outcome.counters["pipeline_loads"] += report.pipeline_loads
@@ -178,9 +178,11 @@ def _take(queue: deque, adapters: tuple[str, ...] | None) -> tuple[Unit, int]:
     return queue.popleft()
 
 
-def _drop_slot(slots: list[Slot], index: int, new_slot) -> None:
-    # Other units sent to the dead actor fail too; each is requeued when it reports.
-    slots[index] = new_slot()
+def _replace(slots: list[Slot], dead: Slot, new_slot) -> None:
+    # Each unit that was in flight on the dead actor reports its death; replace it once.
+    for index, slot in enumerate(slots):
+        if slot is dead:
+            slots[index] = new_slot()
 
 
 def _retry(unit: Unit, attempt: int, queue: deque, outcome: Outcome, why: str) -> None:

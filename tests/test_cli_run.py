@@ -101,3 +101,41 @@ def test_verify_names_a_damaged_image_and_a_missing_part(neon_job, tmp_path):
     assert proc.returncode == 1
     assert f"images/{damaged.name}: sha256" in proc.stdout
     assert "8 planned items have no row" in proc.stdout
+
+
+def _render_worker_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::RenderWorker"):
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_the_job_completes(tmp_path, tiny_dir):
+    import os
+    import signal
+    import time
+
+    driver = subprocess.Popen(
+        [*FARM, "run", str(EXAMPLE), "--output", str(tmp_path), "--workers", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    parts = tmp_path / "neon-sweep" / "parts"
+    deadline = time.monotonic() + 180
+    while not (parts.exists() and any(parts.iterdir())):
+        assert driver.poll() is None and time.monotonic() < deadline, "no part appeared"
+        time.sleep(0.2)
+    victims = _render_worker_pids()
+    assert victims, "no RenderWorker process found"
+    os.kill(victims[0], signal.SIGKILL)
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out + err
+    doc = json.loads((tmp_path / "neon-sweep" / "job.json").read_text())
+    assert doc["runs"][0]["counters"]["retries"] >= 1
+    assert "ok: 48 planned items, 48 rows, 48 images" in farm("verify", str(parts.parent)).stdout
