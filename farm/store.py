@@ -6,7 +6,6 @@ Keys are '/'-separated and relative to the store's root URL. Writes are idempote
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -136,12 +135,3 @@ def split_job_url(url: str) -> tuple[str, str]:
     if not job_id or not parent:
         raise StoreError(f"{url}: expected a job URL of the form OUTPUT/JOB_ID")
     return parent, job_id
-
-
-@contextlib.contextmanager
-def store_errors(url: str):
-    """Turn OS errors into one-line StoreErrors naming the URL."""
-    try:
-        yield
-    except OSError as err:
-        raise StoreError(f"{url}: {err.strerror or err}") from None

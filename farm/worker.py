@@ -205,9 +205,6 @@ class RenderWorker:
         finally:
             self.upload_slots.release()
 
-    def ping(self) -> str:
-        return self.name
-
 
 def unit_batch_size(device: str, requested: int | None = None) -> int:
     """`batch: auto` is 1 on CPU (exact parity with single calls), 4 on a GPU."""

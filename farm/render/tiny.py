@@ -8,7 +8,6 @@ every code path that a real model takes is exercised without downloading weights
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -252,8 +251,3 @@ def _bytes_to_unicode() -> dict[int, str]:
             cs.append(256 + n)
             n += 1
     return dict(zip(bs, map(chr, cs), strict=True))
-
-
-def describe() -> str:
-    """One line naming the tiny model's shape, for `farm model tiny`."""
-    return json.dumps({"version": TINY_VERSION, "unet": UNET_CONFIG["block_out_channels"]})
