@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from farm.job import read_job, spec_from_job
-from farm.records import METADATA, iter_parts
+from farm.records import METADATA, completed_items, decode_part, iter_parts
 from farm.store import Store
 from farm.sweep import Adapter, expand, make_plan
 
@@ -71,8 +71,6 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> V
             if problem:
                 problems.append(problem)
     if doc.get("status") == "done" and store.exists(METADATA) and not missing:
-        from farm.records import decode_part
-
         compacted = decode_part(store.get(METADATA), ["item_id"]).num_rows
         if compacted != len(seen):
             problems.append(f"{METADATA}: {compacted} rows, parts hold {len(seen)} items; "
@@ -94,8 +92,6 @@ def _check_image(store: Store, row: dict) -> str | None:
 
 def job_status(store: Store) -> dict:
     """Progress of a job: planned, rendered, parts, rate, failures."""
-    from farm.records import completed_items
-
     doc = read_job(store)
     done = completed_items(store)
     planned = doc["plan"]["items"]
