@@ -1,4 +1,4 @@
-"""Model references: `tiny`, a local diffusers folder, or a hub id; names and hashes."""
+"""Model references: `tiny`, a local diffusers folder, an s3:// folder or a hub id."""
 
 from __future__ import annotations
 
@@ -23,12 +23,20 @@ def model_fingerprint(model: str) -> str:
     """A sha256 that changes whenever the model's weights or configs change."""
     if model == "tiny":
         return TINY_FINGERPRINT
+    if model.startswith("s3://"):
+        from farm.fetch import s3_dir_fingerprint
+        from farm.store import StoreError
+
+        try:
+            return s3_dir_fingerprint(model)
+        except StoreError as err:
+            raise StoreError(f"model: {err}") from None
     path = Path(model)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
         stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
         return _dir_fingerprint(str(path.resolve()), stats)
-    # A hub id or remote folder: only its name is known before it is fetched.
+    # A hub id: only its name is known before it is fetched.
     return hashlib.sha256(model.encode()).hexdigest()
 
 
@@ -51,9 +59,22 @@ def model_hash(fingerprint: str) -> str:
 
 
 def resolve_model_path(model: str) -> str:
-    """A path or hub id that `from_pretrained` can load; builds `tiny` on first use."""
+    """What the driver sends to workers: `tiny` built, other references unchanged.
+
+    An s3:// folder stays a URL: workers may run on other nodes, and each node fetches
+    its own copy (local_model_path) rather than the driver downloading it.
+    """
     if model == "tiny":
         from farm.render.tiny import ensure_tiny
 
         return str(ensure_tiny())
     return model
+
+
+def local_model_path(model_path: str, fingerprint: str | None = None) -> str:
+    """What `from_pretrained` loads on this node: s3:// folders fetched into the cache."""
+    if model_path.startswith("s3://"):
+        from farm.fetch import fetch_dir
+
+        return str(fetch_dir(model_path, fingerprint))
+    return resolve_model_path(model_path)

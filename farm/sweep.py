@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
 from farm.loras import LoraError, inspect_lora
@@ -67,24 +67,23 @@ class Plan:
     def items(self) -> int:
         return len(self.sources) * len(self.spec.seeds) * len(self.combos)
 
-    def _adapter_runs(self) -> Iterator[tuple[tuple[str, ...], int]]:
-        # Mirrors expand() + group_units() without touching seeds: (adapter set, items).
-        keys = (
-            tuple(sorted(n for n, _ in combo + source.tags))
-            for combo in self.combos
-            for source in self.sources
-        )
+    def groups(self) -> list[tuple[tuple[str, ...], int]]:
+        """Each adapter set of the sweep with its item count, in order of first use."""
+        items: dict[tuple[str, ...], int] = {}
         seeds = len(self.spec.seeds)
-        for key, run in itertools.groupby(keys):
-            yield key, sum(1 for _ in run) * seeds
+        for combo in self.combos:
+            for source in self.sources:
+                key = adapter_key(combo + source.tags)
+                items[key] = items.get(key, 0) + seeds
+        return list(items.items())
 
     @property
     def adapter_groups(self) -> int:
-        return len({key for key, _ in self._adapter_runs()})
+        return len(self.groups())
 
     @property
     def units(self) -> int:
-        return sum(-(-n // UNIT_SIZE) for _, n in self._adapter_runs())
+        return sum(-(-n // UNIT_SIZE) for _, n in self.groups())
 
     def counts(self) -> dict:
         return {
@@ -131,12 +130,21 @@ def _adapter(name: str, path: str, field_path: str) -> Adapter:
         from farm.demo_loras import demo_lora_path
 
         path = str(demo_lora_path(path))
+    local = path
     if path.startswith("s3://"):
-        raise SpecError(f"{field_path}: LoRA files on S3 are not supported yet; copy it locally")
+        from farm.fetch import fetch_file
+        from farm.store import StoreError
+
+        # The driver checks a copy in its node cache; the adapter keeps the URL, so
+        # workers on other nodes fetch their own (checked against this sha256).
+        try:
+            local = str(fetch_file(path))
+        except StoreError as err:
+            raise SpecError(f"{field_path}: {err}") from None
     try:
-        info = inspect_lora(path)
+        info = inspect_lora(local)
     except LoraError as err:
-        raise SpecError(f"{field_path}: {err}") from None
+        raise SpecError(f"{field_path}: {str(err).replace(local, path)}") from None
     return Adapter(name, path, info.sha256, info.shorthash)
 
 
@@ -191,8 +199,16 @@ def _sources(spec: Spec, adapters: dict[str, Adapter], combos: list) -> Iterator
         yield Source(prompt, text, key[1], catalog)
 
 
-def expand(plan: Plan) -> Iterator[Item]:
-    """All items, combination-major so items sharing adapters are contiguous."""
+def adapter_key(loras: Iterable[tuple[str, float]]) -> tuple[str, ...]:
+    """The adapter set items share when they can go in one unit: names, sorted."""
+    return tuple(sorted(n for n, _ in loras))
+
+
+def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
+    """All items (or those of one adapter set), combination-major.
+
+    Streams: a million-item sweep is never held in memory.
+    """
     spec, render = plan.spec, plan.spec.render
     base = {
         "model": plan.model_fingerprint,
@@ -207,6 +223,8 @@ def expand(plan: Plan) -> Iterator[Item]:
     for combo in plan.combos:
         for source in plan.sources:
             loras = combo + source.tags
+            if only is not None and adapter_key(loras) != only:
+                continue
             prompt = " ".join([source.prompt, *(lora_tag(n, w) for n, w in combo)])
             hashed = sorted((plan.adapters[n].sha256, w) for n, w in loras)
             for seed in spec.seeds:
@@ -226,11 +244,27 @@ def expand(plan: Plan) -> Iterator[Item]:
 
 def group_units(items: Iterable[Item], size: int = UNIT_SIZE) -> Iterator[Unit]:
     """Cut contiguous items that share an adapter set into units of at most `size`."""
-    for adapters, run in itertools.groupby(
-        items, key=lambda it: tuple(sorted(n for n, _ in it.loras))
-    ):
+    for adapters, run in itertools.groupby(items, key=lambda it: adapter_key(it.loras)):
         while chunk := tuple(itertools.islice(run, size)):
             yield Unit(content_id(sorted(i.item_id for i in chunk)), adapters, chunk)
+
+
+@dataclass
+class UnitStream:
+    """The units of one adapter set, made lazily; `items` is what the plan counts."""
+
+    adapters: tuple[str, ...]
+    units: Iterator[Unit]
+    items: int
+
+
+def unit_streams(plan: Plan, done: Set[str] = frozenset()) -> list[UnitStream]:
+    """One stream of not-yet-rendered units per adapter set, so the executor can keep
+    each adapter set on few workers instead of loading every LoRA everywhere."""
+    return [
+        UnitStream(key, group_units(i for i in expand(plan, key) if i.item_id not in done), n)
+        for key, n in plan.groups()
+    ]
 
 
 def content_id(payload: object) -> str:

@@ -21,14 +21,23 @@ class AdapterSet:
         self.loads = 0
         self.enabled = True
 
-    def ensure(self, adapters: Sequence[Adapter]) -> None:
-        """Load the adapters the pipeline lacks."""
+    def ensure(self, adapters: Sequence[Adapter]) -> list[Adapter]:
+        """Load the adapters the pipeline lacks; returns those it loaded."""
+        new = []
         for adapter in adapters:
             name = adapter_name(adapter)
             if name not in self.loaded:
-                self.pipe.load_lora_weights(adapter.path, adapter_name=name, use_safetensors=True)
+                path = adapter.path
+                if path.startswith("s3://"):
+                    from farm.fetch import fetch_file
+
+                    # Fetched once per node and checked against the sha256 of the plan.
+                    path = str(fetch_file(path, adapter.sha256))
+                self.pipe.load_lora_weights(path, adapter_name=name, use_safetensors=True)
                 self.loaded.add(name)
                 self.loads += 1
+                new.append(adapter)
+        return new
 
     def activate(self, weights: Sequence[tuple[Adapter, float]]) -> None:
         """Make exactly these adapters active at these strengths; none means no LoRA.
