@@ -130,7 +130,8 @@ def farm_worker(
     ctx = job_context(plan, store)
     worker = RenderWorker()
     units = list(group_units(expand(plan)))
-    worker.pipelines.get(ctx.model_path).pipe(PROMPTS[0], num_inference_steps=2)  # warm-up
+    warm = worker.pipelines.get(ctx.model_path, ctx.model_fingerprint)
+    warm.pipe(PROMPTS[0], num_inference_steps=2)  # warm-up
     torch.cuda.synchronize()
     start = time.perf_counter()
     # Two units in flight, as the executor keeps on each Ray actor.

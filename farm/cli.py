@@ -14,6 +14,7 @@ from farm import __version__
 # Exit codes: 0 ok, 1 the job failed (resumable), 2 bad input.
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
@@ -21,8 +22,9 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from farm.loras import LoraError
     from farm.spec import SpecError
     from farm.store import StoreError
+    from farm.submit import SubmitError
 
-    return (SpecError, JobError, LoraError, StoreError)
+    return (SpecError, JobError, LoraError, StoreError, SubmitError)
 
 
 class FarmGroup(click.Group):
@@ -34,6 +36,10 @@ class FarmGroup(click.Group):
         except _bad_input_errors() as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            # Outside rendering nothing is half-written: stop without a traceback.
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=FarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,8 +108,13 @@ def resume(job_url: str, address: str | None, workers: int | None,
 
 
 def _run(spec, **options) -> None:
+    import signal
+
     from farm.job import run_job
 
+    # `ray job stop` and container shutdowns send SIGTERM: stop like Ctrl-C, letting the
+    # units in flight finish and recording the run, so a resume picks up cleanly.
+    signal.signal(signal.SIGTERM, _interrupt)
     result = run_job(spec, echo=click.echo, **options)
     url = result.job_url
     if result.rendered:
@@ -119,6 +130,81 @@ def _run(spec, **options) -> None:
             f"`farm resume {url}` renders them",
             err=True,
         )
+        sys.exit(EXIT_FAILED)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+ADDRESS_HELP = "Jobs API of the Ray cluster, e.g. http://127.0.0.1:8265 (RAY_API_SERVER_ADDRESS)."
+
+
+def address_option(command):
+    return click.option(
+        "--address", required=True, envvar="RAY_API_SERVER_ADDRESS", help=ADDRESS_HELP
+    )(command)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@address_option
+@click.option("--output", "-o", help="s3://bucket/prefix (overrides the spec).")
+@click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker, e.g. 0.5.")
+@click.option(
+    "--paths-on-cluster",
+    is_flag=True,
+    help="Use the spec's paths as they are: every node has them (shared filesystem).",
+)
+@click.option("--wait", is_flag=True, help="Follow the logs until the job ends; exit as it did.")
+def submit(spec_path: str, address: str, output: str | None, workers: int | None,
+           gpus_per_worker: float | None, paths_on_cluster: bool, wait: bool) -> None:  # fmt: skip
+    """Run SPEC's driver on a Ray cluster through its Jobs API.
+
+    Local LoRA and catalog files travel with the job; the model must be `tiny`, an
+    s3:// folder or a hub id. Credentials stay on the cluster's nodes.
+    """
+    from farm import submit as remote
+
+    spec = _load(spec_path, output)
+    job = remote.submit(spec, address, workers=workers, gpus_per_worker=gpus_per_worker,
+                        paths_on_cluster=paths_on_cluster)  # fmt: skip
+    click.echo(f"submitted {job.submission_id} to {address}")
+    click.echo(f"  logs:   farm logs {job.submission_id} --address {address} --follow")
+    click.echo(f"  cancel: farm cancel {job.submission_id} --address {address}")
+    click.echo(f"  status: farm status {job.job_url}")
+    if wait:
+        _finish(remote.follow(address, job.submission_id, click.echo), job.submission_id)
+
+
+@main.command()
+@click.argument("submission_id")
+@address_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def logs(submission_id: str, address: str, follow: bool) -> None:
+    """Print the logs of a submitted job."""
+    from farm import submit as remote
+
+    status = remote.follow(address, submission_id, click.echo, wait=follow)
+    if follow:
+        _finish(status, submission_id)
+
+
+@main.command()
+@click.argument("submission_id")
+@address_option
+def cancel(submission_id: str, address: str) -> None:
+    """Stop a submitted job. Finished units are kept; `farm resume` renders the rest."""
+    from farm import submit as remote
+
+    status = remote.cancel(address, submission_id)
+    click.echo(f"{submission_id}: {status.lower()}")
+
+
+def _finish(status: str, submission_id: str) -> None:
+    click.echo(f"{submission_id}: {status.lower()}")
+    if status != "SUCCEEDED":
         sys.exit(EXIT_FAILED)
 
 

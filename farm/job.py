@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 
 from farm import __version__
-from farm.models import model_hash, model_name, resolve_model_path
+from farm.models import model_hash, model_name
 from farm.records import compact, scan_parts
 from farm.spec import Spec, SpecError, parse_spec
 from farm.store import Store, StoreError, open_store
-from farm.sweep import Plan, content_id, expand, group_units, make_plan
+from farm.sweep import Plan, content_id, make_plan, unit_streams
 
 JOB_JSON = "job.json"
 
@@ -141,13 +141,12 @@ def run_job(
         f"job {spec.job}: {plan.items} items in {plan.units} units, "
         f"{plan.adapter_groups} adapter groups; {len(done)} already rendered"
     )
-    remaining = (item for item in expand(plan) if item.item_id not in done)
     todo = plan.items - len(done)
     started = _now()
     if todo > 0:
         ctx = job_context(plan, store)
         outcome = execute(
-            group_units(remaining), ctx, total=todo, workers=workers,
+            unit_streams(plan, done), ctx, total=todo, workers=workers,
             gpus_per_worker=gpus_per_worker, address=address, echo=echo,
         )  # fmt: skip
         result.rendered = outcome.images
@@ -187,7 +186,8 @@ def job_context(plan: Plan, store: Store):
         job_id=spec.job,
         store_url=store.url,
         model=spec.model,
-        model_path=resolve_model_path(spec.model),
+        model_path=spec.model,
+        model_fingerprint=plan.model_fingerprint,
         model_name=model_name(spec.model),
         model_hash=model_hash(plan.model_fingerprint),
         render=spec.render,

@@ -31,7 +31,8 @@ class JobContext:
     job_id: str
     store_url: str  # the job's own store: {output}/{job_id}
     model: str  # as in the spec
-    model_path: str  # what from_pretrained loads
+    model_path: str  # "tiny", a folder, s3:// folder or hub id: each node resolves it
+    model_fingerprint: str
     model_name: str
     model_hash: str
     render: Render
@@ -48,6 +49,7 @@ class UnitReport:
     worker: str
     pipeline_loads: int = 0
     adapter_loads: int = 0
+    loaded_adapters: tuple[str, ...] = ()  # spec names of the adapters this unit loaded
 
 
 def image_key(item: Item, fmt: str) -> str:
@@ -62,11 +64,11 @@ class RenderWorker:
 
         from farm.render.pipelines import PipelineCache, pick_device, quiet_libraries
 
-        if threads:
-            # Workers sharing a CPU must split its cores, or they thrash.
-            torch.set_num_threads(threads)
         quiet_libraries()
         self.device = pick_device(device)
+        if threads and self.device.name == "cpu":
+            # Workers sharing a CPU must split its cores, or they thrash.
+            torch.set_num_threads(threads)
         self.pipelines = PipelineCache(self.device)
         self.node = socket.gethostname()
         self.name = f"{self.node}:{os.getpid()}"
@@ -77,6 +79,11 @@ class RenderWorker:
         # The pipeline serves one call at a time; a second unit may wait on its uploads.
         self.render_lock = threading.Lock()
 
+    def ready(self) -> dict:
+        """Who this worker is; answering means it started."""
+        return {"worker": self.name, "node": self.node, "gpu": self.device.label,
+                "device": self.device.name, "dtype": self.device.dtype}  # fmt: skip
+
     def render(self, unit: Unit, ctx: JobContext, attempt: int = 1) -> UnitReport:
         """Render one unit and write its images, then its part (the completion mark)."""
         start = time.perf_counter()
@@ -86,7 +93,7 @@ class RenderWorker:
             return UnitReport(unit.unit_id, 0, True, 0.0, self.name)
         with self.render_lock:
             pipe_loads, adapter_loads = self.pipelines.loads, self.pipelines.adapter_loads
-            rows, pending = self._render_images(unit, ctx, store, attempt)
+            rows, pending, loaded = self._render_images(unit, ctx, store, attempt)
             loads = (
                 self.pipelines.loads - pipe_loads,
                 self.pipelines.adapter_loads - adapter_loads,
@@ -104,15 +111,16 @@ class RenderWorker:
             self.name,
             pipeline_loads=loads[0],
             adapter_loads=loads[1],
+            loaded_adapters=loaded,
         )
 
     def _render_images(self, unit: Unit, ctx: JobContext, store, attempt: int):
         # 2. Pipeline from the cache, with the unit's sampler.
-        loaded = self.pipelines.get(ctx.model_path)
+        loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint)
         loaded.use_scheduler(ctx.render.scheduler)
         # 3. Adapters: load what is missing.
         adapters = loaded.adapters
-        adapters.ensure([ctx.adapters[name] for name in unit.adapters])
+        new = adapters.ensure([ctx.adapters[name] for name in unit.adapters])
         rows: list[dict] = []
         pending: list[Future] = []
         for batch in self._batches(unit, ctx.render.batch):
@@ -127,7 +135,7 @@ class RenderWorker:
                 self.upload_slots.acquire()
                 pending.append(self.io.submit(self._write_image, store, image, row))
                 rows.append(row)
-        return rows, pending
+        return rows, pending, tuple(a.name for a in new)
 
     def _batches(self, unit: Unit, requested: int | None) -> list[list[Item]]:
         # Only items with identical strengths share a pipeline call.

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from farm.spec import SpecError, parse_spec
-from farm.sweep import UNIT_SIZE, Item, Plan, Unit, expand, group_units, make_plan
+from farm.sweep import (
+    UNIT_SIZE,
+    Item,
+    Plan,
+    Unit,
+    expand,
+    group_units,
+    make_plan,
+    unit_streams,
+)
 
 NEON = {"name": "neon", "path": "tiny:neon", "alpha": [0, 0.5, 1]}
 INK = {"name": "ink", "path": "tiny:ink", "alpha": [0.4, 0.6]}
@@ -43,8 +52,9 @@ def plan_of(base: Path, **over) -> Plan:
 
 
 def run(plan: Plan) -> tuple[list[Item], list[Unit]]:
+    # Units as the executor gets them: one stream per adapter set.
     items = list(expand(plan))
-    return items, list(group_units(items))
+    return items, [u for stream in unit_streams(plan) for u in stream.units]
 
 
 def check_counts(plan: Plan, items: list[Item], units: list[Unit]) -> dict:
@@ -54,7 +64,12 @@ def check_counts(plan: Plan, items: list[Item], units: list[Unit]) -> dict:
     assert counts["adapter_groups"] == len({u.adapters for u in units}) == plan.adapter_groups
     assert counts["prompts"] * counts["seeds"] * counts["combos"] == len(items)
     assert sum(len(u.items) for u in units) == len(items)
-    assert [i for u in units for i in u.items] == items
+    # Every item exactly once; within an adapter set, the combination-major order is kept.
+    assert sorted(i.item_id for u in units for i in u.items) == sorted(i.item_id for i in items)
+    for key, n in plan.groups():
+        in_set = [i for i in items if tuple(sorted(x for x, _ in i.loras)) == key]
+        assert [i for u in units if u.adapters == key for i in u.items] == in_set
+        assert len(in_set) == n
     return counts
 
 
@@ -124,8 +139,8 @@ def test_inline_tag_while_another_lora_is_swept(base):
     items, units = run(plan)
     counts = check_counts(plan, items, units)
     assert (counts["combos"], counts["items"], counts["loras"]) == (2, 12, 2)
-    # Runs alternate (neon) / (ink, neon): four runs of three items, two adapter sets.
-    assert (counts["units"], counts["adapter_groups"]) == (4, 2)
+    # Runs alternate (neon) / (ink, neon); each adapter set's 6 items make one unit.
+    assert (counts["units"], counts["adapter_groups"]) == (2, 2)
     dogs = [i for i in items if i.text.startswith("a dog")]
     assert {i.loras for i in dogs} == {(("neon", 0.0), ("ink", 0.5)), (("neon", 1.0), ("ink", 0.5))}
     assert {i.prompt for i in dogs} == {
@@ -146,6 +161,16 @@ def test_many_runs_of_one_adapter_set(base):
     counts = check_counts(plan, items, units)
     assert counts["items"] == 33
     assert counts["adapter_groups"] == 2
+    # The runs of one adapter set are merged: 11 + 22 items, not one unit per run.
+    assert counts["units"] == len(units) == 2 + 3
+
+
+def test_unit_streams_leave_out_done_items(base):
+    plan = plan_of(base, prompts=["a cat", "a dog"], seeds={"start": 0, "count": 5})
+    items = list(expand(plan))
+    done = {i.item_id for i in items[::3]}
+    left = [i.item_id for s in unit_streams(plan, done) for u in s.units for i in u.items]
+    assert sorted(left) == sorted(i.item_id for i in items if i.item_id not in done)
 
 
 @pytest.mark.parametrize("count", [1, 7, 8, 9, 16, 17])

@@ -56,9 +56,13 @@ class Loaded:
 
 
 class PipelineCache:
-    """Loaded pipelines by model path, least recently used dropped first."""
+    """Loaded pipelines by model, least recently used dropped first.
 
-    def __init__(self, device: Device, capacity: int = 1):
+    Bounded by memory: before a model loads, older ones are dropped until the device has
+    room for its weights (and never more than `capacity` are kept).
+    """
+
+    def __init__(self, device: Device, capacity: int = 4):
         self.device = device
         self.capacity = capacity
         self.pipelines: OrderedDict[str, Loaded] = OrderedDict()
@@ -69,22 +73,30 @@ class PipelineCache:
     def adapter_loads(self) -> int:
         return self._evicted_adapter_loads + sum(p.adapters.loads for p in self.pipelines.values())
 
-    def get(self, model_path: str) -> Loaded:
-        if model_path in self.pipelines:
-            self.pipelines.move_to_end(model_path)
-            return self.pipelines[model_path]
-        while len(self.pipelines) >= self.capacity:
+    def get(self, model: str, fingerprint: str | None = None) -> Loaded:
+        if model in self.pipelines:
+            self.pipelines.move_to_end(model)
+            return self.pipelines[model]
+        from farm.models import local_model_path
+
+        # On a worker: `tiny` is built and an s3:// model fetched once per node.
+        path = local_model_path(model, fingerprint)
+        need = 1.2 * weights_bytes(path)
+        while self.pipelines and (
+            len(self.pipelines) >= self.capacity or free_memory(self.device) < need
+        ):
             _, old = self.pipelines.popitem(last=False)
             self._evicted_adapter_loads += old.adapters.loads
+            del old
             _free_memory()
-        loaded = Loaded(load_pipeline(model_path, self.device))
-        self.pipelines[model_path] = loaded
+        loaded = Loaded(load_pipeline(path, self.device))
+        self.pipelines[model] = loaded
         self.loads += 1
         return loaded
 
 
 def load_pipeline(model_path: str, device: Device):
-    """A text-to-image pipeline from a diffusers folder or hub id, never via pickle."""
+    """A text-to-image pipeline from a local diffusers folder or hub id; no pickles."""
     import torch
     from diffusers import AutoPipelineForText2Image
 
@@ -96,6 +108,27 @@ def load_pipeline(model_path: str, device: Device):
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device.name)
+
+
+def weights_bytes(path: str) -> int:
+    """Bytes of a local model folder's weight files (0 for a hub id not yet fetched)."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+
+
+def free_memory(device: Device) -> int:
+    """Bytes the device can still take: GPU memory on CUDA, available RAM on the CPU."""
+    import torch
+
+    if device.name.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device.name))[0]
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def _free_memory() -> None:
