@@ -26,6 +26,13 @@ class Progress:
         self.start = time.perf_counter()
         self.last = float("-inf") if self.live else self.start
         self.drawn = False
+        self.begun = False
+
+    def begin(self) -> None:
+        """Rendering starts now: the rate leaves out worker start-up."""
+        if not self.begun:
+            self.begun = True
+            self.start = time.perf_counter()
 
     def update(self, images: int) -> None:
         self.done += images

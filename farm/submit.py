@@ -9,7 +9,6 @@ travel: the cluster's nodes bring their own (instance roles, Kubernetes Secrets)
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import tempfile
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from farm.executor import FORWARDED_ENV
 from farm.spec import Spec
 
 # Ray refuses working_dir packages above 512 MiB; stay well below and say what to do.
@@ -41,27 +39,31 @@ class Submitted:
 
 def client(address: str):
     """A Jobs API client, or a SubmitError that says the address is wrong."""
+    import logging
+
     from ray.job_submission import JobSubmissionClient
 
+    # Ray's SDK logs each upload at INFO; farm prints what matters itself.
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if not urlparse(address).scheme:
         address = f"http://{address}"
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # requests' and Ray's connection errors have no common base
+        if "auth" in str(err).lower():
+            raise SubmitError(
+                f"--address {address}: the cluster wants its token; set RAY_AUTH_TOKEN (or "
+                "RAY_AUTH_TOKEN_PATH) to it, with RAY_AUTH_MODE=token"
+            ) from None
         raise SubmitError(
             f"--address {address}: no Ray Jobs API answers there ({_first_line(err)}); "
             "check the address and port (8265), or tunnel to it"
         ) from None
 
 
-def stage(spec: Spec, address: str, folder: Path, *, paths_on_cluster: bool = False) -> Spec:
-    """Copy what the driver needs into `folder`; returns the spec as the cluster sees it."""
-    import dataclasses
-
-    from farm.spec import Catalog
-
-    if paths_on_cluster:
-        return spec
+def check_portable(spec: Spec, address: str) -> None:
+    """Refuse what cannot reach a remote driver: local models, local output folders."""
     model = spec.model
     if model != "tiny" and not model.startswith("s3://") and Path(model).exists():
         raise SubmitError(
@@ -74,6 +76,16 @@ def stage(spec: Spec, address: str, folder: Path, *, paths_on_cluster: bool = Fa
             f"output: {spec.output} is a local folder, so a remote cluster would scatter the "
             "job over its nodes' disks; use s3://bucket/prefix (or --paths-on-cluster)"
         )
+
+
+def stage(spec: Spec, folder: Path, *, paths_on_cluster: bool = False) -> Spec:
+    """Copy what the driver needs into `folder`; returns the spec as the cluster sees it."""
+    import dataclasses
+
+    from farm.spec import Catalog
+
+    if paths_on_cluster:
+        return spec
     size = 0
     loras = []
     for i, lora in enumerate(spec.loras):
@@ -106,15 +118,18 @@ def submit(
     workers: int | None = None,
     gpus_per_worker: float | None = None,
     paths_on_cluster: bool = False,
+    s3_endpoint: str | None = None,
 ) -> Submitted:
     """Stage the spec's files and start its driver on the cluster; nothing renders here."""
     from farm.sweep import make_plan
 
     make_plan(spec)  # every bad input is refused here, before anything is uploaded
+    if not paths_on_cluster:
+        check_portable(spec, address)
     jobs = client(address)
     folder = Path(tempfile.mkdtemp(prefix="farm-submit-"))
     try:
-        staged = stage(spec, address, folder, paths_on_cluster=paths_on_cluster)
+        staged = stage(spec, folder, paths_on_cluster=paths_on_cluster)
         spec_name = "spec.json"
         (folder / spec_name).write_text(json.dumps(staged.to_dict(), indent=2))
         command = ["python", "-m", "farm", "run", spec_name, "--address", "auto"]
@@ -123,10 +138,11 @@ def submit(
         if gpus_per_worker is not None:
             command += ["--gpus-per-worker", str(gpus_per_worker)]
         # Only settings that are not secrets travel; the nodes hold their own credentials.
-        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k) and k != "FARM_HOME"}
+        # This shell's endpoint may be a tunnel the cluster can't reach: it travels only
+        # when given for the cluster with --s3-endpoint.
         runtime_env: dict = {"working_dir": str(folder)}
-        if env:
-            runtime_env["env_vars"] = env
+        if s3_endpoint:
+            runtime_env["env_vars"] = {"AWS_ENDPOINT_URL_S3": s3_endpoint}
         submission_id = f"farm-{spec.job}-{secrets.token_hex(4)}"
         try:
             jobs.submit_job(

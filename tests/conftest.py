@@ -82,3 +82,13 @@ def s3():
     relay.stop()
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tiny_dir):
+    """`ray start --head` on 127.0.0.1 with 4 fake GPUs, token auth and the Jobs API."""
+    from raycluster import Head
+
+    head = Head(gpus=4, cpus=4)
+    yield head
+    head.stop()
