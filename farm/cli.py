@@ -157,9 +157,13 @@ def address_option(command):
     is_flag=True,
     help="Use the spec's paths as they are: every node has them (shared filesystem).",
 )
+@click.option(
+    "--s3-endpoint", metavar="URL", help="S3-compatible endpoint as the cluster's nodes reach it."
+)
 @click.option("--wait", is_flag=True, help="Follow the logs until the job ends; exit as it did.")
 def submit(spec_path: str, address: str, output: str | None, workers: int | None,
-           gpus_per_worker: float | None, paths_on_cluster: bool, wait: bool) -> None:  # fmt: skip
+           gpus_per_worker: float | None, paths_on_cluster: bool, s3_endpoint: str | None,
+           wait: bool) -> None:  # fmt: skip
     """Run SPEC's driver on a Ray cluster through its Jobs API.
 
     Local LoRA and catalog files travel with the job; the model must be `tiny`, an
@@ -169,7 +173,7 @@ def submit(spec_path: str, address: str, output: str | None, workers: int | None
 
     spec = _load(spec_path, output)
     job = remote.submit(spec, address, workers=workers, gpus_per_worker=gpus_per_worker,
-                        paths_on_cluster=paths_on_cluster)  # fmt: skip
+                        paths_on_cluster=paths_on_cluster, s3_endpoint=s3_endpoint)  # fmt: skip
     click.echo(f"submitted {job.submission_id} to {address}")
     click.echo(f"  logs:   farm logs {job.submission_id} --address {address} --follow")
     click.echo(f"  cancel: farm cancel {job.submission_id} --address {address}")
@@ -271,6 +275,36 @@ def verify(job_url: str, no_images: bool) -> None:
     )
 
 
+@main.command()
+@click.argument("job_url")
+@click.argument("item_id")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the rerendered image here.",
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: a GPU if any.")
+@s3_endpoint_option
+def rerender(job_url: str, item_id: str, out: Path | None, device: str | None) -> None:  # fmt: skip
+    """Render ITEM_ID of the job at JOB_URL again and report whether the bytes match."""
+    from farm.rerender import rerender as run_again
+    from farm.store import open_store
+
+    result = run_again(open_store(job_url), item_id, device)
+    if out:
+        out.write_bytes(result.image)
+        click.echo(f"image: {out}")
+    if result.match:
+        click.echo(f"match: {item_id} renders to the same bytes (sha256 {result.new_sha256})")
+        return
+    click.echo(
+        f"differs: {item_id} stored sha256 {result.stored_sha256}, now {result.new_sha256} "
+        f"(now {result.device} at batch 1; stored {result.original})"
+    )
+    sys.exit(EXIT_FAILED)
+
+
 @main.group()
 def model() -> None:
     """Models: write the embedded tiny pipeline."""
@@ -290,7 +324,7 @@ def model_tiny(out: Path) -> None:
 
 @main.group()
 def lora() -> None:
-    """LoRA files: demo LoRAs for the tiny model."""
+    """LoRA files: inspect them; demo LoRAs for the tiny model."""
 
 
 @lora.command("demo")
@@ -301,3 +335,30 @@ def lora_demo(out: Path) -> None:
 
     for name, demo in DEMO_LORAS.items():
         click.echo(write_demo_lora(demo, out / f"{name}.safetensors"))
+
+
+@lora.command("inspect")
+@click.argument("path", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def lora_inspect(path: str, as_json: bool) -> None:
+    """Format, rank, alpha, targeted blocks, base-model family, hashes and ss_* metadata.
+
+    FILE is a .safetensors LoRA, or tiny:NAME for a demo LoRA.
+    """
+    from farm.loras import LoraError, describe_lora
+
+    if path.startswith("tiny:"):
+        from farm.demo_loras import demo_lora_path
+
+        try:
+            path = str(demo_lora_path(path))
+        except KeyError as err:
+            raise LoraError(err.args[0]) from None
+    report = describe_lora(path)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    rows = report.rows()
+    width = max(len(key) for key, _ in rows) + 1
+    for key, value in rows:
+        click.echo(f"{key + ':':<{width}} {value}")

@@ -144,3 +144,25 @@ def text_attention_modules() -> list[tuple[str, int, int]]:
         for layer in range(TEXT_CONFIG["num_hidden_layers"])
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj")
     ]
+
+
+def unet_resnet_convs() -> list[tuple[str, int, int, int]]:
+    """(module, out_channels, in_channels, kernel) of the tiny UNet's down and mid ResNet convs.
+
+    These are the layers a kohya LoCon adapts beyond attention; tests build LoCon files
+    against the tiny model from them.
+    """
+    channels = UNET_CONFIG["block_out_channels"]
+    convs = []
+    width = channels[0]  # conv_in's output
+    for i, out in enumerate(channels):
+        for j in range(UNET_CONFIG["layers_per_block"]):
+            block = f"down_blocks.{i}.resnets.{j}"
+            convs += [(f"{block}.conv1", out, width, 3), (f"{block}.conv2", out, out, 3)]
+            if width != out:
+                convs.append((f"{block}.conv_shortcut", out, width, 1))
+            width = out
+    for j in range(2):  # the cross-attention mid block has two ResNets
+        block = f"mid_block.resnets.{j}"
+        convs += [(f"{block}.conv1", width, width, 3), (f"{block}.conv2", width, width, 3)]
+    return convs

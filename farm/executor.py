@@ -46,6 +46,7 @@ class Outcome:
     seconds: float = 0.0
     interrupted: bool = False
     stopped: str = ""
+    flagged: list = field(default_factory=list)  # (item_id, cell, flags)
 
 
 @dataclass
@@ -141,7 +142,9 @@ def worker_layout(workers: int | None, gpus_per_worker: float | None) -> tuple[i
 
     gpus = ray.cluster_resources().get("GPU", 0)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    if gpus and gpus_per_worker != 0:
+    # GPUs asked for explicitly are requested even when none is up yet: an autoscaling
+    # cluster adds GPU nodes for the pending workers.
+    if (gpus and gpus_per_worker != 0) or gpus_per_worker:
         per = gpus_per_worker or 1.0
         count = workers or max(1, int(gpus / per))
         return count, {"num_gpus": per, "num_cpus": 1}
@@ -209,6 +212,7 @@ def execute(
                                 if picked is None:
                                     break
                                 unit, attempt = picked
+                                progress.begin()
                                 ref = slot.actor.render.remote(unit, ctx, attempt)
                                 running[ref] = (slot, unit, attempt)
                                 slot.in_flight += 1
@@ -266,6 +270,7 @@ def execute(
                         continue
                     failures_in_a_row = 0
                     _account(slot, unit, report, counters)
+                    outcome.flagged += report.flagged
                     outcome.images += report.images
                     outcome.units += 1
                     progress.update(report.images)
@@ -295,6 +300,12 @@ def execute(
         echo(f"failed: {error}")
     if len(outcome.errors) > 10:
         echo(f"… and {len(outcome.errors) - 10} more failed units")
+    if outcome.flagged:
+        echo(f"flagged {len(outcome.flagged)} images (NaN, clipped or flat output):")
+        for item_id, cell, flags in outcome.flagged[:20]:
+            echo(f"  {item_id}  {cell}: {', '.join(flags)}")
+        if len(outcome.flagged) > 20:
+            echo(f"  … and {len(outcome.flagged) - 20} more (the rows' `flags` column)")
     if outcome.stopped:
         echo(f"stopped: {outcome.stopped}")
     if outcome.interrupted:
@@ -367,13 +378,17 @@ def _next_unit(slot: Slot, streams: list[Stream], retries: deque) -> tuple[Unit,
             return unit, 1
         slot.stream.holders.discard(slot.id)
         slot.stream = None
-    # 3. The stream with the most work per worker; those this worker holds win ties.
+    # 3. The stream with the most work per worker; those this worker holds win ties. A
+    # fresh worker takes any work; one that already rendered only joins a held stream
+    # with enough left to be worth loading its adapters.
+    fresh = slot.units == 0 and slot.in_flight == 0
     best, best_score = None, -1.0
     for stream in streams:
         if stream.empty:
             continue
         holders = len(stream.holders)
-        if holders and max(stream.left, len(stream.buffered)) < STEAL_MIN * holders:
+        left = max(stream.left, len(stream.buffered))
+        if holders and not fresh and left < STEAL_MIN * holders:
             continue
         score = max(stream.left, 1) / (holders + 1)
         if set(stream.adapters) <= slot.loaded:

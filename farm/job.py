@@ -38,6 +38,7 @@ class RunResult:
     seconds: float = 0.0
     interrupted: bool = False
     stopped: str = ""  # why rendering stopped before every unit was tried
+    flagged: list = field(default_factory=list)  # (item_id, cell, flags) of broken images
 
     @property
     def ok(self) -> bool:
@@ -45,10 +46,17 @@ class RunResult:
 
 
 def plan_fingerprint(plan: Plan) -> str:
-    """Changes when anything that decides the items changes (spec, model, LoRA files)."""
-    spec = {k: v for k, v in plan.spec.to_dict().items() if k != "output"}
+    """Changes when anything that decides the items changes (spec, model, LoRA files).
+
+    File contents count, not paths: a job submitted to a cluster (where its files land
+    in another folder) or moved to another machine is still the same job.
+    """
+    spec = {k: v for k, v in plan.spec.to_dict().items()
+            if k not in ("output", "catalog", "lora_dir")}  # fmt: skip
+    spec["loras"] = [{k: v for k, v in x.items() if k != "path"} for x in spec["loras"]]
     adapters = sorted((a.name, a.sha256) for a in plan.adapters.values())
-    return content_id([spec, plan.model_fingerprint, adapters])
+    sources = [(s.prompt, s.catalog) for s in plan.sources]
+    return content_id([spec, plan.model_fingerprint, adapters, sources])
 
 
 def job_store(spec: Spec) -> Store:
@@ -155,6 +163,7 @@ def run_job(
         result.seconds = outcome.seconds
         result.interrupted = outcome.interrupted
         result.stopped = outcome.stopped
+        result.flagged = outcome.flagged
     else:
         echo("nothing to render: every item already has a row")
     try:
@@ -172,6 +181,9 @@ def run_job(
     doc["runs"].append({
         "started_at": started, "finished_at": doc["updated_at"], "rendered": result.rendered,
         "failed_items": len(result.failed_items), "counters": result.counters,
+        "flagged": len(result.flagged),
+        "flagged_cells": [{"item_id": i, "cell": c, "flags": list(f)}
+                          for i, c, f in result.flagged[:100]],
     })  # fmt: skip
     write_job(store, doc)
     return result

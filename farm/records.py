@@ -18,6 +18,8 @@ LORA_TYPE = pa.struct(
         ("weight", pa.float64()),
         ("te_weight", pa.float64()),
         ("unet_weight", pa.float64()),
+        ("blocks", pa.string()),  # LBW preset or 17 values, or the dict form as JSON
+        ("schedule", pa.string()),  # keyframes value@fraction,…
     ]
 )
 SCHEMA = pa.schema(
@@ -54,8 +56,11 @@ SCHEMA = pa.schema(
         ("attempt", pa.int32()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("infotext", pa.string()),
+        ("flags", pa.list_(pa.string())),  # nonfinite, saturated, flat
     ]
 )
+# Added after the first release: parts written before them are read with nulls there.
+LATER_COLUMNS = {"flags"}
 PARTS = "parts/"
 METADATA = "metadata.parquet"
 
@@ -84,8 +89,12 @@ def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
     except (pa.ArrowException, OSError) as err:
         raise CorruptPart(str(err).splitlines()[0]) from None
     missing = set(columns or SCHEMA.names) - set(table.column_names)
-    if missing:
+    if missing - LATER_COLUMNS:
         raise CorruptPart(f"missing columns {sorted(missing)}")
+    if table.schema != (SCHEMA if columns is None else table.schema) or missing:
+        # A part from an earlier farm: the columns (and LoRA fields) added since are null.
+        schema = pa.schema([SCHEMA.field(c) for c in columns or SCHEMA.names])
+        table = pa.Table.from_pylist(table.to_pylist(), schema=schema)
     return table
 
 

@@ -21,6 +21,14 @@ import yaml
 from farm.demo_loras import DEMO_LORAS
 from farm.demo_loras import PREFIX as DEMO_PREFIX
 from farm.schedulers import SAMPLERS
+from farm.strength import (
+    Blocks,
+    Strength,
+    StrengthError,
+    parse_blocks,
+    parse_schedule,
+    schedule_text,
+)
 
 JOB_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -34,9 +42,10 @@ FORMATS = ("png", "jpeg", "webp")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CATALOG_SUFFIXES = (".csv", ".jsonl", ".parquet")
 TOP_KEYS = ("job", "model", "prompts", "catalog", "negative_prompt", "seeds", "loras",
-            "combine", "render", "output")  # fmt: skip
+            "combine", "render", "output", "lora_dir")  # fmt: skip
 RENDER_KEYS = ("steps", "guidance", "width", "height", "scheduler", "format", "batch")
-LORA_KEYS = ("name", "path", "alpha")
+LORA_KEYS = ("name", "path", "alpha", "te", "unet", "blocks", "schedule")
+STRENGTH_KEYS = ("weight", "te", "unet", "blocks", "schedule")
 _NO_TENANTS = "tenants are not configured on this farm (no tenants.yaml)"
 # Keys of a later feature (tenant presets): recognised, so the message says why they fail.
 LATER_KEYS = {
@@ -59,6 +68,34 @@ class LoraAxis:
     name: str
     path: str  # absolute local path, 'tiny:NAME' or 's3://bucket/key.safetensors'
     alphas: tuple[float, ...]  # () only when combine is an explicit list
+    te: float | None = None  # a fixed text-encoder weight: alpha then sets the UNet's
+    unet: float | None = None  # a fixed UNet weight: alpha then sets the text encoder's
+    blocks: tuple[Blocks, ...] = ()  # per-block multipliers, an axis of its own
+    schedule: tuple[tuple[float, float], ...] | None = None
+
+    def strengths(self) -> list[Strength]:
+        """This LoRA's axis: every alpha, times every block setting."""
+        out = []
+        for alpha in self.alphas:
+            te = self.te if self.te is not None else alpha
+            unet = self.unet if self.unet is not None else alpha
+            for blocks in self.blocks or (None,):
+                out.append(Strength(te, unet, blocks, self.schedule, alpha=alpha))
+        return out
+
+    def extras(self) -> dict:
+        """The strength keys beyond alpha, as written back to job.json."""
+        d: dict[str, Any] = {}
+        if self.te is not None:
+            d["te"] = self.te
+        if self.unet is not None:
+            d["unet"] = self.unet
+        if self.blocks:
+            sources = [b.source for b in self.blocks]
+            d["blocks"] = sources if len(sources) > 1 else sources[0]
+        if self.schedule is not None:
+            d["schedule"] = schedule_text(self.schedule)
+        return d
 
 
 @dataclass(frozen=True)
@@ -79,7 +116,7 @@ class Catalog:
     key: str  # the column that identifies a row
 
 
-Combos = tuple[tuple[tuple[str, float], ...], ...]
+Combos = tuple[tuple[tuple[str, Strength], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -95,6 +132,7 @@ class Spec:
     output: str
     catalog: Catalog | None = None
     source: str = ""
+    lora_dir: str | None = None  # a LoRA library: prompt tags name its files by stem
 
     def to_dict(self) -> dict:
         """Canonical JSON-able form; parse_spec(spec.to_dict()) gives the spec back."""
@@ -112,18 +150,22 @@ class Spec:
         else:
             d["seeds"] = list(s)
         d["loras"] = [
-            {"name": x.name, "path": x.path} | ({"alpha": list(x.alphas)} if x.alphas else {})
+            {"name": x.name, "path": x.path}
+            | ({"alpha": list(x.alphas)} if x.alphas else {})
+            | x.extras()
             for x in self.loras
         ]
         if isinstance(self.combine, str):
             d["combine"] = self.combine
         else:
-            d["combine"] = [dict(combo) for combo in self.combine]
+            d["combine"] = [{n: strength_to_spec(w) for n, w in c} for c in self.combine]
         r = self.render
         d["render"] = {"steps": r.steps, "guidance": r.guidance, "width": r.width,
                        "height": r.height, "scheduler": r.scheduler, "format": r.format,
                        "batch": "auto" if r.batch is None else r.batch}  # fmt: skip
         d["output"] = self.output
+        if self.lora_dir is not None:
+            d["lora_dir"] = self.lora_dir
         return d
 
 
@@ -251,8 +293,18 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
     render = _render(_get(data, "render", {}))
     output = _output(_get(data, "output", "./renders"))
     catalog = _catalog(data["catalog"], base) if has_catalog else None
+    lora_dir = _lora_dir(_get(data, "lora_dir"), base)
     return Spec(job, model, prompts, negative, seeds, loras, combine, render, output,
-                catalog, source)  # fmt: skip
+                catalog, source, lora_dir)  # fmt: skip
+
+
+def _lora_dir(value: Any, base: Path) -> str | None:
+    if value is None:
+        return None
+    folder = _local(_str(value, "lora_dir"), base)
+    if not folder.is_dir():
+        raise SpecError(f"lora_dir: {folder} is not a folder (a LoRA library of .safetensors)")
+    return str(folder)
 
 
 def parse_strengths(value: Any, field: str) -> tuple[float, ...]:
@@ -389,9 +441,99 @@ def _loras(value: Any, base: Path, mode: Any) -> tuple[LoraAxis, ...]:
         if alpha is None and alpha_required:
             raise SpecError(f"{at}.alpha: required ({STRENGTHS_HELP}, e.g. '0:1:0.2')")
         alphas = parse_strengths(alpha, f"{at}.alpha") if alpha is not None else ()
+        extras = _strength_extras(m, at, has_alpha=bool(alphas), zip_mode=alpha_required)
         # With explicit combos every weight comes from `combine`; a lora's own alpha is unused.
-        out.append(LoraAxis(name, path, () if explicit else alphas))
+        out.append(LoraAxis(name, path, () if explicit else alphas, **extras))
     return tuple(out)
+
+
+def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> dict:
+    te, unet = _get(m, "te"), _get(m, "unet")
+    blocks, schedule = _get(m, "blocks"), _get(m, "schedule")
+    if not has_alpha:
+        for key, value in (("te", te), ("unet", unet), ("blocks", blocks),
+                           ("schedule", schedule)):  # fmt: skip
+            if value is not None:
+                raise SpecError(
+                    f"{at}.{key}: applies to a swept LoRA; give {at}.alpha too (or set it in "
+                    "the prompt tag or the combine entry)"
+                )
+        return {}
+    if te is not None and unet is not None:
+        raise SpecError(
+            f"{at}: te and unet are both fixed, so alpha would change nothing; fix at most "
+            "one (alpha sets the other) or use combine entries {name: {te, unet}}"
+        )
+    extras: dict[str, Any] = {}
+    if te is not None:
+        extras["te"] = _number(te, f"{at}.te", strings=True)
+    if unet is not None:
+        extras["unet"] = _number(unet, f"{at}.unet", strings=True)
+    if blocks is not None:
+        # A list of settings (presets, 17-value lists, dicts) is an axis; 17 numbers are one.
+        axis = isinstance(blocks, list) and any(isinstance(b, str | list | dict) for b in blocks)
+        if axis and zip_mode:
+            raise SpecError(f"{at}.blocks: combine: zip takes one block setting per LoRA")
+        values = blocks if axis else [blocks]
+        parsed = [_blocks(b, f"{at}.blocks[{i}]" if axis else f"{at}.blocks")
+                  for i, b in enumerate(values)]  # fmt: skip
+        if len({b.pairs for b in parsed}) != len(parsed):
+            raise SpecError(f"{at}.blocks: a block setting is listed twice")
+        extras["blocks"] = tuple(parsed)
+    if schedule is not None:
+        extras["schedule"] = _schedule(schedule, f"{at}.schedule")
+    return extras
+
+
+def _blocks(value: Any, at: str) -> Blocks:
+    try:
+        return parse_blocks(value)
+    except StrengthError as err:
+        raise SpecError(f"{at}: {err}") from None
+
+
+def _schedule(value: Any, at: str) -> tuple[tuple[float, float], ...]:
+    try:
+        return parse_schedule(value)
+    except StrengthError as err:
+        raise SpecError(f"{at}: {err}") from None
+
+
+def _combo_strength(value: Any, at: str) -> Strength:
+    """A combine entry's value: a weight, or {weight | te/unet, blocks, schedule}."""
+    if not isinstance(value, dict):
+        return Strength.plain(_number(value, at, strings=True))
+    _check_keys(value, STRENGTH_KEYS, at)
+    weight = _get(value, "weight")
+    te, unet = _get(value, "te"), _get(value, "unet")
+    if weight is None and te is None and unet is None:
+        raise SpecError(f"{at}: give weight, or te and/or unet")
+    w = _number(weight, f"{at}.weight", strings=True) if weight is not None else None
+    te_w = _number(te, f"{at}.te", strings=True) if te is not None else w
+    unet_w = _number(unet, f"{at}.unet", strings=True) if unet is not None else w
+    if te_w is None or unet_w is None:
+        # A1111's rule: an unset UNet weight follows the text encoder's, and back.
+        te_w = unet_w if te_w is None else te_w
+        unet_w = te_w if unet_w is None else unet_w
+    blocks = _get(value, "blocks")
+    schedule = _get(value, "schedule")
+    return Strength(
+        te_w, unet_w,
+        _blocks(blocks, f"{at}.blocks") if blocks is not None else None,
+        _schedule(schedule, f"{at}.schedule") if schedule is not None else None,
+    )  # fmt: skip
+
+
+def strength_to_spec(strength: Strength) -> Any:
+    """A combine entry's value as written back to job.json (parse gives it back)."""
+    if strength.is_plain:
+        return strength.unet
+    d: dict[str, Any] = {"te": strength.te, "unet": strength.unet}
+    if strength.blocks is not None:
+        d["blocks"] = strength.blocks.source
+    if strength.schedule is not None:
+        d["schedule"] = schedule_text(strength.schedule)
+    return d
 
 
 def _lora_path(text: str, at: str, base: Path) -> str:
@@ -445,7 +587,7 @@ def _combine(mode: str | list | tuple, loras: tuple[LoraAxis, ...]) -> str | Com
     if not mode:
         raise SpecError("combine: the list is empty (give {lora name: weight} mappings)")
     names = [x.name for x in loras]
-    combos: list[tuple[tuple[str, float], ...]] = []
+    combos: list[tuple[tuple[str, Strength], ...]] = []
     seen: dict[tuple, int] = {}
     for i, item in enumerate(mode):
         at = f"combine[{i}]"
@@ -457,8 +599,8 @@ def _combine(mode: str | list | tuple, loras: tuple[LoraAxis, ...]) -> str | Com
             if name not in names:
                 hint = _hint(name, names)
                 raise SpecError(f"{at}.{name}: unknown LoRA{hint} (loras: {', '.join(names)})")
-            pairs.append((name, _number(weight, f"{at}.{name}", strings=True)))
-        key = tuple(sorted(pairs))
+            pairs.append((name, _combo_strength(weight, f"{at}.{name}")))
+        key = tuple(sorted((n, json.dumps(w.key())) for n, w in pairs))
         if key in seen:
             raise SpecError(f"{at}: same as combine[{seen[key]}]")
         seen[key] = i

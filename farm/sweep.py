@@ -8,10 +8,11 @@ import json
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
-from farm.loras import LoraError, inspect_lora
+from farm.loras import LoraError, check_compatible, inspect_lora
 from farm.models import model_fingerprint
 from farm.prompts import PromptError, lora_tag, parse_prompt
 from farm.spec import Spec, SpecError
+from farm.strength import Strength
 
 # Items per unit: enough to amortise a dispatch, small enough to spread over workers.
 UNIT_SIZE = 8
@@ -33,7 +34,7 @@ class Item:
     text: str  # what the text encoder sees: tags removed
     negative_prompt: str
     seed: int
-    loras: tuple[tuple[str, float], ...]  # (adapter name, weight), in prompt order
+    loras: tuple[tuple[str, Strength], ...]  # (adapter name, strength), in prompt order
     alpha: float | None  # the swept strength when exactly one LoRA is swept
     catalog: tuple[tuple[str, str], ...] = ()
 
@@ -51,7 +52,7 @@ class Source:
 
     prompt: str
     text: str
-    tags: tuple[tuple[str, float], ...]
+    tags: tuple[tuple[str, Strength], ...]
     catalog: tuple[tuple[str, str], ...] = ()
 
 
@@ -60,7 +61,7 @@ class Plan:
     spec: Spec
     model_fingerprint: str
     adapters: dict[str, Adapter]
-    combos: list[tuple[tuple[str, float], ...]]
+    combos: list[tuple[tuple[str, Strength], ...]]
     sources: list[Source] = field(default_factory=list)
 
     @property
@@ -108,7 +109,7 @@ def make_plan(spec: Spec, *, frozen: tuple[str, dict[str, Adapter]] | None = Non
     else:
         fingerprint = model_fingerprint(spec.model)
         adapters = {
-            lora.name: _adapter(lora.name, lora.path, f"loras[{i}].path")
+            lora.name: _adapter(lora.name, lora.path, f"loras[{i}].path", spec.model)
             for i, lora in enumerate(spec.loras)
         }
         # item_ids hash files, not names: one file under two names would give two items
@@ -125,7 +126,7 @@ def make_plan(spec: Spec, *, frozen: tuple[str, dict[str, Adapter]] | None = Non
     return Plan(spec, fingerprint, adapters, combos, sources)
 
 
-def _adapter(name: str, path: str, field_path: str) -> Adapter:
+def _adapter(name: str, path: str, field_path: str, model: str) -> Adapter:
     if path.startswith("tiny:"):
         from farm.demo_loras import demo_lora_path
 
@@ -143,22 +144,37 @@ def _adapter(name: str, path: str, field_path: str) -> Adapter:
             raise SpecError(f"{field_path}: {err}") from None
     try:
         info = inspect_lora(local)
+        # An SDXL LoRA on an SD1.5 model (or the reverse) is refused here, not mid-job.
+        check_compatible(local, model)
     except LoraError as err:
         raise SpecError(f"{field_path}: {str(err).replace(local, path)}") from None
     return Adapter(name, path, info.sha256, info.shorthash)
 
 
-def combinations(spec: Spec) -> list[tuple[tuple[str, float], ...]]:
-    """Every LoRA combination of the sweep, as (name, weight) tuples."""
+def _library_adapter(spec: Spec, name: str, where: str) -> Adapter | None:
+    """A prompt tag's LoRA from the spec's lora_dir, found by file stem like A1111."""
+    if not spec.lora_dir:
+        return None
+    from pathlib import Path
+
+    matches = sorted(Path(spec.lora_dir).rglob(f"{name}.safetensors"))
+    if len(matches) > 1:
+        found = ", ".join(str(m) for m in matches[:3])
+        raise SpecError(f"{where}: <lora:{name}:…> matches several files in lora_dir ({found})")
+    return _adapter(name, str(matches[0]), where, spec.model) if matches else None
+
+
+def combinations(spec: Spec) -> list[tuple[tuple[str, Strength], ...]]:
+    """Every LoRA combination of the sweep, as (name, strength) tuples."""
     if not isinstance(spec.combine, str):
         combos = [tuple(c) for c in spec.combine]
     elif spec.combine == "zip":
         names = [lora.name for lora in spec.loras]
-        rows = zip(*(x.alphas for x in spec.loras), strict=True)
+        rows = zip(*(x.strengths() for x in spec.loras), strict=True)
         combos = [tuple(zip(names, ws, strict=True)) for ws in rows]
     else:
         swept = [lora for lora in spec.loras if lora.alphas]
-        axes = [[(lora.name, a) for a in lora.alphas] for lora in swept]
+        axes = [[(lora.name, w) for w in lora.strengths()] for lora in swept]
         combos = [tuple(c) for c in itertools.product(*axes)]
     if len(set(combos)) != len(combos):
         raise SpecError("combine: the same LoRA combination is listed twice")
@@ -182,9 +198,14 @@ def _sources(spec: Spec, adapters: dict[str, Adapter], combos: list) -> Iterator
             raise SpecError(f"{where}: {err}") from None
         for tag in tags:
             if tag.name not in adapters:
-                raise SpecError(
-                    f"{where}: <lora:{tag.name}:…> names no LoRA in `loras`; add it there"
-                )
+                found = _library_adapter(spec, tag.name, where)
+                if found is None:
+                    raise SpecError(
+                        f"{where}: <lora:{tag.name}:…> names no LoRA in `loras`"
+                        + (" or lora_dir" if spec.lora_dir else "")
+                        + "; add it there"
+                    )
+                adapters[tag.name] = found
             if tag.name in swept:
                 raise SpecError(
                     f"{where}: {tag.name} is both swept in `loras` and tagged in the prompt; "
@@ -192,7 +213,7 @@ def _sources(spec: Spec, adapters: dict[str, Adapter], combos: list) -> Iterator
                 )
         if len({t.name for t in tags}) != len(tags):
             raise SpecError(f"{where}: a LoRA is tagged twice; merge the tags")
-        key = (text, tuple((t.name, t.weight) for t in tags), catalog)
+        key = (text, tuple((t.name, t.strength) for t in tags), catalog)
         if key in seen:
             raise SpecError(f"{where}: duplicate of an earlier prompt; remove it")
         seen.add(key)
@@ -226,7 +247,8 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
             if only is not None and adapter_key(loras) != only:
                 continue
             prompt = " ".join([source.prompt, *(lora_tag(n, w) for n, w in combo)])
-            hashed = sorted((plan.adapters[n].sha256, w) for n, w in loras)
+            # A plain strength hashes as the bare number it always was.
+            hashed = sorted((plan.adapters[n].sha256, w.key()) for n, w in loras)
             for seed in spec.seeds:
                 payload = {**base, "text": source.text, "seed": seed, "loras": hashed,
                            "catalog": source.catalog}  # fmt: skip
@@ -237,7 +259,7 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
                     negative_prompt=spec.negative_prompt,
                     seed=seed,
                     loras=loras,
-                    alpha=combo[0][1] if single and combo else None,
+                    alpha=combo[0][1].alpha if single and combo else None,
                     catalog=source.catalog,
                 )
 

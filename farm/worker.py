@@ -8,20 +8,23 @@ import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from farm import __version__
 from farm.encode import EXTENSIONS, encode_image
-from farm.infotext import build_infotext
+from farm.infotext import build_infotext, format_number
 from farm.records import encode_rows, part_key
 from farm.schedulers import SAMPLERS
 from farm.spec import Render
 from farm.store import open_store
+from farm.strength import schedule_text
 from farm.sweep import Adapter, Item, Unit
 
 UPLOAD_THREADS = 4
 UPLOAD_QUEUE = 16  # images encoded or uploading at once, per worker
+SATURATED = 0.5  # share of channel values clipped to 0 or 255 that flags an image
+FLAT_STD = 2.0  # pixel standard deviation (of 255) below which an image is flat
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class UnitReport:
     pipeline_loads: int = 0
     adapter_loads: int = 0
     loaded_adapters: tuple[str, ...] = ()  # spec names of the adapters this unit loaded
+    flagged: list = field(default_factory=list)  # (item_id, cell, flags) of broken images
 
 
 def image_key(item: Item, fmt: str) -> str:
@@ -112,6 +116,7 @@ class RenderWorker:
             pipeline_loads=loads[0],
             adapter_loads=loads[1],
             loaded_adapters=loaded,
+            flagged=[(r["item_id"], cell_label(r), tuple(r["flags"])) for r in rows if r["flags"]],
         )
 
     def _render_images(self, unit: Unit, ctx: JobContext, store, attempt: int):
@@ -125,13 +130,16 @@ class RenderWorker:
         pending: list[Future] = []
         for batch in self._batches(unit, ctx.render.batch):
             # 4. Strengths for this batch, then one pipeline call.
-            adapters.activate([(ctx.adapters[n], w) for n, w in batch[0].loras])
+            on_step = adapters.activate(
+                [(ctx.adapters[n], w) for n, w in batch[0].loras], ctx.render.steps
+            )
             t0 = time.perf_counter()
-            images = self._call(loaded.pipe, batch, ctx.render)
+            images, flags = self._call(loaded.pipe, batch, ctx.render, on_step)
             seconds = (time.perf_counter() - t0) / len(batch)
             # 5. One row per image; encoding and upload go to the I/O threads.
-            for item, image in zip(batch, images, strict=True):
+            for item, image, image_flags in zip(batch, images, flags, strict=True):
                 row = self._row(item, unit, ctx, attempt, seconds, len(batch))
+                row["flags"] = image_flags
                 self.upload_slots.acquire()
                 pending.append(self.io.submit(self._write_image, store, image, row))
                 rows.append(row)
@@ -149,8 +157,9 @@ class RenderWorker:
                 batches.append([item])
         return batches
 
-    def _call(self, pipe, batch: list[Item], render: Render) -> list:
+    def _call(self, pipe, batch: list[Item], render: Render, on_step=None) -> tuple[list, list]:
         import torch
+        from diffusers.image_processor import VaeImageProcessor
 
         # CPU generators seeded per item: the same noise on any GPU kind, any batch size.
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
@@ -163,9 +172,12 @@ class RenderWorker:
             width=render.width,
             height=render.height,
             generator=generators if len(generators) > 1 else generators[0],
-            output_type="pil",
+            # Floats first, to flag broken images; the PIL conversion is diffusers' own.
+            output_type="np",
+            **({"callback_on_step_end": on_step} if on_step else {}),
         )
-        return out.images
+        arrays = out.images
+        return VaeImageProcessor.numpy_to_pil(arrays), [image_flags(a) for a in arrays]
 
     def _row(self, item: Item, unit: Unit, ctx: JobContext, attempt: int, seconds: float,
              batch_size: int) -> dict:  # fmt: skip
@@ -188,7 +200,9 @@ class RenderWorker:
         key = image_key(item, r.format)
         loras = [
             {"name": n, "sha256": ctx.adapters[n].sha256, "shorthash": ctx.adapters[n].shorthash,
-             "weight": w, "te_weight": w, "unet_weight": w}
+             "weight": w.weight, "te_weight": w.te, "unet_weight": w.unet,
+             "blocks": w.blocks.name if w.blocks else None,
+             "schedule": schedule_text(w.schedule) if w.schedule else None}
             for n, w in item.loras
         ]  # fmt: skip
         return {
@@ -212,6 +226,33 @@ class RenderWorker:
             store.put(row["image_key"], data)
         finally:
             self.upload_slots.release()
+
+
+def cell_label(row: dict) -> str:
+    """A flagged image's cell, for the run summary: `seed 3, neon=1.8`."""
+    loras = ", ".join(f"{x['name']}={format_number(x['weight'])}" for x in row["loras"])
+    return f"seed {row['seed']}" + (f", {loras}" if loras else "")
+
+
+def image_flags(array) -> list[str]:
+    """What looks broken in a rendered image (floats in [0, 1], H x W x C).
+
+    nonfinite: NaN or inf came out of the pipeline (shown black); saturated: most values
+    are clipped to 0 or 1; flat: the image is nearly one color. Overdriven strengths
+    produce all three.
+    """
+    import numpy as np
+
+    flags = []
+    finite = np.isfinite(array)
+    if not finite.all():
+        flags.append("nonfinite")
+    values = np.where(finite, array, 0.0)
+    if np.mean((values <= 0.5 / 255) | (values >= 254.5 / 255)) > SATURATED:
+        flags.append("saturated")
+    if float(np.std(values)) * 255 < FLAT_STD:
+        flags.append("flat")
+    return flags
 
 
 def unit_batch_size(device: str, requested: int | None = None) -> int:

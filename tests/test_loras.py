@@ -5,15 +5,36 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FARM, REPO
 from safetensors.numpy import load_file, save_file
 
-from farm.demo_loras import DEMO_LORAS, demo_lora_path, write_demo_lora
-from farm.loras import LoraError, detect_layout, inspect_lora, read_header
+from farm.demo_loras import (
+    DEMO_LORAS,
+    demo_lora_path,
+    unet_attention_modules,
+    unet_resnet_convs,
+    write_demo_lora,
+)
+from farm.loras import (
+    Family,
+    LoraError,
+    a1111_block,
+    check_compatible,
+    describe_lora,
+    detect_layout,
+    inspect_lora,
+    lora_family,
+    model_family,
+    read_header,
+)
 
 PEFT = {
     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": (4, 32),
@@ -339,3 +360,396 @@ def test_demo_lora_is_deterministic(tmp_path, monkeypatch, name):
     assert len({inspect_lora(p).sha256 for p in paths}) == 1
     assert len({p.read_bytes() for p in paths}) == 1
     assert not [p for p in (tmp_path / "again").iterdir() if p.name != "x.safetensors"]
+
+
+# ---------------------------------------------------------------- formats and families
+
+ATTN2 = "down_blocks_0_attentions_0_transformer_blocks_0_attn2"
+PEFT_ATTN2 = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+TE = "text_model_encoder_layers_0_self_attn_q_proj"
+
+
+def save_shapes(path: Path, shapes: dict[str, tuple[int, ...]], alpha: float | None = None) -> Path:
+    """A LoRA file with small random tensors of these shapes (kohya alphas added if given)."""
+    rng = np.random.default_rng(0)
+    tensors = {
+        k: rng.standard_normal(shape).astype(np.float32) * 0.01 for k, shape in shapes.items()
+    }
+    if alpha is not None:
+        for key in shapes:
+            if key.endswith(".lora_down.weight"):
+                tensors[key.replace(".lora_down.weight", ".alpha")] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+    return path
+
+
+def kohya(module: str, in_dim: int, out_dim: int, rank: int = 4) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{module}.lora_down.weight": (rank, in_dim),
+        f"{module}.lora_up.weight": (out_dim, rank),
+    }
+
+
+def peft(module: str, in_dim: int, out_dim: int, rank: int = 4) -> dict[str, tuple[int, ...]]:
+    return {f"{module}.lora_A.weight": (rank, in_dim), f"{module}.lora_B.weight": (out_dim, rank)}
+
+
+def sdxl_kohya(path: Path) -> Path:
+    """An SDXL-shaped kohya LoRA: cross-attention over 2048-wide context, two text encoders."""
+    shapes = {
+        **kohya(f"lora_unet_{ATTN2}_to_k", 2048, 320),
+        **kohya(f"lora_unet_{ATTN2}_to_v", 2048, 320),
+        **kohya(f"lora_te1_{TE}", 768, 768),
+        **kohya(f"lora_te2_{TE}", 1280, 1280),
+    }
+    return save_shapes(path, shapes, alpha=2.0)
+
+
+def locon_for_tiny(path: Path) -> Path:
+    """A kohya LoCon for the tiny UNet: its attention projections and its ResNet convs."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for module, out_dim, in_dim in unet_attention_modules():
+        shapes |= kohya("lora_unet_" + module.replace(".", "_"), in_dim, out_dim)
+    for module, out_ch, in_ch, k in unet_resnet_convs():
+        key = "lora_unet_" + module.replace(".", "_")
+        shapes[f"{key}.lora_down.weight"] = (2, in_ch, k, k)
+        shapes[f"{key}.lora_up.weight"] = (out_ch, 2, 1, 1)
+    return save_shapes(path, shapes, alpha=1.0)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight"],
+        ["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"],
+        ["lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"],
+    ],
+)
+def test_detect_layout_recognizes_sdxl_kohya_keys(keys):
+    assert detect_layout(keys) == "kohya"
+
+
+def test_detect_layout_recognizes_sdxl_diffusers_keys():
+    keys = ["text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"]
+    assert detect_layout(keys) == "peft"
+
+
+# Each refused file, and the words of its own message.
+REFUSED = {
+    "loha": ({f"{KOHYA_KEY}.hada_w1_a": (4, 32), f"{KOHYA_KEY}.hada_w1_b": (4, 32)}, "LoHa"),
+    "lokr": ({f"{KOHYA_KEY}.lokr_w1": (4, 4), f"{KOHYA_KEY}.lokr_w2": (8, 8)}, "LoKr"),
+    "dora-kohya": ({**kohya(KOHYA_KEY, 32, 32), f"{KOHYA_KEY}.dora_scale": (1, 32)}, "DoRA"),
+    "dora-peft": ({**PEFT, f"{PEFT_ATTN2}.to_q.lora_magnitude_vector": (32,)}, "DoRA"),
+    "tucker": ({**kohya(KOHYA_KEY, 32, 32), f"{KOHYA_KEY}.lora_mid.weight": (4, 4, 1, 1)},
+               "Tucker"),
+    "full-diff": ({f"{KOHYA_KEY}.diff": (32, 32)}, "full-weight difference"),
+    "checkpoint": ({"model.diffusion_model.out.0.weight": (4,)}, "no LoRA weights found"),
+    "odd-key": ({**kohya(KOHYA_KEY, 32, 32), f"{KOHYA_KEY}.scale": (1,)}, "is not part of a kohya"),
+}  # fmt: skip
+
+
+def refused_message(path: Path, call=inspect_lora) -> str:
+    with pytest.raises(LoraError) as info:
+        call(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_other_adapter_kinds_are_not_supported(tmp_path, name):
+    shapes, words = REFUSED[name]
+    path = save_shapes(tmp_path / f"{name}.safetensors", shapes)
+    for call in (inspect_lora, lora_family, describe_lora):
+        message = refused_message(path, call)
+        assert f"{path}: not supported: " in message and words in message, message
+    # The plan-time check refuses the file too, for any model.
+    assert words in refused_message(path, lambda p: check_compatible(p, "tiny"))
+
+
+def test_each_refused_file_gets_its_own_message(tmp_path):
+    messages = {}
+    for name, (shapes, _) in REFUSED.items():
+        path = save_shapes(tmp_path / "x.safetensors", shapes)
+        messages[name] = refused_message(path)
+    for suffix in (".ckpt", ".pt", ".bin"):
+        path = tmp_path / f"x{suffix}"
+        path.write_bytes(pickle.dumps({"a": 1}))
+        messages[suffix] = refused_message(path)
+        assert "pickle" in messages[suffix] and "convert" in messages[suffix]
+    good = write_lora(tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "x.safetensors").write_bytes(good[: len(good) - 7])
+    messages["truncated"] = refused_message(tmp_path / "x.safetensors")
+    assert "truncated" in messages["truncated"]
+    assert len(set(messages.values())) == len(messages)
+
+
+def test_a_layer_without_its_up_weight_is_refused(tmp_path):
+    path = save_shapes(tmp_path / "half.safetensors", {f"{KOHYA_KEY}.lora_down.weight": (4, 32)})
+    assert "no up weight" in refused_message(path)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "name", "context", "te2"),
+    [
+        (kohya(f"lora_unet_{ATTN2}_to_k", 768, 320), "SD1.x", 768, False),
+        (peft(f"{PEFT_ATTN2}.to_v", 1024, 320), "SD2.x", 1024, False),
+        (peft("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", 2048, 640),
+         "SDXL", 2048, False),
+        ({**peft("text_encoder.text_model.q_proj", 768, 768),
+          **peft("text_encoder_2.text_model.q_proj", 1280, 1280)}, "SDXL", None, True),
+        (kohya("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k", 2048, 640),
+         "SDXL", 2048, False),
+        (kohya(f"lora_unet_{ATTN2}_to_k", 512, 320), "unknown", 512, False),
+        (kohya(f"lora_te_{TE}", 768, 768), "unknown", None, False),
+    ],
+)  # fmt: skip
+def test_lora_family_from_shapes(tmp_path, shapes, name, context, te2):
+    family = lora_family(save_shapes(tmp_path / "f.safetensors", shapes))
+    assert family == Family(name, context, te2)
+
+
+def test_sdxl_lora_family_and_str(tmp_path):
+    family = lora_family(sdxl_kohya(tmp_path / "xl.safetensors"))
+    assert family == Family("SDXL", 2048, True)
+    assert str(family) == "SDXL (context 2048)"
+    assert str(Family("unknown", 32)) == "unknown (context 32)"
+
+
+def write_model(root: Path, context: int, te2: bool, cls: str) -> Path:
+    """Only the two configs of a diffusers folder: all model_family reads."""
+    (root / "unet").mkdir(parents=True)
+    (root / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": context}))
+    index = {"_class_name": cls, "text_encoder": ["transformers", "CLIPTextModel"]}
+    if te2:
+        index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
+def test_model_family_of_tiny(tiny_dir):
+    expected = Family("SD1.x-architecture", 32, False)
+    assert model_family("tiny") == expected
+    assert model_family(str(tiny_dir)) == expected
+    assert str(expected) == "SD1.x-architecture (context 32)"
+
+
+def test_model_family_of_real_layouts(tmp_path):
+    sd15 = write_model(tmp_path / "sd15", 768, False, "StableDiffusionPipeline")
+    sdxl = write_model(tmp_path / "sdxl", 2048, True, "StableDiffusionXLPipeline")
+    assert model_family(str(sd15)) == Family("SD1.x", 768, False)
+    assert model_family(str(sdxl)) == Family("SDXL", 2048, True)
+
+
+@pytest.mark.parametrize(
+    "model", ["s3://bucket/models/sd15", "stabilityai/stable-diffusion-xl-base-1.0", "missing"]
+)
+def test_model_family_is_none_when_the_folder_is_not_local(tmp_path, monkeypatch, model):
+    monkeypatch.chdir(tmp_path)
+    assert model_family(model) is None
+    # Nothing to compare against: the check is skipped, even for an SDXL LoRA.
+    assert check_compatible(sdxl_kohya(tmp_path / "xl.safetensors"), model) is None
+
+
+def test_sdxl_lora_on_tiny_is_refused_naming_both_families(tmp_path, tiny_dir):
+    path = sdxl_kohya(tmp_path / "xl.safetensors")
+    for model in ("tiny", str(tiny_dir)):
+        message = refused_message(path, lambda p, m=model: check_compatible(p, m))
+        assert message.startswith(
+            f"{path}: an SDXL LoRA (context 2048) cannot be used on SD1.x-architecture "
+            f"model {model!r} (context 32): "
+        ), message
+        assert "text_encoder_2" in message and "pick a LoRA trained for this model" in message
+
+
+def test_sd15_lora_on_sdxl_model_is_refused(tmp_path):
+    sdxl = write_model(tmp_path / "sdxl", 2048, True, "StableDiffusionXLPipeline")
+    path = save_shapes(tmp_path / "sd15.safetensors", kohya(f"lora_unet_{ATTN2}_to_k", 768, 320))
+    message = refused_message(path, lambda p: check_compatible(p, str(sdxl)))
+    assert "an SD1.x LoRA (context 768)" in message and "SDXL model" in message
+    assert "(context 2048)" in message and "text_encoder_2" not in message
+
+
+def test_compatible_loras_pass(tmp_path, home):
+    sdxl = write_model(tmp_path / "sdxl", 2048, True, "StableDiffusionXLPipeline")
+    assert check_compatible(sdxl_kohya(tmp_path / "xl.safetensors"), str(sdxl)) is None
+    for name in DEMO_LORAS:
+        assert check_compatible(demo_lora_path(f"tiny:{name}"), "tiny") is None
+    # A text-encoder-only LoRA has no cross-attention to compare: not refused.
+    te_only = save_shapes(tmp_path / "te.safetensors", kohya(f"lora_te_{TE}", 768, 768))
+    assert check_compatible(te_only, "tiny") is None
+
+
+def test_locon_is_recognized_and_compatible_with_tiny(tmp_path, tiny_dir):
+    path = locon_for_tiny(tmp_path / "locon.safetensors")
+    info = inspect_lora(path)
+    assert (info.layout, info.locon) == ("kohya", True)
+    report = describe_lora(path)
+    assert report.layout == "kohya LoCon" and report.as_dict()["kind"] == "LoCon"
+    assert report.rank == (2, 4) and report.alpha == (1.0, 1.0)
+    assert "IN04" in report.blocks  # down_blocks.1.resnets.0: conv layers only
+    assert check_compatible(path, "tiny") is None
+    assert check_compatible(path, str(tiny_dir)) is None
+
+
+def test_ldm_named_resnet_layers_are_locon(tmp_path):
+    shapes = {
+        "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight": (4, 320, 3, 3),
+        "lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight": (320, 4, 1, 1),
+    }
+    info = inspect_lora(save_shapes(tmp_path / "ldm.safetensors", shapes, alpha=4.0))
+    assert (info.layout, info.locon) == ("kohya", True)
+
+
+@pytest.mark.parametrize("name", list(DEMO_LORAS))
+def test_demo_loras_are_not_locon(home, name):
+    # proj_in/proj_out aside, attention-only LoRA adapts no convolution.
+    assert not inspect_lora(demo_lora_path(f"tiny:{name}")).locon
+
+
+@pytest.mark.parametrize(
+    ("name", "block"),
+    [
+        ("down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "IN01"),
+        ("down_blocks_0_resnets_1_conv1", "IN02"),
+        ("down_blocks_0_downsamplers_0_conv", "IN03"),
+        ("down_blocks_3_resnets_1_conv2", "IN11"),
+        ("mid_block_attentions_0_proj_in", "M00"),
+        ("up_blocks_0_resnets_0_conv1", "OUT00"),
+        ("up_blocks_1_attentions_2_proj_out", "OUT05"),
+        ("up_blocks_1_upsamplers_0_conv", "OUT05"),
+        ("up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2", "OUT11"),
+        ("input_blocks_4_1_transformer_blocks_0_attn2_to_k", "IN04"),
+        ("middle_block_1_proj_in", "M00"),
+        ("output_blocks_8_0_in_layers_2", "OUT08"),
+        ("conv_in", "IN00"),
+        ("time_embedding_linear_1", None),
+    ],
+)
+def test_a1111_block_ids(name, block):
+    assert a1111_block(name) == block
+
+
+# ---------------------------------------------------------------- farm lora inspect
+
+
+def farm_lora_inspect(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*FARM, "lora", "inspect", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def inspect_json(path: Path) -> dict:
+    proc = farm_lora_inspect(str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_cli_inspect_kohya_ink():
+    path = demo_lora_path("tiny:ink")
+    report = inspect_json(path)
+    assert report["layout"] == "kohya" and report["kind"] == "LoRA"
+    assert report["rank"] == {"min": 4, "max": 4}
+    assert report["alpha"] == {"min": 4.0, "max": 4.0}
+    assert report["family"] == "unknown (context 32)" and report["context"] == 32
+    assert report["blocks"] == ["IN01", "M00", "OUT03", "OUT04"]
+    assert report["text_encoders"] == ["text_encoder"]
+    assert report["modules_by_component"] == {"unet": 32, "text_encoder": 8}
+    assert report["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert report["shorthash"] == addnet_hash(path)[:12]
+    assert report["metadata"] == {
+        "ss_network_alpha": "4", "ss_network_dim": "4",
+        "ss_network_module": "networks.lora", "ss_output_name": "ink",
+    }  # fmt: skip
+
+
+def test_cli_inspect_peft_neon():
+    path = demo_lora_path("tiny:neon")
+    report = inspect_json(path)
+    assert report["layout"] == "peft" and report["kind"] == "LoRA"
+    assert report["rank"] == {"min": 4, "max": 4}
+    assert report["alpha"] is None  # the PEFT layout stores none: alpha = rank
+    assert report["family"] == "unknown (context 32)"
+    assert report["blocks"] == ["IN01", "M00", "OUT03", "OUT04"]
+    assert report["text_encoders"] == [] and report["modules"] == 32
+    assert report["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert report["shorthash"] == addnet_hash(path)[:12]
+    assert report["metadata"] == {}
+
+
+def human_inspect(path: Path) -> dict[str, str]:
+    """`farm lora inspect` lines as {key: value}, checking that the values line up."""
+    proc = farm_lora_inspect(str(path))
+    assert proc.returncode == 0, proc.stderr
+    lines = [re.fullmatch(r"([\w ]+):( +)(\S.*)", line) for line in proc.stdout.splitlines()]
+    assert all(lines), proc.stdout
+    assert len({m.start(3) for m in lines}) == 1, proc.stdout
+    return {m[1]: m[3] for m in lines}
+
+
+def test_cli_inspect_human_output(tmp_path):
+    neon = human_inspect(demo_lora_path("tiny:neon"))
+    assert neon["layout"] == "peft" and neon["alpha"] == "rank (not stored)"
+    assert neon["family"] == "unknown (context 32)" and neon["text encoders"] == "none"
+    ink = human_inspect(demo_lora_path("tiny:ink"))
+    assert ink["layout"] == "kohya" and (ink["rank"], ink["alpha"]) == ("4", "4")
+    assert ink["unet blocks"] == "IN01 M00 OUT03 OUT04" and ink["ss_output_name"] == "ink"
+    locon = human_inspect(locon_for_tiny(tmp_path / "locon.safetensors"))
+    assert locon["layout"] == "kohya LoCon" and locon["rank"] == "2–4"
+
+
+def test_cli_inspect_sdxl_file(tmp_path):
+    report = inspect_json(sdxl_kohya(tmp_path / "xl.safetensors"))
+    assert report["family"] == "SDXL (context 2048)"
+    assert report["text_encoders"] == ["text_encoder", "text_encoder_2"]
+    assert report["alpha"] == {"min": 2.0, "max": 2.0} and report["blocks"] == ["IN01"]
+
+
+@pytest.mark.parametrize("kind", ["pickle", "renamed-pickle", "truncated", "missing", "loha"])
+def test_cli_inspect_refuses_with_one_line(tmp_path, kind):
+    path = tmp_path / ("x.ckpt" if kind == "pickle" else "x.safetensors")
+    if kind in ("pickle", "renamed-pickle"):
+        path.write_bytes(pickle.dumps({"lora_unet_x.lora_down.weight": [1.0]}))
+    elif kind == "truncated":
+        data = demo_lora_path("tiny:neon").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "loha":
+        save_shapes(path, REFUSED["loha"][0])
+    proc = farm_lora_inspect(str(path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), lines
+    assert "Traceback" not in proc.stderr and not proc.stdout
+
+
+def test_cli_inspect_imports_no_torch():
+    path = str(demo_lora_path("tiny:ink"))
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['farm', 'lora', 'inspect', {path!r}]\n"
+        "try:\n    runpy.run_module('farm', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert not {'torch', 'diffusers', 'ray'} & set(sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_kohya_and_peft_layouts_of_the_same_lora_render_identical_images(cpu_worker, tmp_path):
+    from test_render import RENDER, pixels, render
+
+    # Same deltas (test_demo_neon_layouts_hold_the_same_deltas) and kohya alpha == rank, so
+    # the scale is exactly 1 in both: the images must match bit for bit, at every weight.
+    fast = {"seeds": [7], "render": {**RENDER, "steps": 4}}
+    images = {}
+    for layout, path in (("peft", "tiny:neon"), ("kohya", "tiny:neon-kohya")):
+        lora = [{"name": "neon", "path": path, "alpha": [0.5, 1.0]}]
+        images[layout] = render(cpu_worker, tmp_path, layout, lora, **fast)
+    assert images["peft"].keys() == images["kohya"].keys() and len(images["peft"]) == 2
+    for key, image in images["peft"].items():
+        assert np.array_equal(pixels(image), pixels(images["kohya"][key])), key
+    half, full = (pixels(images["peft"][(7, (("neon", w),))]) for w in (0.5, 1.0))
+    assert not np.array_equal(half, full)  # the LoRA does act: the equality is not vacuous

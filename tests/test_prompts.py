@@ -1,70 +1,233 @@
-"""A1111 `<lora:name:weight>` tags: parsed out of prompts, written back by lora_tag."""
+"""A1111 `<lora:…>` tags: parsed out of prompts as A1111 parses them, written back by lora_tag."""
 
 from __future__ import annotations
 
 import pytest
 
 from farm.prompts import LoraTag, PromptError, lora_tag, parse_prompt
+from farm.strength import Strength, parse_blocks, parse_schedule
+
+LBW_17 = "1,0,0,0,1,1,1,0.5,1,1,1,1,0,0,0,0,0"
 
 
-def test_tags_are_removed_and_returned():
-    text, tags = parse_prompt("a cat <lora:neon:0.5> in a hat <lora:ink:-0.25>")
-    assert text == "a cat  in a hat "
-    assert tags == [LoraTag("neon", 0.5), LoraTag("ink", -0.25)]
+def summary(tag: LoraTag) -> tuple:
+    """(name, te, unet, blocks name, schedule): what a table row states about a tag."""
+    s = tag.strength
+    return (tag.name, s.te, s.unet, s.blocks.name if s.blocks else None, s.schedule)
 
 
-def test_prompt_without_tags_is_unchanged():
-    assert parse_prompt("a cat, in a hat: studio photo") == ("a cat, in a hat: studio photo", [])
+def plain(name: str, weight: float) -> tuple:
+    return (name, weight, weight, None, None)
 
 
-def test_default_weight_is_one():
-    text, tags = parse_prompt("<lora:neon> a cat")
-    assert text == " a cat"
-    assert tags == [LoraTag("neon", 1.0)]
+# (prompt, text the model sees, tags). The text is A1111's: the tag is cut out, the
+# spaces around it stay.
+CASES = [
+    ("a cat <lora:neon:0.5>", "a cat ", [plain("neon", 0.5)]),
+    ("<lora:neon> a cat", " a cat", [plain("neon", 1.0)]),
+    # A1111 order: text encoder first, then UNet; the UNet defaults to the text encoder.
+    ("<lora:neon:0.3:0.7>", "", [("neon", 0.3, 0.7, None, None)]),
+    ("<lora:neon:0.3>", "", [plain("neon", 0.3)]),
+    # Named te/unet override the positional ones; unet defaults to te after the override.
+    ("<lora:neon:0.3:te=0.8>", "", [plain("neon", 0.8)]),
+    ("<lora:neon:0.3:0.7:unet=0.1>", "", [("neon", 0.3, 0.1, None, None)]),
+    ("<lora:neon:unet=0.5>", "", [("neon", 1.0, 0.5, None, None)]),
+    ("<lora:neon:te=0.2:0.7>", "", [plain("neon", 0.2)]),
+    ("<lora:neon:1:te=0.5:te=0.25>", "", [plain("neon", 0.25)]),  # last one wins, as a dict
+    # Only positional items count: a named item first leaves the name second.
+    ("<lora:te=0.5:neon>", "", [plain("neon", 0.5)]),
+    # Spaces: the name keeps them; float() ignores them around a number.
+    ("<lora:my lora: 0.5 >", "", [plain("my lora", 0.5)]),
+    ("<lora: neon:1>", "", [plain(" neon", 1.0)]),
+    ("<lora:neon:1:unet= 0.5 >", "", [("neon", 1.0, 0.5, None, None)]),
+    # Numbers as Python's float() reads them.
+    ("<lora:neon:-0.5>", "", [plain("neon", -0.5)]),
+    ("<lora:neon:1e-1>", "", [plain("neon", 0.1)]),
+    ("<lora:neon:+1>", "", [plain("neon", 1.0)]),
+    ("<lora:neon:2>", "", [plain("neon", 2.0)]),
+    ("<lora:neon:.5>", "", [plain("neon", 0.5)]),
+    ("<lora:neon:1_0>", "", [plain("neon", 10.0)]),
+    ("<lora:neon:0.5\n>", "", [plain("neon", 0.5)]),
+    # Several tags, in order; the same LoRA twice is returned twice (the caller decides).
+    ("a <lora:neon:0.5> b <lora:ink:-0.25>", "a  b ", [plain("neon", 0.5), plain("ink", -0.25)]),
+    ("<lora:neon:0.5><lora:neon:1>", "", [plain("neon", 0.5), plain("neon", 1.0)]),
+    # Names are not resolved here.
+    ("<lora:no-such-lora:1>", "", [plain("no-such-lora", 1.0)]),
+    ("<lora:my_lora.v2:1>", "", [plain("my_lora.v2", 1.0)]),
+    # Where the tag sits: the text is exactly what is left around it.
+    ("<lora:neon:1> a cat", " a cat", [plain("neon", 1.0)]),
+    ("a <lora:neon:1> cat", "a  cat", [plain("neon", 1.0)]),
+    ("a cat, <lora:neon:1>", "a cat, ", [plain("neon", 1.0)]),
+    ("a cat\n<lora:neon:0.5>\nin a hat", "a cat\n\nin a hat", [plain("neon", 0.5)]),
+    # Not tags: no closing bracket, no arguments, a type that is not lora.
+    ("a cat <lora:neon:0.5", "a cat <lora:neon:0.5", []),
+    ("a cat <lora:>", "a cat <lora:>", []),
+    ("a <b> c > d < e", "a <b> c > d < e", []),
+    ("a cat, in a hat: studio photo", "a cat, in a hat: studio photo", []),
+    ("<<lora:neon:1>>", "<>", [plain("neon", 1.0)]),
+    ("<lora:neon:1>>", ">", [plain("neon", 1.0)]),
+    ("a <hypernet:x:1> <lora:neon:0.5>", "a <hypernet:x:1> ", [plain("neon", 0.5)]),
+    ("a <embedding:z> b", "a <embedding:z> b", []),
+    # A1111 matches the type case-sensitively: LORA names no network it knows.
+    ("a <LORA:neon:1>", "a <LORA:neon:1>", []),
+    ("a <Lora:neon:1>", "a <Lora:neon:1>", []),
+    # A1111's Lora extension also answers to its alias `lyco`.
+    ("a <lyco:neon:0.5>", "a ", [plain("neon", 0.5)]),
+    # farm's extensions: LoRA Block Weight blocks.
+    ("<lora:neon:1:lbw=MIDD>", "", [("neon", 1.0, 1.0, "MIDD", None)]),
+    ("<lora:neon:1:lbw=midd>", "", [("neon", 1.0, 1.0, "MIDD", None)]),
+    (f"<lora:neon:0.8:lbw={LBW_17}>", "", [("neon", 0.8, 0.8, LBW_17, None)]),
+    ("<lora:neon:0.5:1:lbw=OUTS>", "", [("neon", 0.5, 1.0, "OUTS", None)]),
+    # … and schedules: start/stop windows and keyframes.
+    ("<lora:neon:1:start=0.25>", "", [("neon", 1.0, 1.0, None, ((0.0, 0.0), (0.25, 1.0)))]),
+    ("<lora:neon:1:stop=0.5>", "", [("neon", 1.0, 1.0, None, ((0.0, 1.0), (0.5, 0.0)))]),
+    (
+        "<lora:neon:1:start=0.25:stop=0.75>",
+        "",
+        [("neon", 1.0, 1.0, None, ((0.0, 0.0), (0.25, 1.0), (0.75, 0.0)))],
+    ),
+    ("<lora:neon:0.5:start=0:stop=1>", "", [plain("neon", 0.5)]),
+    ("<lora:neon:1:sched=0.2@0,1@0.5>", "", [("neon", 1.0, 1.0, None, ((0.0, 0.2), (0.5, 1.0)))]),
+    ("<lora:neon:1:sched=1@0.5,0.2@0>", "", [("neon", 1.0, 1.0, None, ((0.0, 0.2), (0.5, 1.0)))]),
+    (
+        "<lora:neon:0.5:1:lbw=MIDD:sched=0@0,1@0.25>",
+        "",
+        [("neon", 0.5, 1.0, "MIDD", ((0.0, 0.0), (0.25, 1.0)))],
+    ),
+]
 
 
-def test_only_the_first_weight_is_used():
-    # A1111 reads `<lora:name:te:unet>`; farm uses the first weight for both.
-    assert parse_prompt("<lora:neon:0.3:0.7>")[1] == [LoraTag("neon", 0.3)]
+@pytest.mark.parametrize(("prompt", "text", "tags"), CASES, ids=[c[0] for c in CASES])
+def test_parse_prompt(prompt, text, tags):
+    got_text, got_tags = parse_prompt(prompt)
+    assert got_text == text
+    assert [summary(t) for t in got_tags] == tags
 
 
-@pytest.mark.parametrize("name", ["ink-peft", "my_lora.v2", "x"])
-def test_names_with_dots_and_dashes(name):
-    assert parse_prompt(f"a <lora:{name}:2>")[1] == [LoraTag(name, 2.0)]
+# (tag, fragments its error must hold): every message names the tag as written.
+ERRORS = [
+    ("<lora::1>", ["no LoRA name"]),
+    ("<lora: :1>", ["no LoRA name"]),
+    ("<lora:te=1>", ["no LoRA name"]),
+    ("<lyco::1>", ["no LoRA name"]),
+    # `a=b=c` splits in three: positional, so it is the te weight.
+    ("<lora:neon:a=b=c>", ["te weight 'a=b=c' is not a number"]),
+    ("<lora:neon:abc>", ["te weight 'abc' is not a number"]),
+    ("<lora:neon:0.5x>", ["te weight '0.5x' is not a number"]),
+    ("<lora:neon:1,5>", ["te weight '1,5' is not a number"]),
+    ("<lora:neon:>", ["te weight '' is not a number"]),
+    ("<lora:neon::0.5>", ["te weight '' is not a number"]),
+    ("<lora:neon:1:abc>", ["unet weight 'abc' is not a number"]),
+    ("<lora:neon:1:unet=x>", ["unet weight 'x' is not a number"]),
+    ("<lora:neon:nan>", ["te weight 'nan'", "finite"]),
+    ("<lora:neon:inf>", ["te weight 'inf'", "finite"]),
+    ("<lora:neon:-inf>", ["te weight '-inf'", "finite"]),
+    ("<lora:neon:1e400>", ["te weight '1e400'", "finite"]),
+    ("<lora:neon:1:te=nan>", ["te weight 'nan'", "finite"]),
+    ("<lora:neon:1:NaN>", ["unet weight 'NaN'", "finite"]),
+    ("<lora:neon:1:1:8>", ["dyn '8'", "not supported"]),
+    ("<lora:neon:1:dyn=8>", ["dyn '8'", "not supported"]),
+    ("<lora:neon:1:unte=0.5>", ["unknown argument 'unte'", "te, unet, lbw, start, stop, sched"]),
+    ("<lora:neon:1: te=0.5>", ["unknown argument ' te'", "without spaces"]),
+    ("<lora:neon:=0.5>", ["unknown argument ''", "supported"]),
+    ("<lora:neon:1:blocks=dict>", ["blocks=", "spec", "lbw="]),
+    ("<lora:neon:1:lbw=1,0,1>", ["lbw", "3 block values", "17"]),
+    ("<lora:neon:1:lbw=FOO>", ["lbw", "17", "preset"]),
+    ("<lora:neon:1:lbw=>", ["lbw", "0 block values"]),
+    (f"<lora:neon:1:lbw={LBW_17.replace('0.5', 'x')}>", ["lbw", "block M00", "not a number"]),
+    ("<lora:neon:1:start=10>", ["start=10", "fraction of the steps", "step numbers"]),
+    ("<lora:neon:1:stop=-0.5>", ["stop=-0.5", "fraction of the steps"]),
+    ("<lora:neon:1:start=abc>", ["start=abc", "not a finite number"]),
+    ("<lora:neon:1:start=nan>", ["start=nan", "not a finite number"]),
+    ("<lora:neon:1:start=0.6:stop=0.4>", ["start=0.6 must come before stop=0.4"]),
+    ("<lora:neon:1:start=0.5:stop=0.5>", ["start=0.5 must come before stop=0.5"]),
+    ("<lora:neon:1:sched=0@0,1@0.5:start=0.2>", ["either sched= or start=/stop="]),
+    ("<lora:neon:1:stop=0.5:sched=1@0>", ["either sched= or start=/stop="]),
+    ("<lora:neon:1:sched=1>", ["sched", "value@fraction"]),
+    ("<lora:neon:1:sched=1@2>", ["sched", "[0, 1]"]),
+    ("<lora:neon:1:sched=1@0,0@0>", ["sched", "same fraction"]),
+]
 
 
-@pytest.mark.parametrize("tag", ["<hypernet:x:1>", "<lyco:y:0.5>", "<embedding:z>"])
-def test_other_extra_networks_stay_in_the_text(tag):
-    prompt = f"a cat {tag} <lora:neon:0.5>"
-    text, tags = parse_prompt(prompt)
-    assert text == f"a cat {tag} "
-    assert tags == [LoraTag("neon", 0.5)]
+@pytest.mark.parametrize(("tag", "fragments"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_bad_tag_raises_naming_tag_and_problem(tag, fragments):
+    with pytest.raises(PromptError) as info:
+        parse_prompt(f"a cat {tag} in a hat")
+    message = str(info.value)
+    assert message.startswith(f"{tag}: ")
+    for fragment in fragments:
+        assert fragment in message
 
 
-def test_angle_brackets_that_are_not_tags_stay():
-    prompt = "a <b> c > d < e"
-    assert parse_prompt(prompt) == (prompt, [])
+def test_unclosed_tag_runs_into_the_next_one():
+    # A1111's [^>]+ runs on to the next '>': the first tag swallows the second.
+    prompt = "a <lora:neon:1 cat <lora:ink:2>"
+    with pytest.raises(PromptError) as info:
+        parse_prompt(prompt)
+    tag = "<lora:neon:1 cat <lora:ink:2>"
+    assert str(info.value) == f"{tag}: te weight '1 cat <lora' is not a number"
 
 
-@pytest.mark.parametrize("weight", ["abc", "0.5x", "", "1,5"])
-def test_non_numeric_weight_raises(weight):
-    with pytest.raises(PromptError, match="not a number") as info:
-        parse_prompt(f"a cat <lora:neon:{weight}>")
-    assert f"<lora:neon:{weight}>" in str(info.value)
+def test_weight_is_the_unet_weight():
+    (tag,) = parse_prompt("<lora:neon:0.3:0.7>")[1]
+    assert tag.weight == 0.7
+    assert tag == LoraTag("neon", Strength(0.3, 0.7))
 
 
-@pytest.mark.parametrize("weight", ["nan", "inf", "-inf", "1e400"])
-def test_non_finite_weight_raises(weight):
-    with pytest.raises(PromptError, match="finite") as info:
-        parse_prompt(f"<lora:neon:{weight}> a cat")
-    assert f"<lora:neon:{weight}>" in str(info.value)
+def test_start_stop_is_the_spec_window():
+    _, (tag,) = parse_prompt("<lora:neon:1:start=0.25:stop=0.75>")
+    assert tag.strength.schedule == parse_schedule({"start": 0.25, "stop": 0.75})
+    _, (tag,) = parse_prompt("<lora:neon:1:start=0.4>")
+    assert tag.strength.schedule == parse_schedule({"start": 0.4})
 
 
 @pytest.mark.parametrize(
-    ("weight", "tag"),
-    [(0.2, "<lora:neon:0.2>"), (1.0, "<lora:neon:1>"), (0, "<lora:neon:0>"),
-     (-0.5, "<lora:neon:-0.5>"), (1.25, "<lora:neon:1.25>")],
-)  # fmt: skip
-def test_lora_tag(weight, tag):
-    assert lora_tag("neon", weight) == tag
-    assert parse_prompt(tag) == ("", [LoraTag("neon", float(weight))])
+    ("strength", "tag"),
+    [
+        (0.2, "<lora:neon:0.2>"),
+        (1.0, "<lora:neon:1>"),
+        (0, "<lora:neon:0>"),
+        (-0.5, "<lora:neon:-0.5>"),
+        (1.25, "<lora:neon:1.25>"),
+        (0.1 + 0.2, "<lora:neon:0.30000000000000004>"),
+        (Strength.plain(0.5), "<lora:neon:0.5>"),
+        (Strength(0.5, 1.0), "<lora:neon:0.5:1>"),
+        (Strength(1.0, 1.0, parse_blocks("MIDD")), "<lora:neon:1:lbw=MIDD>"),
+        (Strength(1.0, 1.0, parse_blocks(LBW_17)), f"<lora:neon:1:lbw={LBW_17}>"),
+        (
+            Strength(1.0, 1.0, None, parse_schedule("0.2@0,1@0.5")),
+            "<lora:neon:1:sched=0.2@0,1@0.5>",
+        ),
+        (
+            Strength(0.5, 1.0, parse_blocks("OUTS"), parse_schedule({"start": 0.2, "stop": 0.8})),
+            "<lora:neon:0.5:1:lbw=OUTS:sched=0@0,1@0.2,0@0.8>",
+        ),
+    ],
+)
+def test_lora_tag_round_trip(strength, tag):
+    assert lora_tag("neon", strength) == tag
+    expected = strength if isinstance(strength, Strength) else Strength.plain(float(strength))
+    assert parse_prompt(tag) == ("", [LoraTag("neon", expected)])
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["<lora:neon:0.3:te=0.8>", "<lora:neon:1:start=0.25:stop=0.75>", "<lora:neon:1:lbw=midd>"],
+)
+def test_parsed_tag_written_back_parses_the_same(prompt):
+    (tag,) = parse_prompt(prompt)[1]
+    assert parse_prompt(lora_tag(tag.name, tag.strength))[1] == [tag]
+
+
+def test_dict_blocks_are_written_but_refused_in_a_prompt():
+    blocks = parse_blocks({"unet": {"mid": 0.5}})
+    tag = lora_tag("neon", Strength(1.0, 1.0, blocks))
+    assert tag == "<lora:neon:1:blocks=dict>"
+    with pytest.raises(PromptError, match="belong|spec"):
+        parse_prompt(tag)
+
+
+@pytest.mark.parametrize("name", ["", " ", "a:b", "a>b", "a=b"])
+def test_lora_tag_refuses_names_a_tag_cannot_hold(name):
+    with pytest.raises(PromptError, match="cannot be written in a tag"):
+        lora_tag(name, 1.0)

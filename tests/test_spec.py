@@ -20,6 +20,7 @@ from farm.spec import (
     parse_spec,
     parse_strengths,
 )
+from farm.strength import Strength
 
 DROP = object()  # an override value that removes the key
 BASE = {"job": "t", "prompts": ["a cat"], "seeds": [0]}
@@ -506,7 +507,8 @@ def test_loras_and_combine_modes(farmdir: Path) -> None:
     # Explicit combos: each lora's own alpha is optional and ignored; order is kept.
     combos = [{"ink": 0.4, "neon": "1"}, {"neon": -0.5}]
     e = parse_spec(spec(loras=[lora(alpha=DROP), INK], combine=combos), base_dir=farmdir)
-    assert e.combine == ((("ink", 0.4), ("neon", 1.0)), (("neon", -0.5),))
+    P = Strength.plain
+    assert e.combine == ((("ink", P(0.4)), ("neon", P(1.0))), (("neon", P(-0.5)),))
     assert [x.alphas for x in e.loras] == [(), ()]
 
 

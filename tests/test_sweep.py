@@ -57,6 +57,12 @@ def run(plan: Plan) -> tuple[list[Item], list[Unit]]:
     return items, [u for stream in unit_streams(plan) for u in stream.units]
 
 
+def plain(item: Item) -> tuple[tuple[str, float], ...]:
+    """An item's LoRAs as (name, weight), for items with plain strengths only."""
+    assert all(w.is_plain for _, w in item.loras)
+    return tuple((n, w.weight) for n, w in item.loras)
+
+
 def check_counts(plan: Plan, items: list[Item], units: list[Unit]) -> dict:
     counts = plan.counts()
     assert counts["items"] == len(items) == plan.items
@@ -82,7 +88,7 @@ def test_product_of_two_loras(base):
     counts = check_counts(plan, items, units)
     assert counts == {"prompts": 2, "seeds": 3, "combos": 6, "loras": 2, "items": 36,
                       "units": 5, "adapter_groups": 1}  # fmt: skip
-    assert {i.loras for i in items if i.seed == 0 and i.text == "a cat"} == {
+    assert {plain(i) for i in items if i.seed == 0 and i.text == "a cat"} == {
         (("neon", a), ("ink", b)) for a in (0.0, 0.5, 1.0) for b in (0.4, 0.6)
     }
     assert all(i.alpha is None for i in items)  # a blend has no single swept strength
@@ -95,7 +101,7 @@ def test_zip(base):
     items, units = run(plan)
     counts = check_counts(plan, items, units)
     assert (counts["combos"], counts["items"], counts["units"]) == (3, 6, 1)
-    assert sorted({i.loras for i in items}) == [
+    assert sorted({plain(i) for i in items}) == [
         (("neon", 0.0), ("ink", 1.0)),
         (("neon", 0.5), ("ink", 0.5)),
         (("neon", 1.0), ("ink", 0.0)),
@@ -142,7 +148,8 @@ def test_inline_tag_while_another_lora_is_swept(base):
     # Runs alternate (neon) / (ink, neon); each adapter set's 6 items make one unit.
     assert (counts["units"], counts["adapter_groups"]) == (2, 2)
     dogs = [i for i in items if i.text.startswith("a dog")]
-    assert {i.loras for i in dogs} == {(("neon", 0.0), ("ink", 0.5)), (("neon", 1.0), ("ink", 0.5))}
+    expected = {(("neon", 0.0), ("ink", 0.5)), (("neon", 1.0), ("ink", 0.5))}
+    assert {plain(i) for i in dogs} == expected
     assert {i.prompt for i in dogs} == {
         "a dog <lora:ink:0.5> <lora:neon:0>",
         "a dog <lora:ink:0.5> <lora:neon:1>",
@@ -303,14 +310,14 @@ def test_stored_prompt_carries_the_swept_tag(base):
     ]
     assert {i.text for i in items} == {"a cat"}
     assert [i.alpha for i in items] == [0.2, 1.0, -0.5]
-    assert [i.loras for i in items] == [(("neon", 0.2),), (("neon", 1.0),), (("neon", -0.5),)]
+    assert [plain(i) for i in items] == [(("neon", 0.2),), (("neon", 1.0),), (("neon", -0.5),)]
     assert {(i.negative_prompt, i.seed) for i in items} == {("blurry", 0)}
 
 
 def test_alpha_only_when_one_lora_is_swept(base):
     items = list(expand(plan_of(base, loras=[NEON])))
     assert sorted({i.alpha for i in items}) == [0.0, 0.5, 1.0]
-    assert all(i.alpha == i.loras[0][1] for i in items)
+    assert all(i.alpha == i.loras[0][1].weight for i in items)
     blend = list(expand(plan_of(base, loras=[NEON, INK])))
     assert {i.alpha for i in blend} == {None}
 
@@ -347,7 +354,7 @@ def test_inline_tag_naming_an_unknown_lora_raises(base):
 
 
 def test_bad_inline_tag_raises_with_prompt_index(base):
-    with pytest.raises(SpecError, match=r"^prompts\[1\]: <lora:ink:x>: weight 'x'"):
+    with pytest.raises(SpecError, match=r"^prompts\[1\]: <lora:ink:x>: te weight 'x'"):
         plan_of(base, prompts=["a cat", "a dog <lora:ink:x>"])
 
 
@@ -396,3 +403,32 @@ def test_one_file_under_two_names_raises(base, combine):
     alias = {"name": "alias", "path": "tiny:neon", "alpha": [1, 0.5]}
     with pytest.raises(SpecError, match=r"^loras\[1\]\.path: .*loras\[0\]"):
         plan_of(base, loras=[neon, alias], combine=combine)
+
+
+# ---------------------------------------------------------------- LoRA files at plan time
+
+
+def test_a_lora_for_another_model_family_is_refused_at_plan_time(base):
+    from test_loras import sdxl_kohya
+
+    xl = sdxl_kohya(base / "xl.safetensors")
+    with pytest.raises(SpecError, match=r"^loras\[0\]\.path: .*xl\.safetensors: an SDXL LoRA .*"
+                       r"cannot be used on SD1\.x-architecture model 'tiny'"):  # fmt: skip
+        plan_of(base, loras=[{"name": "xl", "path": str(xl), "alpha": [1]}])
+
+
+def test_prompt_tags_resolve_from_the_lora_library(base):
+    from farm.demo_loras import demo_lora_path
+
+    library = base / "library" / "styles"
+    library.mkdir(parents=True)
+    (library / "inky.safetensors").write_bytes(demo_lora_path("tiny:ink").read_bytes())
+    plan = plan_of(base, lora_dir="library", loras=[], prompts=["a cat <lora:inky:0.4:0.8>"])
+    assert set(plan.adapters) == {"inky"}
+    (item, *_) = expand(plan)
+    ((name, strength),) = item.loras
+    assert (name, strength.te, strength.unet) == ("inky", 0.4, 0.8)
+    with pytest.raises(SpecError, match=r"names no LoRA in `loras` or lora_dir"):
+        plan_of(base, lora_dir="library", loras=[], prompts=["a cat <lora:missing:1>"])
+    with pytest.raises(SpecError, match=r"^lora_dir: .* is not a folder"):
+        plan_of(base, lora_dir="nowhere", prompts=["a cat"])

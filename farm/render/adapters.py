@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from farm.strength import Strength
 from farm.sweep import Adapter
 
 
@@ -20,6 +21,8 @@ class AdapterSet:
         self.loaded: set[str] = set()
         self.loads = 0
         self.enabled = True
+        self._layers: list | None = None
+        self._layers_at = -1
 
     def ensure(self, adapters: Sequence[Adapter]) -> list[Adapter]:
         """Load the adapters the pipeline lacks; returns those it loaded."""
@@ -39,20 +42,72 @@ class AdapterSet:
                 new.append(adapter)
         return new
 
-    def activate(self, weights: Sequence[tuple[Adapter, float]]) -> None:
+    def activate(self, weights: Sequence[tuple[Adapter, Strength]],
+                 steps: int = 1) -> Callable | None:  # fmt: skip
         """Make exactly these adapters active at these strengths; none means no LoRA.
 
-        Strengths go through set_adapters: a cross_attention_kwargs scale of 0 would
-        silently reset every adapter to 1.0 for later calls.
+        Plain strengths go through set_adapters (a cross_attention_kwargs scale of 0 would
+        silently reset every adapter to 1.0 for later calls). Split, per-block and
+        scheduled strengths set each LoRA layer's scale themselves. Returns a step-end
+        callback for the pipeline when a schedule changes the scales while denoising.
         """
         if not weights:
             if self.loaded and self.enabled:
                 self.pipe.disable_lora()
                 self.enabled = False
-            return
+            return None
         if not self.enabled:
             self.pipe.enable_lora()
             self.enabled = True
-        self.pipe.set_adapters(
-            [adapter_name(a) for a, _ in weights], [float(w) for _, w in weights]
-        )
+        names = [adapter_name(a) for a, _ in weights]
+        if all(w.is_plain for _, w in weights):
+            self.pipe.set_adapters(names, [float(w.unet) for _, w in weights])
+            return None
+        self.pipe.set_adapters(names, [1.0] * len(names))
+        settings = list(zip(names, (w for _, w in weights), strict=True))
+        self._scale(settings, step=0, steps=steps, text=True)
+        if not any(w.schedule for _, w in settings):
+            return None
+
+        def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            # Runs after step `step`: set the scales the next step denoises with.
+            self._scale(settings, step=step + 1, steps=steps, text=False)
+            return tensors
+
+        return on_step_end
+
+    def _scale(self, settings: list[tuple[str, Strength]], *, step: int, steps: int,
+               text: bool) -> None:  # fmt: skip
+        per_block = _layers_per_block(self.pipe)
+        for part, name, module in self._lora_layers():
+            if part == "te" and not text:
+                continue
+            for adapter, strength in settings:
+                if part == "te":
+                    scale = strength.te * (strength.blocks.te() if strength.blocks else 1.0)
+                else:
+                    block = strength.blocks.unet(name, per_block) if strength.blocks else 1.0
+                    scale = strength.unet * block * strength.unet_at(step, steps)
+                module.set_scale(adapter, scale)
+
+    def _lora_layers(self) -> list[tuple[str, str, object]]:
+        """Every LoRA layer of the pipeline: (te | unet, module name, module)."""
+        if self._layers is None or self._layers_at != self.loads:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = []
+            for component, model in self.pipe.components.items():
+                if not hasattr(model, "named_modules"):
+                    continue
+                part = "te" if component.startswith("text_encoder") else "unet"
+                for name, module in model.named_modules():
+                    if isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale"):
+                        layers.append((part, name, module))
+            self._layers, self._layers_at = layers, self.loads
+        return self._layers
+
+
+def _layers_per_block(pipe) -> int:
+    unet = getattr(pipe, "unet", None)
+    value = getattr(getattr(unet, "config", None), "layers_per_block", 2)
+    return int(value[0] if isinstance(value, list | tuple) else value)

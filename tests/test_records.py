@@ -1,0 +1,44 @@
+"""Parts written by an earlier farm (before `flags` and the LoRA block/schedule fields)
+stay readable: their new fields are null, and they are never taken for corrupt."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from farm.records import LORA_TYPE, SCHEMA, decode_part, encode_rows
+
+OLD_LORA = pa.struct([f for f in LORA_TYPE if f.name not in ("blocks", "schedule")])
+OLD_SCHEMA = pa.schema(
+    [pa.field("loras", pa.list_(OLD_LORA)) if f.name == "loras" else f
+     for f in SCHEMA if f.name != "flags"]
+)  # fmt: skip
+
+
+def row() -> dict:
+    values = {f.name: None for f in SCHEMA}
+    values.update(item_id="a" * 20, seed=1, created_at=datetime.now(UTC), flags=["flat"],
+                  loras=[{"name": "neon", "weight": 0.5, "te_weight": 0.5,
+                          "unet_weight": 0.5, "blocks": "MIDD", "schedule": "1@0"}])  # fmt: skip
+    return values
+
+
+def test_an_old_part_reads_with_null_new_fields():
+    old = {k: v for k, v in row().items() if k != "flags"}
+    old["loras"] = [{k: v for k, v in old["loras"][0].items() if k not in ("blocks", "schedule")}]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([old], schema=OLD_SCHEMA), buf)
+    table = decode_part(buf.getvalue())
+    assert table.schema == SCHEMA
+    (read,) = table.to_pylist()
+    assert read["flags"] is None and read["loras"][0]["blocks"] is None
+    assert read["loras"][0]["weight"] == 0.5 and read["item_id"] == "a" * 20
+
+
+def test_a_current_part_round_trips():
+    (read,) = decode_part(encode_rows([row()])).to_pylist()
+    assert read["flags"] == ["flat"] and read["loras"][0]["blocks"] == "MIDD"
+    assert read["loras"][0]["schedule"] == "1@0"
