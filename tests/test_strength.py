@@ -328,3 +328,29 @@ def test_rerender_reproduces_every_strength_setting_bit_for_bit(tmp_path, tiny_d
     missing = subprocess.run([*FARM, "rerender", str(job), "f" * 20], cwd=REPO,
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert missing.returncode == 2 and "no row for item" in missing.stderr
+
+
+def test_block_multipliers_reach_resnet_layers_of_a_locon(cpu_worker, tmp_path):
+    # A LoCon adapting only ResNet convs: diffusers' attention-only block scaling would
+    # leave it fully on; here a zero multiplier on its blocks turns it off.
+    from safetensors.numpy import save_file
+
+    from farm.demo_loras import unet_resnet_convs
+
+    rng = np.random.default_rng(1)
+    tensors = {}
+    for module, out_ch, in_ch, k in unet_resnet_convs():
+        key = "lora_unet_" + module.replace(".", "_")
+        tensors[f"{key}.lora_down.weight"] = rng.standard_normal((4, in_ch, k, k)).astype("f4")
+        # Large enough to show in 64x64 pixels.
+        tensors[f"{key}.lora_up.weight"] = rng.standard_normal((out_ch, 4, 1, 1)).astype("f4")
+        tensors[f"{key}.alpha"] = np.asarray(4.0, dtype="f4")
+    path = tmp_path / "convs.safetensors"
+    save_file(tensors, str(path))
+    locon = {"name": "convs", "path": str(path)}
+    zero = {"weight": 1, "blocks": {"unet": {"down": 0, "mid": 0}}}
+    out = render(cpu_worker, tmp_path, "locon", [{"convs": 0}, {"convs": 1}, {"convs": zero}],
+                 loras=(locon,))  # fmt: skip
+    (_, base), (_, full), (_, blocked) = out
+    assert not same(full, base)
+    assert same(blocked, base)
