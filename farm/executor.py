@@ -11,6 +11,8 @@ recorded as failed and the job goes on.
 from __future__ import annotations
 
 import os
+import secrets
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -116,7 +118,15 @@ class Slot:
 
 
 def start_ray(address: str | None, num_gpus: int | None = None) -> None:
-    """Connect to a cluster, or start a private local Ray with no dashboard or Jobs API."""
+    """Connect to a cluster, or start a private local Ray: no dashboard, no Jobs API, and
+    token authentication."""
+    if not address and "ray" not in sys.modules and not os.environ.get("RAY_AUTH_MODE"):
+        # The private Ray's GCS listens on every interface: a token known only to this
+        # process tree keeps other hosts out. It lives in the environment, never on disk
+        # (left to itself, Ray saves a generated one under ~/.ray), and Ray reads it when
+        # first imported.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -164,11 +174,11 @@ def execute(
     progress: Progress | None = None,
 ) -> Outcome:
     """Render every unit on a pool of workers; returns counts, failures and counters."""
+    start_ray(address)
     import ray
 
     from farm.worker import RenderWorker
 
-    start_ray(address)
     count, resources = worker_layout(workers, gpus_per_worker)
     # Two concurrent calls per actor: one renders while the other finishes its uploads.
     remote = ray.remote(max_restarts=0, max_concurrency=IN_FLIGHT)(RenderWorker)

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -234,6 +235,29 @@ def local_ray(tiny_dir):
     start_ray(None, num_gpus=2)
     yield
     ray.shutdown()
+
+
+def test_the_private_local_ray_refuses_clients_without_its_token(tmp_path):
+    # As `farm run` starts it: in a fresh process, before anything imported Ray.
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "from farm.executor import start_ray\n"
+        "start_ray(None)\n"
+        "import ray\n"
+        "address = ray.get_runtime_context().gcs_address\n"
+        "outsider = {k: v for k, v in os.environ.items() if not k.startswith('RAY_AUTH')}\n"
+        "probe = subprocess.run([sys.executable, '-c', f'import ray; ray.init(address="
+        "{address!r}); print(7 * 6)'], capture_output=True, text=True, env=outsider,"
+        " timeout=120)\n"
+        "print(os.environ['RAY_AUTH_MODE'], len(os.environ['RAY_AUTH_TOKEN']),"
+        " probe.returncode, '42' in probe.stdout)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    mode, length, code, joined = out.stdout.split()[-4:]
+    assert (mode, length, joined) == ("token", "64", "False") and code != "0"
 
 
 def test_worker_layout_follows_gpus_per_worker(local_ray):
