@@ -345,7 +345,8 @@ def lora_inspect(path: str, as_json: bool) -> None:
 
     FILE is a .safetensors LoRA, or tiny:NAME for a demo LoRA.
     """
-    from farm.loras import LoraError, describe_lora
+    from farm.lora_report import describe_lora
+    from farm.loras import LoraError
 
     if path.startswith("tiny:"):
         from farm.demo_loras import demo_lora_path

@@ -1,10 +1,10 @@
-"""LoRA files: safetensors header checks, layout detection, base-model family and hashes.
+"""LoRA files: safetensors header checks, layout detection, targeted blocks and hashes.
 
 Only `.safetensors` is ever opened, and its JSON header is checked (size bounds, dtypes,
 shapes, offsets) before any tensor is read, so a corrupt, truncated or hostile file is
-a clear error here rather than a crash inside a worker. Layout, rank, targeted blocks and
-base-model family all come from the header's key names and shapes; only `describe_lora`
-reads tensor data (the full-file hashes and the kohya `.alpha` scalars).
+a clear error here rather than a crash inside a worker. Layout, rank and targeted blocks
+come from the header's key names and shapes (families.py tells the base model from
+them; lora_report.py describes a file for `farm lora inspect`).
 """
 
 from __future__ import annotations
@@ -54,14 +54,12 @@ COMPONENTS = (
     ("lora_te_", "text_encoder"), ("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"),
     ("text_encoder.", "text_encoder"),
 )  # fmt: skip
-KNOWN_CONTEXTS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 # UNet modules (underscored, relative to the UNet) that belong to a ResNet or a resampler:
 # adapting them is what makes a kohya file "LoCon" rather than attention-only LoRA.
 _RESNET = re.compile(
     r"_(resnets|downsamplers|upsamplers)_|_(in_layers|out_layers|skip_connection|emb_layers)(_|$)"
     r"|_\d+_op$|^conv_(in|out)$|^input_blocks_0_0$|^out_2$"
 )
-_CROSS_KV = re.compile(r"attn2_(processor_)?to_[kv]$")
 
 
 class LoraError(ValueError):
@@ -76,22 +74,6 @@ class LoraFile:
     layout: str  # "peft", "diffusers", "kohya"
     metadata: dict[str, str]
     locon: bool = False  # also adapts ResNet/resampler convolutions (kohya "LoCon")
-
-
-@dataclass(frozen=True)
-class Family:
-    """A base-model family, as far as tensor shapes and configs tell it."""
-
-    name: str  # "SD1.x", "SD2.x", "SDXL", "SD1.x-architecture", "unknown", …
-    context: int | None  # cross-attention context width; None: no cross-attention layers
-    second_text_encoder: bool = False
-
-    @property
-    def detail(self) -> str:
-        return f"context {self.context}" if self.context else "no cross-attention layers"
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.detail})"
 
 
 @dataclass
@@ -236,113 +218,6 @@ def is_locon(mods: list[Module]) -> bool:
 # ---------------------------------------------------------------- base-model family
 
 
-def lora_family(path: str | Path) -> Family:
-    """The base-model family a LoRA was trained for, from its header alone."""
-    header, _ = read_header(path)
-    return family_of(modules(header, detect_layout(list(header), path), path))
-
-
-def family_of(mods: list[Module]) -> Family:
-    # The in-features of cross-attention's to_k/to_v are the text encoder's context width.
-    contexts = {
-        m.parts["down"]["shape"][1]
-        for m in mods
-        if m.component == "unet" and _CROSS_KV.search(m.name) and len(m.parts["down"]["shape"]) == 2
-    }
-    te2 = any(m.component == "text_encoder_2" for m in mods)
-    context = max(contexts) if contexts else None
-    if len(contexts) == 1 and context in KNOWN_CONTEXTS:
-        return Family(KNOWN_CONTEXTS[context], context, te2)
-    return Family("SDXL" if te2 else "unknown", context, te2)
-
-
-def model_family(model: str) -> Family | None:
-    """A model's family from its diffusers configs; None when the folder is not local."""
-    if model == "tiny":
-        from farm.render.tiny import UNET_CONFIG
-
-        return _model_family(UNET_CONFIG["cross_attention_dim"], "StableDiffusionPipeline", False)
-    root = Path(model)
-    try:
-        unet = json.loads((root / "unet" / "config.json").read_text())
-        index = json.loads((root / "model_index.json").read_text())
-    except (OSError, ValueError):
-        return None  # s3://, a hub id, or no diffusers folder: nothing to compare against
-    if not isinstance(unet, dict) or not isinstance(index, dict):
-        return None
-    context = unet.get("cross_attention_dim")
-    if isinstance(context, list) and len(set(context)) == 1:
-        context = context[0]  # some configs spell it per block
-    te2 = index.get("text_encoder_2")
-    te2 = isinstance(te2, list) and bool(te2) and te2[0] is not None
-    cls = str(index.get("_class_name", ""))
-    return _model_family(context if isinstance(context, int) else None, cls, te2)
-
-
-def _model_family(context: int | None, pipeline_class: str, te2: bool) -> Family:
-    if context in KNOWN_CONTEXTS:
-        return Family(KNOWN_CONTEXTS[context], context, te2)
-    # Small or custom models of a known pipeline class: same tree, other widths.
-    if te2 or pipeline_class.startswith("StableDiffusionXL"):
-        return Family("SDXL-architecture", context, te2)
-    if pipeline_class == "StableDiffusionPipeline":
-        return Family("SD1.x-architecture", context, te2)
-    return Family("unknown", context, te2)
-
-
-def check_compatible(lora_path: str | Path, model: str) -> None:
-    """Raise LoraError if the LoRA was trained for another family than the model's."""
-    ours = lora_family(lora_path)  # first, so a refused file is refused for every model
-    theirs = model_family(model)
-    if theirs is None:
-        return
-    problems = []
-    if ours.context and theirs.context and ours.context != theirs.context:
-        problems.append(
-            f"its cross-attention layers take context {ours.context}, the model's {theirs.context}"
-        )
-    if ours.second_text_encoder and not theirs.second_text_encoder:
-        problems.append("it adapts a second text encoder (text_encoder_2) that the model lacks")
-    if problems:
-        raise LoraError(
-            f"{lora_path}: an {ours.name} LoRA ({ours.detail}) cannot be used on {theirs.name} "
-            f"model {model!r} ({theirs.detail}): {' and '.join(problems)}; "
-            "pick a LoRA trained for this model"
-        )
-
-
-# ---------------------------------------------------------------- blocks
-
-
-def a1111_block(unet_name: str) -> str | None:
-    """A1111's block id (IN00…IN11, M00, OUT00…OUT11) of an underscored UNet layer name."""
-    # diffusers names: three slots per down block (layers, then the downsampler), as in
-    # SD's input_blocks; up blocks have three layers, the upsampler in the last slot.
-    if m := re.match(r"down_blocks_(\d+)_(attentions|resnets)_(\d+)_", unet_name):
-        return f"IN{int(m[1]) * 3 + int(m[3]) + 1:02d}"
-    if m := re.match(r"down_blocks_(\d+)_downsamplers_", unet_name):
-        return f"IN{int(m[1]) * 3 + 3:02d}"
-    if m := re.match(r"up_blocks_(\d+)_(attentions|resnets)_(\d+)_", unet_name):
-        return f"OUT{int(m[1]) * 3 + int(m[3]):02d}"
-    if m := re.match(r"up_blocks_(\d+)_upsamplers_", unet_name):
-        return f"OUT{int(m[1]) * 3 + 2:02d}"
-    if m := re.match(r"(input|output)_blocks_(\d+)_", unet_name):
-        return f"{'IN' if m[1] == 'input' else 'OUT'}{int(m[2]):02d}"
-    if unet_name.startswith(("mid_block_", "middle_block_")):
-        return "M00"
-    if unet_name == "conv_in":
-        return "IN00"
-    return None
-
-
-def _block_order(block: str) -> tuple[int, int]:
-    group = {"IN": 0, "M": 1, "OUT": 2}[block.rstrip("0123456789")]
-    return group, int(block.lstrip("INMOUT"))
-
-
-# ---------------------------------------------------------------- hashes and inspection
-
-
 def inspect_lora(path: str | Path) -> LoraFile:
     """Check a LoRA file and compute its hashes (cached by path, size and mtime)."""
     path = Path(path)
@@ -371,111 +246,27 @@ def _inspect(path: str, size: int, mtime_ns: int) -> LoraFile:
     return LoraFile(path, full.hexdigest(), short[:12], layout, metadata, locon)
 
 
-@dataclass(frozen=True)
-class LoraReport:
-    """What `farm lora inspect` shows."""
-
-    file: LoraFile
-    modules: dict[str, int]  # component → adapted layers
-    blocks: tuple[str, ...]  # A1111 UNet block ids, in UNet order; "other" for the rest
-    rank: tuple[int, int]  # min, max over layers
-    alpha: tuple[float, float] | None  # min, max of stored `.alpha`; None: none stored
-    alpha_missing: bool  # some layers store no alpha (they behave as alpha = rank)
-    family: Family
-    dtypes: tuple[str, ...]
-
-    @property
-    def layout(self) -> str:
-        return f"{self.file.layout} LoCon" if self.file.locon else self.file.layout
-
-    def as_dict(self) -> dict:
-        f = self.file
-        return {
-            "file": f.path, "format": "safetensors", "layout": f.layout,
-            "kind": "LoCon" if f.locon else "LoRA", "modules": sum(self.modules.values()),
-            "modules_by_component": self.modules,
-            "text_encoders": [c for c in self.modules if c.startswith("text_encoder")],
-            "blocks": list(self.blocks), "rank": {"min": self.rank[0], "max": self.rank[1]},
-            "alpha": None if self.alpha is None else {"min": self.alpha[0], "max": self.alpha[1]},
-            "family": str(self.family), "family_name": self.family.name,
-            "context": self.family.context, "dtypes": list(self.dtypes),
-            "sha256": f.sha256, "shorthash": f.shorthash,
-            "metadata": {k: v for k, v in sorted(f.metadata.items()) if k.startswith("ss_")},
-        }  # fmt: skip
-
-    def rows(self, width: int = 120) -> list[tuple[str, str]]:
-        """(key, value) lines for people; long metadata values are cut to `width`."""
-        counts = ", ".join(f"{c} {n}" for c, n in self.modules.items())
-        encoders = [c for c in self.modules if c.startswith("text_encoder")]
-        rows = [
-            ("file", self.file.path),
-            ("format", "safetensors"),
-            ("layout", self.layout),
-            ("modules", f"{sum(self.modules.values())} ({counts})"),
-            ("text encoders", ", ".join(encoders) or "none"),
-            ("unet blocks", " ".join(self.blocks) or "none"),
-            ("rank", _span(self.rank)),
-            ("alpha", self._alpha_text()),
-            ("family", str(self.family)),
-            ("dtype", ", ".join(self.dtypes)),
-            ("sha256", self.file.sha256),
-            ("shorthash", self.file.shorthash),
-        ]
-        for key, value in sorted(self.file.metadata.items()):
-            if key.startswith("ss_"):
-                cut = value if len(value) <= width else f"{value[:width]}… ({len(value)} chars)"
-                rows.append((key, cut))
-        return rows
-
-    def _alpha_text(self) -> str:
-        if self.alpha is None:
-            return "rank (not stored)"
-        return _span(self.alpha) + (" (rank where not stored)" if self.alpha_missing else "")
+def a1111_block(unet_name: str) -> str | None:
+    """A1111's block id (IN00…IN11, M00, OUT00…OUT11) of an underscored UNet layer name."""
+    # diffusers names: three slots per down block (layers, then the downsampler), as in
+    # SD's input_blocks; up blocks have three layers, the upsampler in the last slot.
+    if m := re.match(r"down_blocks_(\d+)_(attentions|resnets)_(\d+)_", unet_name):
+        return f"IN{int(m[1]) * 3 + int(m[3]) + 1:02d}"
+    if m := re.match(r"down_blocks_(\d+)_downsamplers_", unet_name):
+        return f"IN{int(m[1]) * 3 + 3:02d}"
+    if m := re.match(r"up_blocks_(\d+)_(attentions|resnets)_(\d+)_", unet_name):
+        return f"OUT{int(m[1]) * 3 + int(m[3]):02d}"
+    if m := re.match(r"up_blocks_(\d+)_upsamplers_", unet_name):
+        return f"OUT{int(m[1]) * 3 + 2:02d}"
+    if m := re.match(r"(input|output)_blocks_(\d+)_", unet_name):
+        return f"{'IN' if m[1] == 'input' else 'OUT'}{int(m[2]):02d}"
+    if unet_name.startswith(("mid_block_", "middle_block_")):
+        return "M00"
+    if unet_name == "conv_in":
+        return "IN00"
+    return None
 
 
-def _span(pair: tuple[float, float]) -> str:
-    low, high = (f"{x:g}" for x in pair)
-    return low if low == high else f"{low}–{high}"
-
-
-def describe_lora(path: str | Path) -> LoraReport:
-    """Everything `farm lora inspect` reports; raises LoraError for files farm refuses."""
-    info = inspect_lora(path)
-    header, _ = read_header(info.path)
-    mods = modules(header, info.layout, info.path)
-    counts: dict[str, int] = {}
-    for m in mods:
-        counts[m.component] = counts.get(m.component, 0) + 1
-    blocks = {a1111_block(m.name) for m in mods if m.component == "unet"}
-    ordered = sorted((b for b in blocks if b), key=_block_order)
-    ranks = [m.rank for m in mods]
-    alphas = _read_scalars(info.path, [m.parts["alpha"] for m in mods if "alpha" in m.parts])
-    return LoraReport(
-        file=info,
-        modules=dict(sorted(counts.items(), key=lambda kv: kv[0] != "unet")),
-        blocks=tuple(ordered + (["other"] if None in blocks else [])),
-        rank=(min(ranks), max(ranks)),
-        alpha=(min(alphas), max(alphas)) if alphas else None,
-        alpha_missing=bool(alphas) and len(alphas) < len(mods),
-        family=family_of(mods),
-        dtypes=tuple(sorted({e["dtype"] for e in header.values()})),
-    )
-
-
-SCALAR_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<i"}
-
-
-def _read_scalars(path: str, entries: list[dict]) -> list[float]:
-    """The values of one-element tensors (kohya alphas), read at their header offsets."""
-    values = []
-    with open(path, "rb") as f:
-        start = 8 + struct.unpack("<Q", f.read(8))[0]
-        for entry in entries:
-            begin, end = entry["data_offsets"]
-            f.seek(start + begin)
-            raw = f.read(end - begin)
-            if entry["dtype"] == "BF16" and len(raw) == 2:
-                values.append(struct.unpack("<f", b"\0\0" + raw)[0])  # bf16: top half of f32
-            elif entry["dtype"] in SCALAR_FORMATS and len(raw) == DTYPE_BYTES[entry["dtype"]]:
-                values.append(float(struct.unpack(SCALAR_FORMATS[entry["dtype"]], raw)[0]))
-    return values
+def _block_order(block: str) -> tuple[int, int]:
+    group = {"IN": 0, "M": 1, "OUT": 2}[block.rstrip("0123456789")]
+    return group, int(block.lstrip("INMOUT"))

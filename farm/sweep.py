@@ -8,7 +8,8 @@ import json
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
-from farm.loras import LoraError, check_compatible, inspect_lora
+from farm.families import check_compatible
+from farm.loras import LoraError, inspect_lora
 from farm.models import model_fingerprint
 from farm.prompts import PromptError, lora_tag, parse_prompt
 from farm.spec import Spec, SpecError

@@ -23,18 +23,9 @@ from farm.demo_loras import (
     unet_resnet_convs,
     write_demo_lora,
 )
-from farm.loras import (
-    Family,
-    LoraError,
-    a1111_block,
-    check_compatible,
-    describe_lora,
-    detect_layout,
-    inspect_lora,
-    lora_family,
-    model_family,
-    read_header,
-)
+from farm.families import Family, check_compatible, lora_family, model_family
+from farm.lora_report import describe_lora
+from farm.loras import LoraError, a1111_block, detect_layout, inspect_lora, read_header
 
 PEFT = {
     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": (4, 32),
