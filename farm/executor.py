@@ -63,19 +63,14 @@ class Stream:
     dry: bool = False
 
     def take(self) -> Unit | None:
-        if not self.buffered and not self.dry:
-            unit = next(self.units, None)  # type: ignore[call-overload]
-            if unit is None:
-                self.dry, self.left = True, 0
-            else:
-                self.buffered.append(unit)
-        if not self.buffered:
+        if self.empty:
             return None
         self.left = max(0, self.left - 1)
         return self.buffered.popleft()
 
     @property
     def empty(self) -> bool:
+        # Pulls one unit ahead: a stream is empty only once its iterator is exhausted.
         if not self.buffered and not self.dry:
             unit = next(self.units, None)  # type: ignore[call-overload]
             if unit is None:

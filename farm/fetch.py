@@ -209,27 +209,21 @@ def _download_checked(bucket: str, key: str, url: str, dest: Path, sha256: str |
 
 def _download(bucket: str, key: str, url: str, target: Path) -> None:
     """One object to `target`; s3transfer fetches large ones in parallel ranges."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from farm.s3store import _code, _store_error, s3_client
-
-    try:
-        s3_client().download_file(bucket, key, str(target))
-    except ClientError as err:
-        if _code(err) in ("404", "NoSuchKey", "NotFound"):
-            raise StoreError(f"{url}: no such object; check the URL") from None
-        raise _store_error(url, err) from None
-    except BotoCoreError as err:
-        raise _store_error(url, err) from None
+    _s3_call(url, lambda s3: s3.download_file(bucket, key, str(target)))
 
 
 def _head(bucket: str, key: str, url: str) -> dict:
+    return _s3_call(url, lambda s3: s3.head_object(Bucket=bucket, Key=key))
+
+
+def _s3_call(url: str, call):
+    """Run `call(client)`; S3 and connection errors become one-line StoreErrors."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from farm.s3store import _code, _store_error, s3_client
 
     try:
-        return s3_client().head_object(Bucket=bucket, Key=key)
+        return call(s3_client())
     except ClientError as err:
         if _code(err) in ("404", "NoSuchKey", "NotFound"):
             raise StoreError(f"{url}: no such object; check the URL") from None
