@@ -282,6 +282,8 @@ def row(item_id: str = "i1", **over) -> dict:
                 "weight": 0.2,
                 "te_weight": 0.2,
                 "unet_weight": 0.2,
+                "blocks": "MIDD",
+                "schedule": "0.2@0,1@0.5",
             },
             {
                 "name": "ink",
@@ -290,6 +292,8 @@ def row(item_id: str = "i1", **over) -> dict:
                 "weight": -0.5,
                 "te_weight": 0.0,
                 "unet_weight": -0.5,
+                "blocks": None,
+                "schedule": None,
             },
         ],  # fmt: skip
         "alpha": 0.2,
@@ -313,6 +317,7 @@ def row(item_id: str = "i1", **over) -> dict:
         "attempt": 2,
         "created_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
         "infotext": "a cat <lora:neon:0.2>\nSteps: 20, Seed: 3, Size: 128x64",
+        "flags": ["saturated"],
     }
     assert set(base) == set(SCHEMA.names)
     return base | over
