@@ -48,6 +48,22 @@ def main() -> None:
     """farm renders LoRA strength sweeps on a Ray cluster, exactly once, resumably."""
 
 
+def dtype_option(command):
+    """--dtype: the GPU workers' precision; workers (local or on a cluster) inherit it."""
+
+    def apply(ctx: click.Context, _param, value: str | None) -> None:
+        if value:
+            os.environ["FARM_DTYPE"] = value
+
+    return click.option(
+        "--dtype",
+        type=click.Choice(["float16", "bfloat16"]),
+        expose_value=False,
+        callback=apply,
+        help="GPU precision (default float16; CPU workers use float32).",
+    )(command)
+
+
 def s3_endpoint_option(command):
     """--s3-endpoint: an S3-compatible endpoint; local Ray workers inherit it."""
 
@@ -79,6 +95,7 @@ def _load(spec_path: str, output: str | None):
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker, e.g. 0.5.")
+@dtype_option
 @s3_endpoint_option
 def run(spec_path: str, output: str | None, address: str | None, workers: int | None,
         gpus_per_worker: float | None) -> None:  # fmt: skip
@@ -92,6 +109,7 @@ def run(spec_path: str, output: str | None, address: str | None, workers: int | 
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker.")
+@dtype_option
 @s3_endpoint_option
 def resume(job_url: str, address: str | None, workers: int | None,
            gpus_per_worker: float | None) -> None:  # fmt: skip
@@ -160,10 +178,11 @@ def address_option(command):
 @click.option(
     "--s3-endpoint", metavar="URL", help="S3-compatible endpoint as the cluster's nodes reach it."
 )
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), help="GPU precision.")
 @click.option("--wait", is_flag=True, help="Follow the logs until the job ends; exit as it did.")
 def submit(spec_path: str, address: str, output: str | None, workers: int | None,
            gpus_per_worker: float | None, paths_on_cluster: bool, s3_endpoint: str | None,
-           wait: bool) -> None:  # fmt: skip
+           dtype: str | None, wait: bool) -> None:  # fmt: skip
     """Run SPEC's driver on a Ray cluster through its Jobs API.
 
     Local LoRA and catalog files travel with the job; the model must be `tiny`, an
@@ -173,7 +192,8 @@ def submit(spec_path: str, address: str, output: str | None, workers: int | None
 
     spec = _load(spec_path, output)
     job = remote.submit(spec, address, workers=workers, gpus_per_worker=gpus_per_worker,
-                        paths_on_cluster=paths_on_cluster, s3_endpoint=s3_endpoint)  # fmt: skip
+                        paths_on_cluster=paths_on_cluster, s3_endpoint=s3_endpoint,
+                        dtype=dtype)  # fmt: skip
     click.echo(f"submitted {job.submission_id} to {address}")
     click.echo(f"  logs:   farm logs {job.submission_id} --address {address} --follow")
     click.echo(f"  cancel: farm cancel {job.submission_id} --address {address}")

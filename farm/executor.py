@@ -35,7 +35,7 @@ READY_GRACE = 30.0
 NO_WORKER_TIMEOUT = float(os.environ.get("FARM_NO_WORKER_TIMEOUT", "300"))
 # Environment the workers need that is not a secret; credentials come from the nodes.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "HF_HUB_OFFLINE", "FARM_HOME")  # fmt: skip
+                 "HF_HUB_OFFLINE", "FARM_HOME", "FARM_DTYPE")  # fmt: skip
 
 
 @dataclass

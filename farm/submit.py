@@ -119,6 +119,7 @@ def submit(
     gpus_per_worker: float | None = None,
     paths_on_cluster: bool = False,
     s3_endpoint: str | None = None,
+    dtype: str | None = None,
 ) -> Submitted:
     """Stage the spec's files and start its driver on the cluster; nothing renders here."""
     from farm.sweep import make_plan
@@ -137,6 +138,8 @@ def submit(
             command += ["--workers", str(workers)]
         if gpus_per_worker is not None:
             command += ["--gpus-per-worker", str(gpus_per_worker)]
+        if dtype:
+            command += ["--dtype", dtype]
         # Only settings that are not secrets travel; the nodes hold their own credentials.
         # This shell's endpoint may be a tunnel the cluster can't reach: it travels only
         # when given for the cluster with --s3-endpoint.

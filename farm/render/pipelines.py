@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -15,11 +16,13 @@ class Device:
 
 
 def pick_device(prefer: str | None = None) -> Device:
-    """The first visible CUDA device in half precision, else the CPU in float32."""
+    """The first visible CUDA device in half precision (float16 unless FARM_DTYPE says
+    bfloat16), else the CPU in float32."""
     import torch
 
     if prefer != "cpu" and torch.cuda.is_available():
-        dtype = "bfloat16" if prefer == "bf16" else "float16"
+        # FARM_DTYPE (`farm run --dtype`) picks bfloat16 where float16 overflows.
+        dtype = os.environ.get("FARM_DTYPE") or ("bfloat16" if prefer == "bf16" else "float16")
         return Device("cuda:0", dtype, torch.cuda.get_device_name(0))
     return Device("cpu", "float32", "")
 
