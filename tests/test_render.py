@@ -123,3 +123,19 @@ def test_parity_with_plain_diffusers(cpu_worker, tiny_dir, tmp_path, lora, weigh
         ).images[0]
         key = (seed, (("x", float(weight)),) if lora else ())
         assert np.array_equal(pixels(farm_images[key]), np.asarray(expected))
+
+
+def test_the_pipeline_cache_keeps_the_most_recent_models(tiny_dir, tmp_path):
+    import shutil
+
+    from farm.render.pipelines import PipelineCache, pick_device, weights_bytes
+
+    a, b = shutil.copytree(tiny_dir, tmp_path / "a"), shutil.copytree(tiny_dir, tmp_path / "b")
+    cache = PipelineCache(pick_device("cpu"), capacity=1)
+    first = cache.get(str(a))
+    assert cache.get(str(a)) is first and cache.loads == 1
+    cache.get(str(b))
+    assert list(cache.pipelines) == [str(b)] and cache.loads == 2  # a was dropped
+    cache.get(str(a))
+    assert list(cache.pipelines) == [str(a)] and cache.loads == 3
+    assert weights_bytes(str(a)) > 0
