@@ -133,7 +133,10 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
         ray.init(address=address, logging_level="WARNING", log_to_driver=True,
                  runtime_env=runtime_env)  # fmt: skip
     else:
+        # "local": a private instance, even when `ray start` left a cluster on this machine
+        # (a bare ray.init() would join that one).
         ray.init(
+            address="local",
             include_dashboard=False,
             num_gpus=num_gpus,
             logging_level="WARNING",

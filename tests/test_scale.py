@@ -91,6 +91,14 @@ def test_four_fake_gpus_each_render_and_adapter_sets_stay_on_few_workers(ray_hea
     assert_verified(job, 64)
 
 
+def test_a_local_run_starts_its_own_ray_beside_a_running_cluster(ray_head, tmp_path):
+    # `ray start` left a cluster with 4 GPUs on this machine; a plain run must not join it.
+    spec = write_spec(tmp_path, "private", seeds=[1], combine=[{"neon": 1}])
+    run = farm("run", str(spec), "--workers", "1")
+    assert "on 1 workers (" in run.stdout and "CPU each" in run.stdout, run.stdout
+    assert "Found multiple active Ray instances" not in run.stderr
+
+
 # ---------------------------------------------------------------- a node lost
 
 
