@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -129,6 +131,9 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     runtime_env = {"env_vars": env} if env else None
+    # ray.init replaces the SIGTERM handler with an immediate exit; the CLI's handler stops
+    # like Ctrl-C (units in flight finish, the run is recorded), so put it back.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, logging_level="WARNING", log_to_driver=True,
                  runtime_env=runtime_env)  # fmt: skip
@@ -142,6 +147,8 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
             logging_level="WARNING",
             log_to_driver=True,
         )
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def worker_layout(workers: int | None, gpus_per_worker: float | None) -> tuple[int, dict]:

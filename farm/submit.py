@@ -24,6 +24,10 @@ from farm.spec import Spec
 MAX_UPLOAD = 256 * 1024 * 1024
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# `farm cancel` (Ray's stop_job) sends the driver SIGTERM, then SIGKILL after this many
+# seconds. Ray's default of 3 s cuts off the units in flight and the run's record; this
+# leaves time for both, so the cancelled job's job.json says what it rendered.
+STOP_GRACE = 60
 
 
 class SubmitError(ValueError):
@@ -143,9 +147,10 @@ def submit(
         # Only settings that are not secrets travel; the nodes hold their own credentials.
         # This shell's endpoint may be a tunnel the cluster can't reach: it travels only
         # when given for the cluster with --s3-endpoint.
-        runtime_env: dict = {"working_dir": str(folder)}
+        env = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE)}
         if s3_endpoint:
-            runtime_env["env_vars"] = {"AWS_ENDPOINT_URL_S3": s3_endpoint}
+            env["AWS_ENDPOINT_URL_S3"] = s3_endpoint
+        runtime_env: dict = {"working_dir": str(folder), "env_vars": env}
         submission_id = f"farm-{spec.job}-{secrets.token_hex(4)}"
         try:
             jobs.submit_job(
@@ -178,7 +183,7 @@ def follow(address: str, submission_id: str, echo: Callable[[str], object],
         time.sleep(poll)
 
 
-def cancel(address: str, submission_id: str, timeout: float = 60.0) -> str:
+def cancel(address: str, submission_id: str, timeout: float = STOP_GRACE + 30) -> str:
     """Stop a submitted job; its finished units stay, and `farm resume` renders the rest."""
     jobs = client(address)
     status = _status(jobs, address, submission_id)

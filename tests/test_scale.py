@@ -170,6 +170,10 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
     assert "rendering 320 images" in logs
     parts = list((job / "parts").glob("*.parquet"))
     assert 0 < len(parts) < 40
+    # The driver had time to finish its units in flight and record the stopped run.
+    doc = job_doc(job)
+    assert doc["status"] == "interrupted", logs
+    assert doc["runs"][-1]["rendered"] == 8 * len(parts)
     # The same spec submitted again is the same job: it renders only what is missing.
     again = farm("submit", str(spec), "--address", ray_head.jobs_url, "--wait",
                  env=ray_head.env).stdout  # fmt: skip
@@ -207,16 +211,21 @@ def test_submit_refuses_what_cannot_reach_the_cluster(ray_head, tmp_path, tiny_d
 # ---------------------------------------------------------------- Ctrl-C
 
 
-def test_ctrl_c_stops_gracefully_and_resume_finishes(tmp_path, tiny_dir):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_dir, stop):
     spec = write_spec(tmp_path, "interrupted", seeds={"start": 0, "count": 16})
     job = tmp_path / "out" / "interrupted"
-    # A terminal's Ctrl-C reaches the whole foreground process group.
     driver = subprocess.Popen(
         [*FARM, "run", str(spec), "--workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     wait_for_part(job, driver)
-    os.killpg(driver.pid, signal.SIGINT)
+    if stop == "ctrl-c":
+        # A terminal's Ctrl-C reaches the whole foreground process group.
+        os.killpg(driver.pid, signal.SIGINT)
+    else:
+        # `docker stop` and Kubernetes signal the driver alone.
+        driver.send_signal(signal.SIGTERM)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 1, out + err
     assert "stopping: waiting for" in out and "Traceback" not in out + err
