@@ -18,13 +18,14 @@ EXIT_INTERRUPTED = 130
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
+    from farm.executor import ClusterError
     from farm.job import JobError
     from farm.loras import LoraError
     from farm.spec import SpecError
     from farm.store import StoreError
     from farm.submit import SubmitError
 
-    return (SpecError, JobError, LoraError, StoreError, SubmitError)
+    return (SpecError, JobError, LoraError, StoreError, SubmitError, ClusterError)
 
 
 class FarmGroup(click.Group):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -135,8 +137,7 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
     # like Ctrl-C (units in flight finish, the run is recorded), so put it back.
     on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True,
-                 runtime_env=runtime_env)  # fmt: skip
+        _join(address, runtime_env)
     else:
         # "local": a private instance, even when `ray start` left a cluster on this machine
         # (a bare ray.init() would join that one).
@@ -149,6 +150,70 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
         )
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class ClusterError(ValueError):
+    """A Ray cluster that cannot be reached or joined (exit 2)."""
+
+
+def _join(address: str, runtime_env: dict | None) -> None:
+    """ray.init on a cluster, or a one-line ClusterError that says what to fix."""
+    import ray
+
+    _check_reachable(address)
+    # While it retries, Ray's C++ client prints a warning a second to stderr; keep those
+    # out of the way and let the outcome speak (replayed when joining works).
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+                     runtime_env=runtime_env)  # fmt: skip
+            failure = None
+        except (ConnectionError, RuntimeError) as err:
+            failure = err
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        said = captured.read().decode(errors="replace")
+    if failure is None:
+        sys.stderr.write(said)
+        return
+    if "InvalidAuthToken" in said or "Unauthenticated" in said:
+        raise ClusterError(
+            f"--address {address}: the cluster wants its token; set RAY_AUTH_TOKEN (or "
+            "RAY_AUTH_TOKEN_PATH) to it, with RAY_AUTH_MODE=token"
+        )
+    raise ClusterError(f"--address {address}: could not join the Ray cluster there "
+                       f"({_first_line(failure)})")  # fmt: skip
+
+
+def _check_reachable(address: str) -> None:
+    # Ray keeps retrying an address where nothing listens for minutes; a plain TCP
+    # connect answers at once.
+    if address.startswith(("http://", "https://")):
+        raise ClusterError(
+            f"--address {address}: that is a Jobs API address; `farm submit SPEC --address "
+            f"{address}` runs a job there (`farm run --address` takes the cluster's HOST:6379, "
+            "from a machine that is a Ray node)"
+        )
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if not target or "://" in target:
+        return  # `auto` on a node finds its cluster itself; ray:// is Ray Client's
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address {address}: expected HOST:PORT (the cluster's GCS "
+                           "address, usually port 6379)")  # fmt: skip
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise ClusterError(
+            f"--address {address}: no Ray cluster answers at {target} "
+            f"({err.strerror or type(err).__name__}); check the host and port (6379), or "
+            "give `farm submit` the cluster's Jobs API address"
+        ) from None
 
 
 def worker_layout(workers: int | None, gpus_per_worker: float | None) -> tuple[int, dict]:

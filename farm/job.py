@@ -138,10 +138,13 @@ def run_job(
     echo=print,
 ) -> RunResult:
     """Plan, open the job, render the missing items on Ray, compact, record the run."""
-    from farm.executor import execute
+    from farm.executor import execute, start_ray
 
     plan = make_plan(spec)
     store = job_store(spec)
+    if address:
+        # A cluster that can't be joined is bad input: find out before writing anything.
+        start_ray(address)
     store.check()
     doc, done = open_job(plan, store, echo)
     result = RunResult(store.url, plan.items, len(done))

@@ -115,3 +115,30 @@ def test_resume_of_a_missing_job_is_bad_input(tmp_path):
         [*FARM, "resume", str(tmp_path / "nojob")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "no job here" in proc.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (f"127.0.0.1:{_closed_port()}", "no Ray cluster answers at"),
+        ("http://127.0.0.1:8265", "that is a Jobs API address; `farm submit"),
+        ("head-without-port", "expected HOST:PORT"),
+    ],
+)
+def test_a_cluster_address_that_cannot_be_joined_is_bad_input(tmp_path, address, expected):
+    spec = write_spec(tmp_path)
+    proc = subprocess.run([*FARM, "run", spec, "--address", address], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --address {address}: "), lines
+    assert expected in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -99,6 +99,23 @@ def test_a_local_run_starts_its_own_ray_beside_a_running_cluster(ray_head, tmp_p
     assert "Found multiple active Ray instances" not in run.stderr
 
 
+def test_run_joins_a_cluster_from_one_of_its_nodes_with_the_token_only(ray_head, tmp_path):
+    spec = write_spec(tmp_path, "joined", seeds=[1, 2])
+    no_token = {k: v for k, v in ray_head.env.items() if not k.startswith("RAY_AUTH")}
+    refused = farm("run", str(spec), "--address", ray_head.address, env=no_token, check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: --address {ray_head.address}: the cluster wants its token; set "
+        "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to it, with RAY_AUTH_MODE=token"
+    ]
+    assert not (tmp_path / "out").exists()
+    run = farm("run", str(spec), "--address", ray_head.address, "--workers", "2",
+               env=ray_head.env).stdout  # fmt: skip
+    # The head's fake GPUs: the workers asked the cluster for one each.
+    assert "rendering 16 images on 2 workers (1.0 GPU each)" in run
+    assert_verified(tmp_path / "out" / "joined", 16)
+
+
 # ---------------------------------------------------------------- a node lost
 
 
