@@ -182,10 +182,9 @@ def _join(address: str, runtime_env: dict | None) -> None:
         sys.stderr.write(said)
         return
     if "InvalidAuthToken" in said or "Unauthenticated" in said:
-        raise ClusterError(
-            f"--address {address}: the cluster wants its token; set RAY_AUTH_TOKEN (or "
-            "RAY_AUTH_TOKEN_PATH) to it, with RAY_AUTH_MODE=token"
-        )
+        from farm.submit import TOKEN_HINT
+
+        raise ClusterError(f"--address {address}: {TOKEN_HINT}")
     raise ClusterError(f"--address {address}: could not join the Ray cluster there "
                        f"({_first_line(failure)})")  # fmt: skip
 

@@ -28,6 +28,9 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # seconds. Ray's default of 3 s cuts off the units in flight and the run's record; this
 # leaves time for both, so the cancelled job's job.json says what it rendered.
 STOP_GRACE = 60
+# What to do when a cluster with token authentication turns a client away.
+TOKEN_HINT = ("the cluster wants its token; set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to "
+              "it, with RAY_AUTH_MODE=token")  # fmt: skip
 
 
 class SubmitError(ValueError):
@@ -56,10 +59,7 @@ def client(address: str):
         return JobSubmissionClient(address)
     except Exception as err:  # requests' and Ray's connection errors have no common base
         if "auth" in str(err).lower():
-            raise SubmitError(
-                f"--address {address}: the cluster wants its token; set RAY_AUTH_TOKEN (or "
-                "RAY_AUTH_TOKEN_PATH) to it, with RAY_AUTH_MODE=token"
-            ) from None
+            raise SubmitError(f"--address {address}: {TOKEN_HINT}") from None
         raise SubmitError(
             f"--address {address}: no Ray Jobs API answers there ({_first_line(err)}); "
             "check the address and port (8265), or tunnel to it"
