@@ -173,9 +173,11 @@ def _parquet_rows(path: Path, check) -> Iterator[dict[str, str]]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        # No reader threads: they can outlive the interpreter and abort it at exit (as
+        # records.decode_part explains).
+        parquet = pq.ParquetFile(path, pre_buffer=False)
         check(parquet.schema_arrow.names)
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
             for row in batch.to_pylist():
                 yield {str(k): _text(v) for k, v in row.items() if v is not None}
     except pa.ArrowException as e:

@@ -83,9 +83,11 @@ def encode_rows(rows: list[dict]) -> bytes:
 
 def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
     try:
-        # ParquetFile, not read_table: read_table's dataset path aborts the interpreter at
-        # exit on some pyarrow builds after reading tz-aware timestamps.
-        table = pq.ParquetFile(io.BytesIO(data)).read(columns=columns)
+        # No reader threads (pre-buffering I/O, column decoding): they can still be alive
+        # when the interpreter exits and abort it after the work is done ("terminate
+        # called without an active exception", apache/arrow#34314). Parts are small.
+        parquet = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False)
+        table = parquet.read(columns=columns, use_threads=False)
     except (pa.ArrowException, OSError) as err:
         raise CorruptPart(str(err).splitlines()[0]) from None
     missing = set(columns or SCHEMA.names) - set(table.column_names)
