@@ -2,8 +2,8 @@
 
 Rows are streamed, so a catalog of millions of products is never held in memory at once;
 only validate_catalog keeps the set of keys, to prove that they are unique. Every value
-becomes a string (the row lands in the metadata as map<string,string>); a null value
-counts as missing.
+becomes a string (the row lands in the metadata's `catalog` as {key, value} pairs); a
+null value counts as missing.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ LORA_TYPE = pa.struct(
         ("schedule", pa.string()),  # keyframes value@fraction,…
     ]
 )
+CATALOG_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
 SCHEMA = pa.schema(
     [
         ("job_id", pa.string()),
@@ -42,7 +43,9 @@ SCHEMA = pa.schema(
         ("scheduler", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("catalog", pa.map_(pa.string(), pa.string())),
+        # A catalog row's fields as {key, value} pairs: Hugging Face datasets has no type for
+        # an Arrow map, and pairs read the same in datasets, duckdb, polars and pandas.
+        ("catalog", CATALOG_TYPE),
         ("image_key", pa.string()),
         ("file_name", pa.string()),
         ("image_sha256", pa.string()),
@@ -53,6 +56,7 @@ SCHEMA = pa.schema(
         ("worker", pa.string()),
         ("node", pa.string()),
         ("gpu", pa.string()),
+        ("threads", pa.int32()),  # torch threads: CPU images are bit-exact only at one count
         ("attempt", pa.int32()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("infotext", pa.string()),
@@ -60,7 +64,7 @@ SCHEMA = pa.schema(
     ]
 )
 # Added after the first release: parts written before them are read with nulls there.
-LATER_COLUMNS = {"flags"}
+LATER_COLUMNS = {"flags", "threads"}
 PARTS = "parts/"
 METADATA = "metadata.parquet"
 
@@ -93,11 +97,17 @@ def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
     missing = set(columns or SCHEMA.names) - set(table.column_names)
     if missing - LATER_COLUMNS:
         raise CorruptPart(f"missing columns {sorted(missing)}")
-    if table.schema != (SCHEMA if columns is None else table.schema) or missing:
-        # A part from an earlier farm: the columns (and LoRA fields) added since are null.
-        schema = pa.schema([SCHEMA.field(c) for c in columns or SCHEMA.names])
+    schema = pa.schema([SCHEMA.field(c) for c in columns or SCHEMA.names])
+    if table.schema != schema or missing:
+        # A part from an earlier farm: the columns (and LoRA fields) added since are null,
+        # and a catalog written as an Arrow map reads as its list of {key, value} pairs.
         table = pa.Table.from_pylist(table.to_pylist(), schema=schema)
     return table
+
+
+def catalog_pairs(fields) -> list[dict] | None:
+    """A catalog row's (name, value) fields as the `catalog` column holds them."""
+    return [{"key": k, "value": v} for k, v in fields] or None
 
 
 def iter_parts(

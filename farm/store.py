@@ -23,7 +23,22 @@ class Store:
         raise NotImplementedError
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Write `key` only if no object has that key; True if this call created it."""
+        """Write `key` only if no object has that key; True if this call created it.
+
+        Where the store's create-once is atomic (LocalStore's link, AWS S3's
+        `If-None-Match: *`), exactly one of any number of concurrent calls for a key
+        returns True. Where it is not (a server that checks the condition and writes in two
+        steps, as moto's does, or S3Store's HEAD-then-PUT fallback), concurrent calls may
+        each return True. Either way the key then holds exactly one object, one caller's
+        complete bytes (never a mix), and a call that starts after a True has returned
+        gets False.
+
+        The farm relies only on that second guarantee: a part's key is its unit's content
+        id and a unit's rows agree, whoever renders them, in everything that decides
+        completion (item_ids, image keys, image sha256), so whichever part remains is a
+        complete part for its unit and the job's completed set and `farm verify` are the
+        same.
+        """
         raise NotImplementedError
 
     def get(self, key: str) -> bytes:

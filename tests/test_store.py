@@ -2,9 +2,13 @@
 
 One contract suite runs over both stores (`store` is parametrized: a LocalStore folder and an
 S3Store on moto's server over HTTP, a fresh prefix per test): reads, writes, listing, children,
-create-once, concurrent writers, and parts, completion truth and compaction. Then the tests of
-what only one store has: LocalStore's root confinement, temp files, process races and bad
-roots; S3Store's URLs, conditional-write fallback and bucket root.
+create-once, a second writer of a part, and parts, completion truth and compaction. Then the
+tests of what only one store has: LocalStore's root confinement, temp files, thread and process
+races (its create-once is an atomic link, so any interleaving gives one winner) and bad roots;
+S3Store's URLs, conditional-write fallback, two writers that both pass the check, bucket root.
+
+No test here depends on how threads happen to interleave: where the outcome depends on the
+order (a create-once that is not atomic), the test forces the order.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import farm.s3store
+from farm.job import job_context, open_job
 from farm.records import (
     METADATA,
     SCHEMA,
@@ -37,7 +42,10 @@ from farm.records import (
     scan_parts,
 )
 from farm.s3store import S3Store
+from farm.spec import parse_spec
 from farm.store import LocalStore, Store, StoreError, open_store, split_job_url
+from farm.sweep import expand, group_units, make_plan
+from farm.verify import verify_job
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -188,7 +196,7 @@ def test_check_passes_and_leaves_nothing(store):
     store.child("job-1").check()
 
 
-# ================================================================ contract: concurrent writers
+# ================================================================ contract: writers of one part
 
 
 def payload(i: int) -> bytes:
@@ -226,36 +234,18 @@ def the_winner(results: dict[int, bool]) -> int:
     return winners[0]
 
 
-def test_put_if_absent_race_between_threads(store):
-    keys = []
-    for round_ in range(5):
-        key = f"parts/race-{round_}.parquet"
-        keys.append(key)
-        winner = the_winner(race([store] * 8, key))
-        assert store.get(key) == payload(winner)
-    assert sorted(store.list()) == keys
-
-
-def test_two_writers_of_the_same_part(store):
-    """Two independent writers (their own store objects): one wins, the other sees it."""
-    writers = [store, twin(store)]
-    for round_ in range(10):
-        key = part_key(f"u{round_}")
-        winner = the_winner(race(writers, key))
-        loser = writers[1 - winner]
-        assert loser.exists(key)
-        assert loser.get(key) == payload(winner)
-        assert loser.put_if_absent(key, b"late") is False
-        assert store.get(key) == payload(winner)
-    assert len(list(store.list("parts/"))) == 10
-
-
-def test_many_writers_of_the_same_part(store):
-    writers = [store if i % 2 else twin(store) for i in range(8)]
-    for round_ in range(3):
-        key = part_key(f"many-{round_}")
-        winner = the_winner(race(writers, key))
-        assert all(w.get(key) == payload(winner) for w in writers)
+def test_a_second_writer_of_a_part_is_refused(store):
+    """Independent writers (their own store objects, for S3 their own clients), one after
+    the other: the first creates the part, every later one gets False and reads its bytes.
+    Racing writers are tested where the outcome does not depend on luck: LocalStore's
+    atomic link below, and S3 with both writers forced past the check."""
+    writers = [store, twin(store), twin(store)]
+    key = part_key("u1")
+    assert writers[0].put_if_absent(key, payload(0)) is True
+    for i, writer in enumerate(writers):
+        assert writer.put_if_absent(key, payload(i + 1)) is False
+        assert writer.get(key) == payload(0)
+    assert list(store.list("parts/")) == [key]
 
 
 # ================================================================ contract: records in a store
@@ -303,7 +293,7 @@ def row(item_id: str = "i1", **over) -> dict:
         "scheduler": "euler",
         "width": 128,
         "height": 64,
-        "catalog": {"sku": "A-1", "color": "red"},
+        "catalog": [{"key": "sku", "value": "A-1"}, {"key": "color", "value": "red"}],
         "image_key": f"images/{item_id}.png",
         "file_name": f"images/{item_id}.png",
         "image_sha256": "ef" * 32,
@@ -314,6 +304,7 @@ def row(item_id: str = "i1", **over) -> dict:
         "worker": "worker-0",
         "node": "node-a",
         "gpu": "H100",
+        "threads": 3,
         "attempt": 2,
         "created_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
         "infotext": "a cat <lora:neon:0.2>\nSteps: 20, Seed: 3, Size: 128x64",
@@ -334,7 +325,6 @@ def test_a_part_round_trips_through_the_store(store):
     assert key == "parts/u1.parquet"
     assert table.schema.equals(SCHEMA)
     (back,) = table.to_pylist()
-    back["catalog"] = dict(back["catalog"])  # Arrow maps come back as (key, value) pairs
     assert back == original
 
 
@@ -426,7 +416,6 @@ def test_encode_decode_round_trip_of_a_full_row():
     table = decode_part(encode_rows([original]))
     assert table.schema.equals(SCHEMA)
     (back,) = table.to_pylist()
-    back["catalog"] = dict(back["catalog"])  # Arrow maps come back as (key, value) pairs
     assert back == original
     assert back["created_at"].tzinfo is not None
 
@@ -505,10 +494,17 @@ def test_local_put_if_absent_leaves_no_temp_file(local):
     assert os.listdir(local.root / "parts") == ["u.parquet"]
 
 
-def test_local_thread_race_leaves_no_temp_files(local):
-    for round_ in range(3):
-        the_winner(race([local] * 8, f"parts/race-{round_}.parquet"))
-    assert sorted(os.listdir(local.root / "parts")) == [f"race-{r}.parquet" for r in range(3)]
+def test_local_put_if_absent_race_between_threads(local):
+    # os.link either creates the name or fails: whatever the interleaving, one thread wins,
+    # the file is its bytes, and no temp file is left.
+    keys = []
+    for round_ in range(5):
+        key = f"parts/race-{round_}.parquet"
+        keys.append(key)
+        winner = the_winner(race([local] * 8, key))
+        assert local.get(key) == payload(winner)
+    assert sorted(local.list()) == keys
+    assert sorted(os.listdir(local.root / "parts")) == [f"race-{r}.parquet" for r in range(5)]
 
 
 def _race_in_process(root: str, key: str, i: int, start, results) -> None:
@@ -718,6 +714,107 @@ def test_s3_conditional_write_fallback(s3):
     assert store.put_if_absent("parts/u.parquet", b"again") is True
     assert store.get("parts/u.parquet") == b"again"
     assert store.conditional_writes is False
+
+
+def rendered_parts(worker, job: Store, tmp_path: Path) -> tuple[str, bytes, bytes]:
+    """A tiny job rendered into `job`, and its one unit's part from two writers.
+
+    The second writer renders the same unit again elsewhere (as a retry on another worker
+    would): same images, rows that differ in attempt, created_at and render_seconds.
+    """
+    data = {"job": "twice", "prompts": ["a lighthouse"], "seeds": [1, 2],
+            "render": {"steps": 2, "width": 64, "height": 64}}  # fmt: skip
+    plan = make_plan(parse_spec(data, base_dir=tmp_path))
+    open_job(plan, job, echo=lambda _: None)
+    (unit,) = group_units(expand(plan))
+    worker.render(unit, job_context(plan, job), attempt=1)
+    elsewhere = LocalStore(tmp_path / "elsewhere")
+    worker.render(unit, job_context(plan, elsewhere), attempt=2)
+    key = part_key(unit.unit_id)
+    return key, job.get(key), elsewhere.get(key)
+
+
+def test_s3_writers_that_both_pass_the_check_leave_one_whole_part(s3, cpu_worker, tmp_path):
+    """A create-once that is not atomic, with the interleaving forced rather than hoped for.
+
+    HEAD-then-PUT (the fallback) has the same two steps as a server that checks
+    If-None-Match and then writes (moto's). Both writers' HEADs answer "absent" before
+    either PUTs; then writer 0 PUTs, then writer 1. Both calls return True, and the
+    guarantee still holds: one object under the key, one writer's complete part, later
+    writers refused, and the job's completed items and verify are what either part gives.
+    """
+    job = S3Store.from_url(s3.url(f"two-writers/{uuid4().hex}"))
+    key, first_part, second_part = rendered_parts(cpu_worker, job, tmp_path)
+    assert first_part != second_part  # else "which writer's bytes" would prove nothing
+    planned = completed_items(job)
+    assert len(planned) == 2 and verify_job(job).ok
+    job.delete(key)
+
+    writers = [job, twin(job)]
+    parts = [first_part, second_part]
+    for w in writers:
+        w.conditional_writes = False
+    checked = threading.Barrier(2, timeout=60)  # a guard against a hang, not a clock
+    first_put = threading.Event()
+
+    def in_race() -> bool:
+        return threading.current_thread().name.startswith("writer-")
+
+    heads: list[str] = []
+
+    def both_checked(**_):  # after each writer's HEAD: wait until the other's is back
+        if in_race():
+            heads.append(threading.current_thread().name)
+            checked.wait()
+
+    def after_first(**_):
+        if in_race():
+            first_put.set()
+
+    def wait_for_first(**_):
+        if in_race():
+            assert first_put.wait(timeout=60)
+
+    hooks = [(writers[0], "after-call.s3.HeadObject", both_checked),
+             (writers[1], "after-call.s3.HeadObject", both_checked),
+             (writers[0], "after-call.s3.PutObject", after_first),
+             (writers[1], "before-call.s3.PutObject", wait_for_first)]  # fmt: skip
+    results: dict[int, bool] = {}
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            results[i] = writers[i].put_if_absent(key, parts[i])
+        except BaseException as err:  # re-raised in the test's thread
+            errors.append(err)
+
+    for w, event, hook in hooks:
+        w.client.meta.events.register(event, hook)
+    try:
+        threads = [threading.Thread(target=write, args=(i,), name=f"writer-{i}") for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        for w, event, hook in hooks:
+            w.client.meta.events.unregister(event, hook)
+    if errors:
+        raise errors[0]
+    assert sorted(heads) == ["writer-0", "writer-1"]  # the order really was forced
+    assert results == {0: True, 1: True}  # not atomic: both writers "created" the part
+    assert list(job.list("parts/")) == [key]
+    assert job.get(key) == second_part  # the last PUT, whole
+    for w, part in zip(writers, parts, strict=True):
+        assert w.put_if_absent(key, part) is False
+    # Both writers' rows agree in everything that decides completion.
+    decisive = ["item_id", "image_key", "image_sha256"]
+    first_rows, second_rows = (decode_part(p, decisive).to_pylist() for p in parts)
+    assert first_rows == second_rows
+    attempts = [decode_part(p, ["attempt"]).column("attempt").to_pylist() for p in parts]
+    assert attempts == [[1, 1], [2, 2]]
+    assert completed_items(job) == planned
+    assert verify_job(job).ok
 
 
 def test_s3_switches_to_the_fallback_when_the_server_says_not_implemented(s3):
