@@ -20,11 +20,13 @@ import yaml
 
 from farm.demo_loras import DEMO_LORAS
 from farm.demo_loras import PREFIX as DEMO_PREFIX
+from farm.limits import MAX_SPEC_BYTES
 from farm.schedulers import SAMPLERS
 from farm.strength import (
     Blocks,
     Strength,
     StrengthError,
+    is_lbw_preset,
     parse_blocks,
     parse_schedule,
     schedule_text,
@@ -222,6 +224,13 @@ def load_spec(path: str | Path) -> Spec:
     if suffix not in (".yaml", ".yml", ".json") and path.is_file():
         raise SpecError(f"{name}: unknown spec format (use a .yaml, .yml or .json file)")
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(
+                f"{name}: {size / 2**20:.1f} MiB, more than the {MAX_SPEC_BYTES // 2**20} MiB "
+                "a spec may hold; put long prompt lists in a catalog (catalog: {{path: "
+                "prompts.csv, template: '{{prompt}}', key: id}}), which farm streams"
+            )
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise SpecError(f"{name}: file not found") from None
@@ -359,6 +368,12 @@ def _model(value: Any, base: Path) -> str:
         return text
     if text.startswith("s3://"):
         return _s3(text, "model")
+    if URL_RE.match(text):
+        scheme = text.split("://", 1)[0]
+        raise SpecError(
+            f"model: {scheme}:// URLs are not a model source; download the model into a "
+            "local diffusers folder, or give 'tiny', an s3:// folder or a hub id 'org/name'"
+        )
     if not URL_RE.match(text):
         local = _local(text, base)
         if local.exists():
@@ -470,8 +485,12 @@ def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> di
     if unet is not None:
         extras["unet"] = _number(unet, f"{at}.unet", strings=True)
     if blocks is not None:
-        # A list of settings (presets, 17-value lists, dicts) is an axis; 17 numbers are one.
-        axis = isinstance(blocks, list) and any(isinstance(b, str | list | dict) for b in blocks)
+        # A list of settings (presets, 17-value lists or strings, dicts) is an axis; a list
+        # of plain values (numbers, or a stray word among them) is one 17-value setting.
+        axis = isinstance(blocks, list) and any(
+            isinstance(b, list | dict) or is_lbw_preset(b) or (isinstance(b, str) and "," in b)
+            for b in blocks
+        )
         if axis and zip_mode:
             raise SpecError(f"{at}.blocks: combine: zip takes one block setting per LoRA")
         values = blocks if axis else [blocks]
@@ -639,12 +658,21 @@ def _render(value: Any) -> Render:
                   None if batch == "auto" else batch)  # fmt: skip
 
 
-def _output(value: Any) -> str:
-    text = _str(value, "output")
+def with_output(spec: Spec, output: str, field: str = "output") -> Spec:
+    """The spec with its output replaced, checked like the spec's own `output:`."""
+    import dataclasses
+
+    return dataclasses.replace(spec, output=_output(output, field))
+
+
+def _output(value: Any, field: str = "output") -> str:
+    text = _str(value, field, empty_ok=True)
+    if not text.strip():
+        raise SpecError(f"{field}: is empty; give a local folder or s3://bucket/prefix")
     if text.startswith("s3://"):
-        return _s3(text, "output")
+        return _s3(text, field)
     if URL_RE.match(text):
-        raise SpecError(f"output: {text} — use a local folder or s3://bucket/prefix")
+        raise SpecError(f"{field}: {text} — use a local folder or s3://bucket/prefix")
     return text  # kept as written: a local output is relative to where farm runs
 
 

@@ -160,6 +160,8 @@ def parse_blocks(value: object) -> Blocks:
         return Blocks(name, _lbw_pairs(LBW_PRESETS[name].split(",")), name)
     if isinstance(value, str):
         values = [v for v in value.replace(" ", "").split(",") if v]
+        if len(values) == 1 and not _is_number(values[0]):
+            raise StrengthError(_unknown_preset(value))
         pairs = _lbw_pairs(values)
         name = ",".join(format_number(v) for _, v in pairs)
         return Blocks(name, pairs, name)
@@ -173,6 +175,27 @@ def parse_blocks(value: object) -> Blocks:
         f"{value!r}: use an LBW preset ({', '.join(LBW_PRESETS)}), 17 values, or a dict "
         "{text_encoder, unet: {down, mid, up}}"
     )
+
+
+def _is_number(value: object) -> bool:
+    try:
+        finite(value, "")
+    except StrengthError:
+        return False
+    return True
+
+
+def _unknown_preset(value: object) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value).strip().upper(), LBW_PRESETS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (f"{value!r} is not a LoRA Block Weight preset ({hint}presets: "
+            f"{', '.join(LBW_PRESETS)}); or give 17 values")  # fmt: skip
+
+
+def is_lbw_preset(value: object) -> bool:
+    return isinstance(value, str) and value.strip().upper() in LBW_PRESETS
 
 
 def _lbw_pairs(values: list) -> tuple[tuple[str, float], ...]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
 from farm.families import check_compatible
+from farm.limits import MAX_ITEMS
 from farm.loras import LoraError, inspect_lora
 from farm.models import model_fingerprint
 from farm.prompts import PromptError, lora_tag, parse_prompt
@@ -57,22 +59,68 @@ class Source:
     catalog: tuple[tuple[str, str], ...] = ()
 
 
+class Combos:
+    """The sweep's LoRA combinations, made on demand: a product of axes is never a list.
+
+    `count` is arithmetic, so a plan of 10¹² items is counted (and refused) at once.
+    """
+
+    def __init__(self, spec: Spec):
+        self.explicit: tuple | None = None
+        if not isinstance(spec.combine, str):
+            self.explicit = tuple(tuple(c) for c in spec.combine)
+            self.axes: list[list[tuple[str, Strength]]] = []
+            self.count = len(self.explicit)
+            self.names = frozenset(n for c in self.explicit for n, _ in c)
+            return
+        swept = spec.loras if spec.combine == "zip" else [x for x in spec.loras if x.alphas]
+        self.axes = [[(x.name, w) for w in x.strengths()] for x in swept]
+        self.zip = spec.combine == "zip"
+        self.names = frozenset(x.name for x in swept)
+        if self.zip:
+            self.count = len(self.axes[0]) if self.axes else 1
+        else:
+            self.count = math.prod(len(axis) for axis in self.axes)
+
+    def __iter__(self) -> Iterator[tuple[tuple[str, Strength], ...]]:
+        if self.explicit is not None:
+            return iter(self.explicit)
+        if self.zip and self.axes:
+            return zip(*self.axes, strict=True)
+        return itertools.product(*self.axes)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def uniform(self) -> bool:
+        """Every combination sets the same LoRAs (product and zip)."""
+        return self.explicit is None
+
+
 @dataclass
 class Plan:
     spec: Spec
     model_fingerprint: str
     adapters: dict[str, Adapter]
-    combos: list[tuple[tuple[str, Strength], ...]]
+    combos: Combos
     sources: list[Source] = field(default_factory=list)
 
     @property
     def items(self) -> int:
-        return len(self.sources) * len(self.spec.seeds) * len(self.combos)
+        return len(self.sources) * len(self.spec.seeds) * self.combos.count
 
     def groups(self) -> list[tuple[tuple[str, ...], int]]:
         """Each adapter set of the sweep with its item count, in order of first use."""
         items: dict[tuple[str, ...], int] = {}
         seeds = len(self.spec.seeds)
+        if self.combos.uniform:
+            # Every combination sets the same LoRAs: the sets differ only by prompt tags.
+            swept = tuple((n, None) for n in self.combos.names)
+            for source in self.sources:
+                key = adapter_key(swept + source.tags)
+                items[key] = items.get(key, 0) + seeds * self.combos.count
+            return list(items.items())
         for combo in self.combos:
             for source in self.sources:
                 key = adapter_key(combo + source.tags)
@@ -91,7 +139,7 @@ class Plan:
         return {
             "prompts": len(self.sources),
             "seeds": len(self.spec.seeds),
-            "combos": len(self.combos),
+            "combos": self.combos.count,
             "loras": len(self.spec.loras),
             "items": self.items,
             "units": self.units,
@@ -99,12 +147,22 @@ class Plan:
         }
 
 
-def make_plan(spec: Spec, *, frozen: tuple[str, dict[str, Adapter]] | None = None) -> Plan:
+def make_plan(
+    spec: Spec,
+    *,
+    frozen: tuple[str, dict[str, Adapter]] | None = None,
+    max_items: int | None = None,
+) -> Plan:
     """Check the spec's files and prompts and fix the axes; raises SpecError.
 
     `frozen` is (model fingerprint, adapters) recorded in a job.json: the plan is then
-    rebuilt exactly as it was, without reading the model or LoRA files.
+    rebuilt exactly as it was, without reading the model or LoRA files. A plan of more
+    than `max_items` (default MAX_ITEMS) is refused with its item count.
     """
+    limit = MAX_ITEMS if max_items is None else max_items
+    combos = Combos(spec)
+    # Refuse a runaway product before reading any file or prompt.
+    _check_size(combos.count * len(spec.seeds) * max(len(spec.prompts), 1), limit)
     if frozen:
         fingerprint, adapters = frozen
     else:
@@ -122,9 +180,18 @@ def make_plan(spec: Spec, *, frozen: tuple[str, dict[str, Adapter]] | None = Non
                 raise SpecError(
                     f"loras[{i}].path: the same file as loras[{j}].path; give it one name"
                 )
-    combos = combinations(spec)
     sources = list(_sources(spec, adapters, combos))
-    return Plan(spec, fingerprint, adapters, combos, sources)
+    plan = Plan(spec, fingerprint, adapters, combos, sources)
+    _check_size(plan.items, limit)
+    return plan
+
+
+def _check_size(items: int, limit: int) -> None:
+    if items > limit:
+        raise SpecError(
+            f"the sweep has {items:,} items, more than the limit of {limit:,}; shrink an axis "
+            "(prompts, seeds, strengths) or raise the limit with --max-items"
+        )
 
 
 def _adapter(name: str, path: str, field_path: str, model: str) -> Adapter:
@@ -158,32 +225,28 @@ def _library_adapter(spec: Spec, name: str, where: str) -> Adapter | None:
         return None
     from pathlib import Path
 
-    matches = sorted(Path(spec.lora_dir).rglob(f"{name}.safetensors"))
+    # A tag's name is a file stem, compared literally: never a glob pattern (`*` would
+    # pick any file) nor a path (`../x` would reach outside the library).
+    if "/" in name or "\\" in name:
+        raise SpecError(f"{where}: <lora:{name}:…>: a tag names a LoRA file in lora_dir by "
+                        "its stem, not a path; write <lora:STEM:…>")  # fmt: skip
+    library = Path(spec.lora_dir).resolve()
+    target = f"{name}.safetensors"
+    matches = sorted(p for p in library.rglob("*.safetensors") if p.name == target)
     if len(matches) > 1:
         found = ", ".join(str(m) for m in matches[:3])
         raise SpecError(f"{where}: <lora:{name}:…> matches several files in lora_dir ({found})")
-    return _adapter(name, str(matches[0]), where, spec.model) if matches else None
+    if not matches:
+        return None
+    # A link in the library may point anywhere; only files inside it are the library's.
+    if not matches[0].resolve().is_relative_to(library):
+        raise SpecError(f"{where}: <lora:{name}:…>: {matches[0]} links to a file outside "
+                        "lora_dir; copy the file into lora_dir")  # fmt: skip
+    return _adapter(name, str(matches[0]), where, spec.model)
 
 
-def combinations(spec: Spec) -> list[tuple[tuple[str, Strength], ...]]:
-    """Every LoRA combination of the sweep, as (name, strength) tuples."""
-    if not isinstance(spec.combine, str):
-        combos = [tuple(c) for c in spec.combine]
-    elif spec.combine == "zip":
-        names = [lora.name for lora in spec.loras]
-        rows = zip(*(x.strengths() for x in spec.loras), strict=True)
-        combos = [tuple(zip(names, ws, strict=True)) for ws in rows]
-    else:
-        swept = [lora for lora in spec.loras if lora.alphas]
-        axes = [[(lora.name, w) for w in lora.strengths()] for lora in swept]
-        combos = [tuple(c) for c in itertools.product(*axes)]
-    if len(set(combos)) != len(combos):
-        raise SpecError("combine: the same LoRA combination is listed twice")
-    return combos
-
-
-def _sources(spec: Spec, adapters: dict[str, Adapter], combos: list) -> Iterator[Source]:
-    swept = {name for combo in combos for name, _ in combo}
+def _sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos) -> Iterator[Source]:
+    swept = combos.names
     if spec.catalog is not None:
         from farm.catalog import read_catalog
 
@@ -241,7 +304,7 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
         "scheduler": render.scheduler,
         "format": render.format,
     }
-    single = len({n for c in plan.combos for n, _ in c}) == 1
+    single = len(plan.combos.names) == 1
     for combo in plan.combos:
         for source in plan.sources:
             loras = combo + source.tags

@@ -96,8 +96,9 @@ def job_status(store: Store) -> dict:
     done = completed_items(store)
     planned = doc["plan"]["items"]
     runs = doc.get("runs", [])
-    rendered = sum(r.get("rendered", 0) for r in runs)
-    seconds = sum(r.get("counters", {}).get("seconds", 0) for r in runs)
+    rendered = sum(_count(r.get("rendered")) for r in runs)
+    seconds = sum(_count(r["counters"].get("seconds")) for r in runs
+                  if isinstance(r.get("counters"), dict))  # fmt: skip
     return {
         "job_id": doc["job_id"],
         "status": doc.get("status"),
@@ -108,6 +109,11 @@ def job_status(store: Store) -> dict:
         "parts": sum(1 for k in store.list("parts/") if k.endswith(".parquet")),
         "runs": len(runs),
         "images_per_second": round(rendered / seconds, 3) if seconds else None,
-        "failed_items": runs[-1].get("failed_items", 0) if runs else 0,
+        "failed_items": _count(runs[-1].get("failed_items")) if runs else 0,
         "updated_at": doc.get("updated_at"),
     }
+
+
+def _count(value: object) -> float:
+    """A number from a run record; anything else counts as 0 (status is best effort)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0

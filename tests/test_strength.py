@@ -260,7 +260,7 @@ def test_spec_strength_settings_round_trip(tmp_path):
         (0, 1, "MIDD"),
     }
     again = parse_spec(spec.to_dict(), base_dir=tmp_path)
-    assert make_plan(again).combos == plan.combos
+    assert list(make_plan(again).combos) == list(plan.combos)
     explicit = {
         "job": "e",
         "prompts": ["p"],
