@@ -12,19 +12,36 @@ class Terminal(io.StringIO):
         return True
 
 
+class Clock:
+    """Seconds that pass only when the test says so: a slow machine changes nothing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_terminal_gets_one_redrawn_bar_line():
-    term, lines = Terminal(), []
-    progress = Progress(40, lines.append, stream=term)
+    term, lines, clock = Terminal(), [], Clock()
+    progress = Progress(40, lines.append, stream=term, clock=clock)
     progress.begin()
+    clock.now += 2
     progress.update(10)
     progress.show(busy=3, workers=4)
     drawn = term.getvalue()
     assert drawn.startswith("\r[######..................] 10/40 images  25%")
-    assert "img/s" in drawn and "ETA " in drawn and "3/4 workers busy" in drawn
+    assert "5.00 img/s" in drawn and "ETA 6s" in drawn and "3/4 workers busy" in drawn
     assert drawn.endswith("\x1b[K") and "\n" not in drawn and lines == []
-    progress.update(30)
+    progress.update(10)
+    clock.now += 0.19
     progress.show(busy=0, workers=4)  # within the redraw interval: not drawn again
     assert term.getvalue() == drawn
+    clock.now += 0.05
+    progress.show(busy=0, workers=4)  # past 0.2 s since the last draw: redrawn in place
+    redrawn = term.getvalue()[len(drawn) :]
+    assert redrawn.startswith("\r[############............] 20/40 images  50%")
+    progress.update(20)
     progress.finish()
     # The bar is erased and the final count printed as a normal line.
     assert term.getvalue().endswith("\r\x1b[K")
