@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -17,7 +19,8 @@ from conftest import FARM, REPO
 
 from farm import fetch
 from farm.fetch import fetch_dir, fetch_file, s3_dir_fingerprint
-from farm.models import local_model_path, model_fingerprint, resolve_model_path
+from farm.local_files import local_model_path, resolve_model_path
+from farm.models import model_fingerprint
 from farm.spec import SpecError, parse_spec
 from farm.store import StoreError
 from farm.sweep import make_plan
@@ -99,49 +102,111 @@ def test_sha_mismatch_is_refused_and_leaves_nothing(s3, prefix, home):
     assert all(p.suffix == ".lock" for p in cached), cached
 
 
-def test_concurrent_threads_download_once(s3, prefix, downloads):
+def watched_fcntl(found_held) -> SimpleNamespace:
+    """fcntl for farm.fetch, whose blocking exclusive flock first tries without blocking
+    and calls `found_held()` when that finds the lock taken (then waits, as asked)."""
+
+    def flock(fd, operation):
+        if operation == fcntl.LOCK_EX:
+            try:
+                return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                found_held()
+        return fcntl.flock(fd, operation)
+
+    names = {name: getattr(fcntl, name) for name in dir(fcntl) if not name.startswith("_")}
+    return SimpleNamespace(**{**names, "flock": flock})
+
+
+def test_concurrent_threads_download_once(s3, prefix, downloads, monkeypatch):
     data = os.urandom(1 << 20)
     url = put(s3, f"{prefix}/c.safetensors", data)
+    # The overlap is certain, not likely: the thread holding the lock downloads only once
+    # the five others have found the lock taken. Without the lock they would download too.
+    waiting = threading.Condition()
+    found_held: list[int] = []
+
+    def note_held():
+        with waiting:
+            found_held.append(1)
+            waiting.notify_all()
+
+    monkeypatch.setattr(fetch, "fcntl", watched_fcntl(note_held))
+    counting = fetch._download
+
+    def download_when_all_wait(*args):
+        with waiting:
+            assert waiting.wait_for(lambda: len(found_held) >= 5, timeout=60), found_held
+        counting(*args)
+
+    monkeypatch.setattr(fetch, "_download", download_when_all_wait)
     results: list[Path] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(fetch_file(url, sha(data))))
-        for _ in range(6)
-    ]
+    errors: list[BaseException] = []
+
+    def one():
+        try:
+            results.append(fetch_file(url, sha(data)))
+        except BaseException as err:  # an assertion in a thread: the test reports it
+            errors.append(err)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == [] and len(found_held) == 5
     assert len(results) == 6 and len(set(results)) == 1
     assert results[0].read_bytes() == data and len(downloads) == 1
 
 
+# A process that fetches one file. Finding the lock taken, it leaves a file in the
+# rendezvous folder; holding it, it downloads only once both others have left theirs.
 CHILD = """
-import sys, time
+import fcntl, os, sys, time, types
+from pathlib import Path
 from farm import fetch
+url, sha256, rendezvous = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+def flock(fd, operation):
+    if operation == fcntl.LOCK_EX:
+        try:
+            return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            (rendezvous / f"held-{os.getpid()}").touch()
+    return fcntl.flock(fd, operation)
+fetch.fcntl = types.SimpleNamespace(LOCK_EX=fcntl.LOCK_EX, LOCK_UN=fcntl.LOCK_UN, flock=flock)
 real, count = fetch._download, []
-def slow(*args):
+def download_when_all_wait(*args):
     count.append(1)
-    time.sleep(0.5)  # widen the race: the others must wait on the lock, not download
+    deadline = time.monotonic() + 90
+    while len(list(rendezvous.iterdir())) < 2:
+        if time.monotonic() > deadline:
+            sys.exit("the other processes never found the lock taken")
+        time.sleep(0.05)
     real(*args)
-fetch._download = slow
-path = fetch.fetch_file(sys.argv[1], sys.argv[2])
+fetch._download = download_when_all_wait
+path = fetch.fetch_file(url, sha256)
 print(len(count), path)
 """
 
 
-def test_concurrent_processes_download_once(s3, prefix, home):
+def test_concurrent_processes_download_once(s3, prefix, home, tmp_path):
     data = os.urandom(200_000)
     url = put(s3, f"{prefix}/d.safetensors", data)
     env = {**os.environ, "FARM_HOME": str(home)}
+    rendezvous = tmp_path / "rendezvous"
+    rendezvous.mkdir()
     procs = [
-        subprocess.Popen([sys.executable, "-c", CHILD, url, sha(data)], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", CHILD, url, sha(data), str(rendezvous)],
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
         for _ in range(3)
     ]  # fmt: skip
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     counts, paths = zip(*(out.split() for out, _ in outs), strict=True)
     assert sorted(counts) == ["0", "0", "1"] and len(set(paths)) == 1
+    # Both others waited on the lock while the download was in progress.
+    assert len(list(rendezvous.iterdir())) == 2
     assert Path(paths[0]).read_bytes() == data
 
 
