@@ -17,8 +17,10 @@ name), or silently ignores an argument, farm refuses the prompt: a sweep that qu
 renders the wrong strength is worse than one that does not start.
 
 Differences, on purpose:
-- other extra networks (`<hypernet:…>`, an unknown type) stay in the text: farm renders
-  LoRAs only and does not act on them (A1111 removes them from the text);
+- other extra networks and anything else tag-shaped (`<hypernet:…>`, `<embedding:…>`,
+  `<LORA:…>`, `<lora-xyz:…>`, `<lora neon 0.5>`, `<lora:>`, any `<word:…>`) are refused:
+  farm acts on LoRA tags only, and one left in the text would be read by the model as
+  words. Angle brackets that are not tag-shaped (`a <b> c`, `<3`) are plain text;
 - dyn (DyLoRA's dimension, positional[3] or dyn=) is refused: farm cannot honour it;
 - non-finite weights are refused;
 - farm's named arguments, which A1111 ignores so a tag still loads there: `lbw=` (a LoRA
@@ -46,6 +48,12 @@ from farm.strength import (
 _RE_EXTRA = re.compile(r"<(\w+):([^>]+)>")
 # A1111's Lora extension registers itself as `lora` and its alias `lyco`.
 LORA_TYPES = ("lora", "lyco")
+# What a user meant as a tag although A1111's pattern does not take it as a LoRA tag: a
+# `<word:…>` whose type may hold '-' or spaces around it, or anything opening with
+# lora/lyco in any case (`<LORA:…>`, `<lora neon>`, `<lora:>`).
+_RE_TAG_SHAPED = re.compile(
+    r"<\s*(?P<type>[A-Za-z][\w-]*)\s*:[^<>]*>|<\s*(?P<lora>(?i:lora|lyco))(?![A-Za-z])[^<>]*>"
+)
 NAMED_ARGS = ("te", "unet", "lbw", "start", "stop", "sched")
 
 
@@ -75,11 +83,23 @@ def parse_prompt(prompt: str) -> tuple[str, list[LoraTag]]:
 
     def take(match: re.Match) -> str:
         if match[1] not in LORA_TYPES:
-            return match[0]
+            _refuse_tag(match[0], match[1])
         tags.append(_parse_tag(match[0], match[2]))
         return ""
 
-    return _RE_EXTRA.sub(take, prompt), tags
+    text = _RE_EXTRA.sub(take, prompt)
+    if shaped := _RE_TAG_SHAPED.search(text):
+        _refuse_tag(shaped[0], shaped["type"] or shaped["lora"])
+    return text, tags
+
+
+def _refuse_tag(tag: str, kind: str) -> None:
+    if kind.lower() in LORA_TYPES:
+        if kind in LORA_TYPES:  # `<lora:>`, `<lora neon>`: a LoRA tag gone wrong
+            raise PromptError(f"{tag}: not a LoRA tag; write <lora:NAME:WEIGHT>")
+        raise PromptError(f"{tag}: tag types are lower case, as in A1111; write <{kind.lower()}:…>")
+    raise PromptError(f"{tag}: {kind!r} tags are not supported; farm acts only on "
+                      "<lora:NAME:WEIGHT> (or its alias <lyco:…>); remove it")  # fmt: skip
 
 
 def lora_tag(name: str, strength: Strength | float) -> str:

@@ -59,18 +59,14 @@ CASES = [
     ("a <lora:neon:1> cat", "a  cat", [plain("neon", 1.0)]),
     ("a cat, <lora:neon:1>", "a cat, ", [plain("neon", 1.0)]),
     ("a cat\n<lora:neon:0.5>\nin a hat", "a cat\n\nin a hat", [plain("neon", 0.5)]),
-    # Not tags: no closing bracket, no arguments, a type that is not lora.
+    # Not tags: no closing bracket, angle brackets that are not tag-shaped.
     ("a cat <lora:neon:0.5", "a cat <lora:neon:0.5", []),
-    ("a cat <lora:>", "a cat <lora:>", []),
     ("a <b> c > d < e", "a <b> c > d < e", []),
+    ("I <3 cats", "I <3 cats", []),
+    ("a <lorax> b", "a <lorax> b", []),
     ("a cat, in a hat: studio photo", "a cat, in a hat: studio photo", []),
     ("<<lora:neon:1>>", "<>", [plain("neon", 1.0)]),
     ("<lora:neon:1>>", ">", [plain("neon", 1.0)]),
-    ("a <hypernet:x:1> <lora:neon:0.5>", "a <hypernet:x:1> ", [plain("neon", 0.5)]),
-    ("a <embedding:z> b", "a <embedding:z> b", []),
-    # A1111 matches the type case-sensitively: LORA names no network it knows.
-    ("a <LORA:neon:1>", "a <LORA:neon:1>", []),
-    ("a <Lora:neon:1>", "a <Lora:neon:1>", []),
     # A1111's Lora extension also answers to its alias `lyco`.
     ("a <lyco:neon:0.5>", "a ", [plain("neon", 0.5)]),
     # farm's extensions: LoRA Block Weight blocks.
@@ -146,6 +142,22 @@ ERRORS = [
     ("<lora:neon:1:sched=1>", ["sched", "value@fraction"]),
     ("<lora:neon:1:sched=1@2>", ["sched", "[0, 1]"]),
     ("<lora:neon:1:sched=1@0,0@0>", ["sched", "same fraction"]),
+    # Other tag kinds would reach the model as words: refused, saying what farm acts on.
+    ("<hypernet:x:1>", ["'hypernet' tags are not supported", "<lora:NAME:WEIGHT>", "<lyco:"]),
+    ("<embedding:z>", ["'embedding' tags are not supported", "remove it"]),
+    ("<lora-xyz:0.5>", ["'lora-xyz' tags are not supported"]),
+    ("<style_x:1>", ["'style_x' tags are not supported"]),
+    # A1111 takes any <\w+:…> for a tag and cuts it out, digits too.
+    ("<3:2>", ["'3' tags are not supported"]),
+    ("< hypernet : x >", ["'hypernet' tags are not supported"]),
+    # A1111 matches the type case-sensitively, so <LORA:…> would load nothing there.
+    ("<LORA:neon:1>", ["lower case", "<lora:…>"]),
+    ("<Lora:neon:1>", ["lower case", "<lora:…>"]),
+    ("<LyCo:neon:1>", ["lower case", "<lyco:…>"]),
+    # LoRA tags gone wrong: no arguments, spaces for colons.
+    ("<lora:>", ["not a LoRA tag", "<lora:NAME:WEIGHT>"]),
+    ("<lora neon 0.5>", ["not a LoRA tag", "<lora:NAME:WEIGHT>"]),
+    ("<lora>", ["not a LoRA tag"]),
 ]
 
 
@@ -157,6 +169,15 @@ def test_bad_tag_raises_naming_tag_and_problem(tag, fragments):
     assert message.startswith(f"{tag}: ")
     for fragment in fragments:
         assert fragment in message
+
+
+def test_an_unsupported_tag_is_refused_wherever_it_sits():
+    # Beside a good LoRA tag, or left over once the LoRA tags are cut out.
+    for prompt, tag in [("a <lora:neon:0.5> <hypernet:x:1>", "<hypernet:x:1>"),
+                        ("<hypernet:x:1> a <lora:neon:0.5>", "<hypernet:x:1>"),
+                        ("<hyper<lora:neon:1>net:x>", "<hypernet:x>")]:  # fmt: skip
+        with pytest.raises(PromptError, match=f"^{tag}: 'hypernet' tags are not supported"):
+            parse_prompt(prompt)
 
 
 def test_unclosed_tag_runs_into_the_next_one():
