@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.spec import Catalog, SpecError, _hint, _show
+from farm.spec_errors import SpecError, show, suggest
+from farm.spec_model import Catalog
 
 BATCH_ROWS = 4096  # Parquet rows decoded at a time
 
@@ -116,12 +117,12 @@ def _check_columns(columns: list[str], catalog: Catalog, names: tuple[str, ...])
     shown = ", ".join(columns[:20]) + (", …" if len(columns) > 20 else "")
     for name in names:
         if name not in columns:
-            hint = _hint(name, columns)
+            hint = suggest(name, columns)
             raise SpecError(
                 f"catalog.template: {{{name}}} is not a column of {label}{hint} (columns: {shown})"
             )
     if catalog.key not in columns:
-        hint = _hint(catalog.key, columns)
+        hint = suggest(catalog.key, columns)
         raise SpecError(
             f"catalog.key: {catalog.key!r} is not a column of {label}{hint} (columns: {shown})"
         )
@@ -163,7 +164,7 @@ def _jsonl_rows(path: Path, check) -> Iterator[dict[str, str]]:
                 ) from None
             if not isinstance(obj, dict):
                 raise SpecError(
-                    f"catalog: {path.name} line {line_no}: expected a JSON object, got {_show(obj)}"
+                    f"catalog: {path.name} line {line_no}: expected a JSON object, got {show(obj)}"
                 )
             yield {str(k): _text(v) for k, v in obj.items() if v is not None}
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from farm.home import farm_home
-from farm.loras import PICKLE_SUFFIXES
+from farm.limits import PICKLE_SUFFIXES
 from farm.store import StoreError
 
 COMPLETE = ".farm-complete"

@@ -1,7 +1,10 @@
-"""Sizes farm refuses by default, each with the flag or the spec form that goes past it."""
+"""What farm refuses: sizes by default, each with the flag or the spec form that goes past
+it, and pickle files always."""
 
 # Items in one job: a million-image sweep is routine, 10¹² is a typo. `--max-items` raises it.
 MAX_ITEMS = 10_000_000
 # A spec file is read whole and every prompt is checked: long prompt lists belong in a
 # catalog (CSV, Parquet or JSONL), which is streamed.
 MAX_SPEC_BYTES = 4 * 1024 * 1024
+# Pickle-based weights can run code when loaded: refused as LoRAs and skipped in model folders.
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})

@@ -1,0 +1,129 @@
+"""The job spec as data: what a validated spec holds, and its canonical dict for job.json.
+
+Validation (farm/spec_parse.py) builds these; planning, the worker and job.json read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from farm.strength import Blocks, Strength, schedule_text
+
+
+@dataclass(frozen=True)
+class LoraAxis:
+    name: str
+    path: str  # absolute local path, 'tiny:NAME' or 's3://bucket/key.safetensors'
+    alphas: tuple[float, ...]  # () only when combine is an explicit list
+    te: float | None = None  # a fixed text-encoder weight: alpha then sets the UNet's
+    unet: float | None = None  # a fixed UNet weight: alpha then sets the text encoder's
+    blocks: tuple[Blocks, ...] = ()  # per-block multipliers, an axis of its own
+    schedule: tuple[tuple[float, float], ...] | None = None
+
+    def strengths(self) -> list[Strength]:
+        """This LoRA's axis: every alpha, times every block setting."""
+        out = []
+        for alpha in self.alphas:
+            te = self.te if self.te is not None else alpha
+            unet = self.unet if self.unet is not None else alpha
+            for blocks in self.blocks or (None,):
+                out.append(Strength(te, unet, blocks, self.schedule, alpha=alpha))
+        return out
+
+    def extras(self) -> dict:
+        """The strength keys beyond alpha, as written back to job.json."""
+        d: dict[str, Any] = {}
+        if self.te is not None:
+            d["te"] = self.te
+        if self.unet is not None:
+            d["unet"] = self.unet
+        if self.blocks:
+            sources = [b.source for b in self.blocks]
+            d["blocks"] = sources if len(sources) > 1 else sources[0]
+        if self.schedule is not None:
+            d["schedule"] = schedule_text(self.schedule)
+        return d
+
+
+@dataclass(frozen=True)
+class Render:
+    steps: int = 25
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str = "euler"
+    format: str = "png"
+    batch: int | None = None  # None means "auto"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: str  # absolute path of a .csv, .jsonl or .parquet file
+    template: str  # str.format-style, over the row's columns
+    key: str  # the column that identifies a row
+
+
+Combos = tuple[tuple[tuple[str, Strength], ...], ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    job: str
+    model: str
+    prompts: tuple[str, ...]  # () when catalog is given
+    negative_prompt: str
+    seeds: tuple[int, ...]
+    loras: tuple[LoraAxis, ...]
+    combine: str | Combos  # 'product' | 'zip' | explicit combos of (lora name, weight)
+    render: Render
+    output: str
+    catalog: Catalog | None = None
+    source: str = ""
+    lora_dir: str | None = None  # a LoRA library: prompt tags name its files by stem
+
+    def to_dict(self) -> dict:
+        """Canonical JSON-able form; parse_spec(spec.to_dict()) gives the spec back."""
+        d: dict[str, Any] = {"job": self.job, "model": self.model}
+        if self.catalog is not None:
+            c = self.catalog
+            d["catalog"] = {"path": c.path, "template": c.template, "key": c.key}
+        else:
+            d["prompts"] = list(self.prompts)
+        d["negative_prompt"] = self.negative_prompt
+        s = self.seeds
+        # A contiguous run is written compactly: a million seeds stay one line in job.json.
+        if len(s) > 1 and all(b == a + 1 for a, b in zip(s, s[1:], strict=False)):
+            d["seeds"] = {"start": s[0], "count": len(s)}
+        else:
+            d["seeds"] = list(s)
+        d["loras"] = [
+            {"name": x.name, "path": x.path}
+            | ({"alpha": list(x.alphas)} if x.alphas else {})
+            | x.extras()
+            for x in self.loras
+        ]
+        if isinstance(self.combine, str):
+            d["combine"] = self.combine
+        else:
+            d["combine"] = [{n: strength_to_spec(w) for n, w in c} for c in self.combine]
+        r = self.render
+        d["render"] = {"steps": r.steps, "guidance": r.guidance, "width": r.width,
+                       "height": r.height, "scheduler": r.scheduler, "format": r.format,
+                       "batch": "auto" if r.batch is None else r.batch}  # fmt: skip
+        d["output"] = self.output
+        if self.lora_dir is not None:
+            d["lora_dir"] = self.lora_dir
+        return d
+
+
+def strength_to_spec(strength: Strength) -> Any:
+    """A combine entry's value as written back to job.json (parse gives it back)."""
+    if strength.is_plain:
+        return strength.unet
+    d: dict[str, Any] = {"te": strength.te, "unet": strength.unet}
+    if strength.blocks is not None:
+        d["blocks"] = strength.blocks.source
+    if strength.schedule is not None:
+        d["schedule"] = schedule_text(strength.schedule)
+    return d

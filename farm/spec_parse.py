@@ -1,0 +1,552 @@
+"""Validating a spec mapping into a Spec: defaults filled, paths resolved, one error each.
+
+Every problem becomes one SpecError whose text starts with the field path
+(`loras[1].alpha: …`), so the CLI can print it as is and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from farm.catalog import validate_catalog
+from farm.demo_loras import DEMO_LORAS
+from farm.demo_loras import PREFIX as DEMO_PREFIX
+from farm.limits import PICKLE_SUFFIXES
+from farm.schedulers import SAMPLERS
+from farm.spec_errors import SpecError, show, suggest
+from farm.spec_model import Catalog, Combos, LoraAxis, Render, Spec
+from farm.strength import (
+    Blocks,
+    Strength,
+    StrengthError,
+    is_lbw_preset,
+    parse_blocks,
+    parse_schedule,
+)
+
+JOB_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+HUB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+S3_RE = re.compile(r"s3://[^/\s]+(/.*)?")
+MAX_SEED = 2**32 - 1
+MAX_SEED_COUNT = 1_000_000
+MAX_STRENGTHS = 10_000
+FORMATS = ("png", "jpeg", "webp")
+CATALOG_SUFFIXES = (".csv", ".jsonl", ".parquet")
+TOP_KEYS = ("job", "model", "prompts", "catalog", "negative_prompt", "seeds", "loras",
+            "combine", "render", "output", "lora_dir")  # fmt: skip
+RENDER_KEYS = ("steps", "guidance", "width", "height", "scheduler", "format", "batch")
+LORA_KEYS = ("name", "path", "alpha", "te", "unet", "blocks", "schedule")
+STRENGTH_KEYS = ("weight", "te", "unet", "blocks", "schedule")
+_NO_TENANTS = "tenants are not configured on this farm (no tenants.yaml)"
+# Keys of a later feature (tenant presets): recognised, so the message says why they fail.
+LATER_KEYS = {
+    "tenant": _NO_TENANTS,
+    "preset": f"presets come from a tenant, and {_NO_TENANTS}",
+    "presets": f"presets come from a tenant, and {_NO_TENANTS}",
+}
+STRENGTHS_HELP = "a number, a list of numbers or a range 'start:stop:step'"
+
+
+def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = None) -> Spec:
+    """Validate a spec mapping; relative paths are resolved against base_dir (default cwd)."""
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{source}: the top level must be a mapping of keys (job, model, prompts, …)"
+        )
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    _check_keys(data, TOP_KEYS, "")
+    job = _str(_required(data, "job", "a job name such as 'neon-sweep'"), "job")
+    if len(job) > 128 or not JOB_RE.fullmatch(job):
+        raise SpecError(
+            f"job: {show(job)} is not a valid job name (use lowercase letters, digits, '.', "
+            "'_' and '-', starting with a letter or digit; at most 128 characters)"
+        )
+    model = _model(_get(data, "model", "tiny"), base)
+    has_prompts, has_catalog = _get(data, "prompts") is not None, _get(data, "catalog") is not None
+    if has_prompts and has_catalog:
+        raise SpecError("prompts: give either prompts or catalog, not both")
+    if not has_prompts and not has_catalog:
+        raise SpecError(
+            "prompts: required (a list of prompts, or a catalog: {path, template, key})"
+        )
+    prompts = _prompts(data["prompts"]) if has_prompts else ()
+    negative = _str(_get(data, "negative_prompt", ""), "negative_prompt", empty_ok=True)
+    seeds = _seeds(_required(data, "seeds", "a list of seeds or {start, count}"))
+    mode = _combine_mode(_get(data, "combine", "product"))
+    loras = _loras(_get(data, "loras", []), base, mode)
+    combine = _combine(mode, loras)
+    render = _render(_get(data, "render", {}))
+    output = _output(_get(data, "output", "./renders"))
+    catalog = _catalog(data["catalog"], base) if has_catalog else None
+    lora_dir = _lora_dir(_get(data, "lora_dir"), base)
+    return Spec(job, model, prompts, negative, seeds, loras, combine, render, output,
+                catalog, source, lora_dir)  # fmt: skip
+
+
+def _lora_dir(value: Any, base: Path) -> str | None:
+    if value is None:
+        return None
+    folder = _local(_str(value, "lora_dir"), base)
+    if not folder.is_dir():
+        raise SpecError(f"lora_dir: {folder} is not a folder (a LoRA library of .safetensors)")
+    return str(folder)
+
+
+def parse_strengths(value: Any, field: str) -> tuple[float, ...]:
+    """Strengths from a number, a numeric string, a list, or a 'start:stop:step' range."""
+    if isinstance(value, str) and ":" in value:
+        values = _range(value, field)
+    elif isinstance(value, list | tuple):
+        if not value:
+            raise SpecError(f"{field}: the list is empty (give at least one strength)")
+        if len(value) > MAX_STRENGTHS:
+            raise SpecError(f"{field}: {len(value)} values, more than {MAX_STRENGTHS}")
+        values = [_number(v, f"{field}[{i}]", strings=True) for i, v in enumerate(value)]
+    elif isinstance(value, int | float | str) and not isinstance(value, bool):
+        values = [_number(value, field, strings=True)]
+    else:
+        raise SpecError(f"{field}: expected {STRENGTHS_HELP}, got {show(value)}")
+    seen: set[float] = set()
+    for v in values:
+        if v in seen:
+            raise SpecError(f"{field}: strength {v!r} is listed twice (give each value once)")
+        seen.add(v)
+    return tuple(values)
+
+
+def _range(text: str, field: str) -> list[float]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise SpecError(
+            f"{field}: {text!r} is not a range (write 'start:stop:step', e.g. '0:1:0.2')"
+        )
+    start, stop, step = (_number(p, field, strings=True) for p in parts)
+    if step == 0:
+        raise SpecError(f"{field}: the step of {text!r} is 0 (use a step such as 0.1)")
+    if (stop - start) * step < 0:
+        raise SpecError(
+            f"{field}: the step {step:g} of {text!r} points away from the stop {stop:g} "
+            f"(use {-step:g})"
+        )
+    span = (stop - start) / step
+    if not math.isfinite(span) or span + 1 > MAX_STRENGTHS:
+        raise SpecError(
+            f"{field}: {text!r} gives more than {MAX_STRENGTHS} values (use a larger step)"
+        )
+    n = math.floor(span + 1e-9) + 1  # the 1e-9 keeps a stop on the grid despite float error
+    # Rounding to 10 decimals gives 0.3, not 0.30000000000000004; + 0.0 turns -0.0 into 0.0.
+    return [round(start + i * step, 10) + 0.0 for i in range(n)]
+
+
+def _model(value: Any, base: Path) -> str:
+    text = _str(value, "model")
+    if text == "tiny":
+        return text
+    if text.startswith("s3://"):
+        return _s3(text, "model")
+    if URL_RE.match(text):
+        scheme = text.split("://", 1)[0]
+        raise SpecError(
+            f"model: {scheme}:// URLs are not a model source; download the model into a "
+            "local diffusers folder, or give 'tiny', an s3:// folder or a hub id 'org/name'"
+        )
+    if not URL_RE.match(text):
+        local = _local(text, base)
+        if local.exists():
+            if local.is_dir() and (local / "model_index.json").is_file():
+                return str(local)
+            raise SpecError(f"model: {local} is not a diffusers model folder (no model_index.json)")
+        if HUB_RE.fullmatch(text):
+            return text  # a hub id; whether it is reachable is checked when the model loads
+    raise SpecError(
+        f"model: {show(text)} not found; expected 'tiny', a local diffusers folder (with "
+        "model_index.json), an s3:// folder or a hub id 'org/name'"
+    )
+
+
+def _prompts(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise SpecError(f"prompts: expected a list of strings, got {show(value)}")
+    if not value:
+        raise SpecError("prompts: the list is empty (give at least one prompt)")
+    seen: dict[str, int] = {}
+    for i, prompt in enumerate(value):
+        if not isinstance(prompt, str):
+            raise SpecError(f"prompts[{i}]: expected a string, got {show(prompt)}")
+        if not prompt.strip():
+            raise SpecError(f"prompts[{i}]: the prompt is empty")
+        if prompt in seen:  # the same prompt twice would plan the same images twice
+            raise SpecError(f"prompts[{i}]: same as prompts[{seen[prompt]}] (give each once)")
+        seen[prompt] = i
+    return tuple(value)
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, dict):
+        _check_keys(value, ("start", "count"), "seeds")
+        start = _int(_get(value, "start", 0), "seeds.start", 0, MAX_SEED)
+        count = _int(_required(value, "count", "how many seeds", "seeds"), "seeds.count",
+                     1, MAX_SEED_COUNT)  # fmt: skip
+        if start + count - 1 > MAX_SEED:
+            raise SpecError(f"seeds: start + count - 1 is past the largest seed ({MAX_SEED})")
+        return tuple(range(start, start + count))
+    if isinstance(value, list | tuple):
+        if not value:
+            raise SpecError("seeds: the list is empty (give at least one seed)")
+        seen: dict[int, int] = {}
+        for i, v in enumerate(value):
+            seed = _int(v, f"seeds[{i}]", 0, MAX_SEED, "an integer seed")
+            if seed in seen:
+                raise SpecError(f"seeds[{i}]: {seed} is listed twice (also seeds[{seen[seed]}])")
+            seen[seed] = i
+        return tuple(value)
+    return (_int(value, "seeds", 0, MAX_SEED, "a seed, a list of seeds or {start, count}"),)
+
+
+def _loras(value: Any, base: Path, mode: Any) -> tuple[LoraAxis, ...]:
+    # zip pairs every LoRA's strengths; in product mode a LoRA without alpha is not swept
+    # and serves only `<lora:name:w>` tags in prompts; explicit combos carry their weights.
+    alpha_required = mode == "zip"
+    explicit = isinstance(mode, list | tuple)
+    if not isinstance(value, list | tuple):
+        raise SpecError(
+            f"loras: expected a list of {{name, path, alpha}} mappings, got {show(value)}"
+        )
+    out: list[LoraAxis] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(value):
+        at = f"loras[{i}]"
+        m = _mapping(item, at)
+        _check_keys(m, LORA_KEYS, at)
+        name = _str(_required(m, "name", "a short name such as 'neon'", at), f"{at}.name")
+        if not NAME_RE.fullmatch(name):
+            raise SpecError(f"{at}.name: {show(name)} may only use letters, digits, '_', '.', '-'")
+        if name in names:
+            raise SpecError(f"{at}.name: {name!r} is already used by loras[{names[name]}]")
+        names[name] = i
+        path = _lora_path(_str(_required(m, "path", "a .safetensors file", at), f"{at}.path"),
+                          f"{at}.path", base)  # fmt: skip
+        alpha = _get(m, "alpha")
+        if alpha is None and alpha_required:
+            raise SpecError(f"{at}.alpha: required ({STRENGTHS_HELP}, e.g. '0:1:0.2')")
+        alphas = parse_strengths(alpha, f"{at}.alpha") if alpha is not None else ()
+        extras = _strength_extras(m, at, has_alpha=bool(alphas), zip_mode=alpha_required)
+        # With explicit combos every weight comes from `combine`; a lora's own alpha is unused.
+        out.append(LoraAxis(name, path, () if explicit else alphas, **extras))
+    return tuple(out)
+
+
+def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> dict:
+    te, unet = _get(m, "te"), _get(m, "unet")
+    blocks, schedule = _get(m, "blocks"), _get(m, "schedule")
+    if not has_alpha:
+        for key, value in (("te", te), ("unet", unet), ("blocks", blocks),
+                           ("schedule", schedule)):  # fmt: skip
+            if value is not None:
+                raise SpecError(
+                    f"{at}.{key}: applies to a swept LoRA; give {at}.alpha too (or set it in "
+                    "the prompt tag or the combine entry)"
+                )
+        return {}
+    if te is not None and unet is not None:
+        raise SpecError(
+            f"{at}: te and unet are both fixed, so alpha would change nothing; fix at most "
+            "one (alpha sets the other) or use combine entries {name: {te, unet}}"
+        )
+    extras: dict[str, Any] = {}
+    if te is not None:
+        extras["te"] = _number(te, f"{at}.te", strings=True)
+    if unet is not None:
+        extras["unet"] = _number(unet, f"{at}.unet", strings=True)
+    if blocks is not None:
+        # A list of settings (presets, 17-value lists or strings, dicts) is an axis; a list
+        # of plain values (numbers, or a stray word among them) is one 17-value setting.
+        axis = isinstance(blocks, list) and any(
+            isinstance(b, list | dict) or is_lbw_preset(b) or (isinstance(b, str) and "," in b)
+            for b in blocks
+        )
+        if axis and zip_mode:
+            raise SpecError(f"{at}.blocks: combine: zip takes one block setting per LoRA")
+        values = blocks if axis else [blocks]
+        parsed = [_blocks(b, f"{at}.blocks[{i}]" if axis else f"{at}.blocks")
+                  for i, b in enumerate(values)]  # fmt: skip
+        if len({b.pairs for b in parsed}) != len(parsed):
+            raise SpecError(f"{at}.blocks: a block setting is listed twice")
+        extras["blocks"] = tuple(parsed)
+    if schedule is not None:
+        extras["schedule"] = _schedule(schedule, f"{at}.schedule")
+    return extras
+
+
+def _blocks(value: Any, at: str) -> Blocks:
+    try:
+        return parse_blocks(value)
+    except StrengthError as err:
+        raise SpecError(f"{at}: {err}") from None
+
+
+def _schedule(value: Any, at: str) -> tuple[tuple[float, float], ...]:
+    try:
+        return parse_schedule(value)
+    except StrengthError as err:
+        raise SpecError(f"{at}: {err}") from None
+
+
+def _combo_strength(value: Any, at: str) -> Strength:
+    """A combine entry's value: a weight, or {weight | te/unet, blocks, schedule}."""
+    if not isinstance(value, dict):
+        return Strength.plain(_number(value, at, strings=True))
+    _check_keys(value, STRENGTH_KEYS, at)
+    weight = _get(value, "weight")
+    te, unet = _get(value, "te"), _get(value, "unet")
+    if weight is None and te is None and unet is None:
+        raise SpecError(f"{at}: give weight, or te and/or unet")
+    w = _number(weight, f"{at}.weight", strings=True) if weight is not None else None
+    te_w = _number(te, f"{at}.te", strings=True) if te is not None else w
+    unet_w = _number(unet, f"{at}.unet", strings=True) if unet is not None else w
+    if te_w is None or unet_w is None:
+        # A1111's rule: an unset UNet weight follows the text encoder's, and back.
+        te_w = unet_w if te_w is None else te_w
+        unet_w = te_w if unet_w is None else unet_w
+    blocks = _get(value, "blocks")
+    schedule = _get(value, "schedule")
+    return Strength(
+        te_w, unet_w,
+        _blocks(blocks, f"{at}.blocks") if blocks is not None else None,
+        _schedule(schedule, f"{at}.schedule") if schedule is not None else None,
+    )  # fmt: skip
+
+
+def _lora_path(text: str, at: str, base: Path) -> str:
+    if text.startswith(DEMO_PREFIX):
+        if text[len(DEMO_PREFIX) :] not in DEMO_LORAS:
+            known = ", ".join(DEMO_PREFIX + n for n in sorted(DEMO_LORAS))
+            raise SpecError(f"{at}: unknown demo LoRA {text!r} (known: {known})")
+        return text
+    suffix = PurePosixPath(text).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise SpecError(
+            f"{at}: {text} is a pickle-based {suffix} file; loading one can run arbitrary "
+            "code, so farm refuses it. Convert it to .safetensors and point here at that file"
+        )
+    if suffix != ".safetensors":
+        raise SpecError(f"{at}: {text} is not a .safetensors file (farm loads only .safetensors)")
+    if text.startswith("s3://"):
+        return _s3(text, at)
+    if URL_RE.match(text):
+        raise SpecError(f"{at}: {text} — only local files, s3:// and tiny:NAME are supported")
+    local = _local(text, base)
+    if not local.exists():
+        raise SpecError(f"{at}: {local} not found")
+    if not local.is_file():
+        raise SpecError(f"{at}: {local} is not a file")
+    return str(local)
+
+
+def _combine_mode(mode: Any) -> str | list | tuple:
+    choices = "'product', 'zip' or a list of {lora name: weight} mappings"
+    if isinstance(mode, str) and mode not in ("product", "zip"):
+        hint = suggest(mode, ("product", "zip"))
+        raise SpecError(f"combine: {mode!r} is not a combine mode{hint} (use {choices})")
+    if not isinstance(mode, str | list | tuple):
+        raise SpecError(f"combine: expected {choices}, got {show(mode)}")
+    return mode
+
+
+def _combine(mode: str | list | tuple, loras: tuple[LoraAxis, ...]) -> str | Combos:
+    if not loras:
+        if mode != "product":
+            raise SpecError("combine: there are no loras to combine (add loras or remove combine)")
+        return mode
+    if mode == "zip":
+        lengths = {x.name: len(x.alphas) for x in loras}
+        if len(set(lengths.values())) > 1:
+            got = ", ".join(f"{n}: {k}" for n, k in lengths.items())
+            raise SpecError(f"combine: zip needs alpha lists of one length; got {got}")
+    if isinstance(mode, str):
+        return mode
+    if not mode:
+        raise SpecError("combine: the list is empty (give {lora name: weight} mappings)")
+    names = [x.name for x in loras]
+    combos: list[tuple[tuple[str, Strength], ...]] = []
+    seen: dict[tuple, int] = {}
+    for i, item in enumerate(mode):
+        at = f"combine[{i}]"
+        m = _mapping(item, at, "a mapping {lora name: weight}")
+        if not m:
+            raise SpecError(f"{at}: empty (give at least one lora name: weight)")
+        pairs = []
+        for name, weight in m.items():
+            if name not in names:
+                hint = suggest(name, names)
+                raise SpecError(f"{at}.{name}: unknown LoRA{hint} (loras: {', '.join(names)})")
+            pairs.append((name, _combo_strength(weight, f"{at}.{name}")))
+        key = tuple(sorted((n, json.dumps(w.key())) for n, w in pairs))
+        if key in seen:
+            raise SpecError(f"{at}: same as combine[{seen[key]}]")
+        seen[key] = i
+        combos.append(tuple(pairs))
+    return tuple(combos)
+
+
+def _render(value: Any) -> Render:
+    m = _mapping(value, "render")
+    _check_keys(m, RENDER_KEYS, "render")
+    d = Render()
+    steps = _int(_get(m, "steps", d.steps), "render.steps", 1, 1000)
+    guidance = _number(_get(m, "guidance", d.guidance), "render.guidance")
+    if guidance < 0:
+        raise SpecError(f"render.guidance: {guidance:g} is negative (use 0 or more)")
+    size = {}
+    for key in ("width", "height"):
+        v = size[key] = _int(_get(m, key, getattr(d, key)), f"render.{key}", 8, 4096)
+        if v % 8:
+            raise SpecError(
+                f"render.{key}: {v} is not a multiple of 8 (try {v - v % 8} or {v - v % 8 + 8})"
+            )
+    scheduler = _str(_get(m, "scheduler", d.scheduler), "render.scheduler")
+    if scheduler not in SAMPLERS:
+        hint = suggest(scheduler, SAMPLERS)
+        known = ", ".join(SAMPLERS)
+        raise SpecError(f"render.scheduler: unknown scheduler {scheduler!r}{hint} (known: {known})")
+    if steps < SAMPLERS[scheduler].min_steps:
+        raise SpecError(f"render.steps: {steps} is too few for the {scheduler} scheduler "
+                        f"(use {SAMPLERS[scheduler].min_steps} or more)")  # fmt: skip
+    fmt = _str(_get(m, "format", d.format), "render.format").lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in FORMATS:
+        raise SpecError(f"render.format: {fmt!r} is not supported (use png, jpeg or webp)")
+    batch = _get(m, "batch", "auto")
+    if batch != "auto":
+        batch = _int(batch, "render.batch", 1, 64, "an integer or 'auto'")
+    return Render(steps, guidance, size["width"], size["height"], scheduler, fmt,
+                  None if batch == "auto" else batch)  # fmt: skip
+
+
+def with_output(spec: Spec, output: str, field: str = "output") -> Spec:
+    """The spec with its output replaced, checked like the spec's own `output:`."""
+    return dataclasses.replace(spec, output=_output(output, field))
+
+
+def _output(value: Any, field: str = "output") -> str:
+    text = _str(value, field, empty_ok=True)
+    if not text.strip():
+        raise SpecError(f"{field}: is empty; give a local folder or s3://bucket/prefix")
+    if text.startswith("s3://"):
+        return _s3(text, field)
+    if URL_RE.match(text):
+        raise SpecError(f"{field}: {text} — use a local folder or s3://bucket/prefix")
+    return text  # kept as written: a local output is relative to where farm runs
+
+
+def _catalog(value: Any, base: Path) -> Catalog:
+    m = _mapping(value, "catalog", "a mapping {path, template, key}")
+    _check_keys(m, ("path", "template", "key"), "catalog")
+    text = _str(_required(m, "path", "a .csv, .jsonl or .parquet file", "catalog"), "catalog.path")
+    template = _str(_required(m, "template", "e.g. '{name}, studio photo'", "catalog"),
+                    "catalog.template")  # fmt: skip
+    key = _str(_required(m, "key", "the column that identifies a row", "catalog"), "catalog.key")
+    if URL_RE.match(text):
+        raise SpecError(f"catalog.path: {text} — a catalog must be a local file")
+    local = _local(text, base)
+    if local.suffix.lower() not in CATALOG_SUFFIXES:
+        raise SpecError(f"catalog.path: {local.name} is not a .csv, .jsonl or .parquet file")
+    if not local.is_file():
+        raise SpecError(f"catalog.path: {local} not found")
+    catalog = Catalog(str(local), template, key)
+    validate_catalog(catalog)
+    return catalog
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _get(m: dict, key: str, default: Any = None) -> Any:
+    """m[key], with a YAML null (`key:` and nothing after it) meaning 'not given'."""
+    value = m.get(key)
+    return default if value is None else value
+
+
+def _required(m: dict, key: str, what: str, at: str = "") -> Any:
+    value = m.get(key)
+    if value is None:
+        raise SpecError(f"{_join(at, key)}: required ({what})")
+    return value
+
+
+def _join(at: str, key: Any) -> str:
+    return f"{at}.{key}" if at else str(key)
+
+
+def _check_keys(m: dict, known: Iterable[str], at: str) -> None:
+    known = tuple(known)
+    for key in m:
+        if key in known:
+            continue
+        if (not at and key in LATER_KEYS) or (at.startswith("loras[") and key in LATER_KEYS):
+            raise SpecError(f"{_join(at, key)}: {LATER_KEYS[key]}")
+        hint = suggest(str(key), known)
+        raise SpecError(
+            f"{_join(at, key)}: unknown key{hint or ' (known: ' + ', '.join(known) + ')'}"
+        )
+
+
+def _mapping(value: Any, at: str, what: str = "a mapping") -> dict:
+    if not isinstance(value, dict):
+        raise SpecError(f"{at}: expected {what}, got {show(value)}")
+    return value
+
+
+def _str(value: Any, at: str, empty_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{at}: expected a string, got {show(value)}")
+    if not empty_ok and not value.strip():
+        raise SpecError(f"{at}: is empty")
+    return value
+
+
+def _int(value: Any, at: str, lo: int, hi: int, what: str = "an integer") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{at}: expected {what}, got {show(value)}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{at}: {value} is out of range ({lo}..{hi})")
+    return value
+
+
+def _number(value: Any, at: str, strings: bool = False) -> float:
+    if isinstance(value, str) and strings:
+        try:
+            x = float(value.strip())
+        except ValueError:
+            raise SpecError(f"{at}: {show(value)} is not a number") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            x = float(value)
+        except OverflowError:
+            raise SpecError(f"{at}: {value} is too large") from None
+    else:
+        raise SpecError(f"{at}: expected a number, got {show(value)}")
+    if not math.isfinite(x):
+        raise SpecError(f"{at}: {show(value)} is not a finite number")
+    return x + 0.0
+
+
+def _local(text: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _s3(text: str, at: str) -> str:
+    if not S3_RE.fullmatch(text):
+        raise SpecError(f"{at}: {text!r} is not an s3:// URL (write s3://bucket/key)")
+    return text
