@@ -56,7 +56,8 @@ def build_model(root: Path) -> tuple[Path, Path]:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from farm.render.tiny import SCHEDULER_CONFIG, build_tokenizer
+    from farm.render.tiny import build_tokenizer
+    from farm.tiny_identity import SCHEDULER_CONFIG
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from farm.home import farm_home
-from farm.render.tiny import TEXT_CONFIG, TINY_VERSION, UNET_CONFIG
+from farm.tiny_identity import TEXT_CONFIG, TINY_VERSION, UNET_CONFIG
 
 
 @dataclass(frozen=True)

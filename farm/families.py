@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.loras import LoraError, Module, detect_layout, modules, read_header
+from farm.tiny_identity import UNET_CONFIG
 
 KNOWN_CONTEXTS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 _CROSS_KV = re.compile(r"attn2_(processor_)?to_[kv]$")
@@ -54,8 +55,6 @@ def family_of(mods: list[Module]) -> Family:
 def model_family(model: str) -> Family | None:
     """A model's family from its diffusers configs; None when the folder is not local."""
     if model == "tiny":
-        from farm.render.tiny import UNET_CONFIG
-
         return _model_family(UNET_CONFIG["cross_attention_dim"], "StableDiffusionPipeline", False)
     root = Path(model)
     try:

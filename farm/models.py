@@ -7,7 +7,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from farm.render.tiny import TINY_FINGERPRINT
+from farm.tiny_identity import TINY_FINGERPRINT
 
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
 
@@ -56,25 +56,3 @@ def _dir_fingerprint(root: str, stats: tuple) -> str:
 def model_hash(fingerprint: str) -> str:
     """The 10-hex `Model hash:` of the infotext."""
     return fingerprint[:10]
-
-
-def resolve_model_path(model: str) -> str:
-    """What the driver sends to workers: `tiny` built, other references unchanged.
-
-    An s3:// folder stays a URL: workers may run on other nodes, and each node fetches
-    its own copy (local_model_path) rather than the driver downloading it.
-    """
-    if model == "tiny":
-        from farm.render.tiny import ensure_tiny
-
-        return str(ensure_tiny())
-    return model
-
-
-def local_model_path(model_path: str, fingerprint: str | None = None) -> str:
-    """What `from_pretrained` loads on this node: s3:// folders fetched into the cache."""
-    if model_path.startswith("s3://"):
-        from farm.fetch import fetch_dir
-
-        return str(fetch_dir(model_path, fingerprint))
-    return resolve_model_path(model_path)

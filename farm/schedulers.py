@@ -1,4 +1,8 @@
-"""Sampler names: the spec's `render.scheduler`, its diffusers class, and A1111's name."""
+"""Sampler names: the spec's `render.scheduler`, its diffusers class, and A1111's name.
+
+Only names live here (planning checks them without diffusers); farm/render/pipelines.py
+makes the scheduler objects.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ class Sampler:
     diffusers_class: str
     a1111_name: str  # written as "Sampler:" in the infotext
     options: dict = field(default_factory=dict)
+    min_steps: int = 1  # fewer steps fail inside diffusers' scheduler
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -18,19 +23,11 @@ SAMPLERS: dict[str, Sampler] = {
     "heun": Sampler("HeunDiscreteScheduler", "Heun"),
     "lms": Sampler("LMSDiscreteScheduler", "LMS"),
     "ddim": Sampler("DDIMScheduler", "DDIM"),
-    "pndm": Sampler("PNDMScheduler", "PLMS"),
+    # With 1-3 steps diffusers' PNDMScheduler fails mid-render with a shape error.
+    "pndm": Sampler("PNDMScheduler", "PLMS", min_steps=4),
     "unipc": Sampler("UniPCMultistepScheduler", "UniPC"),
     "dpmpp_2m": Sampler("DPMSolverMultistepScheduler", "DPM++ 2M"),
     "dpmpp_2m_karras": Sampler(
         "DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"use_karras_sigmas": True}
     ),
 }
-
-
-def make_scheduler(name: str, config: dict):
-    """A fresh diffusers scheduler of the named kind, from a pipeline's scheduler config."""
-    import diffusers
-
-    sampler = SAMPLERS[name]
-    cls = getattr(diffusers, sampler.diffusers_class)
-    return cls.from_config(config, **sampler.options)

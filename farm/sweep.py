@@ -195,17 +195,17 @@ def _check_size(items: int, limit: int) -> None:
 
 
 def _adapter(name: str, path: str, field_path: str, model: str) -> Adapter:
+    # The driver checks a local copy; the adapter keeps the reference (tiny:NAME, s3://),
+    # so workers on other nodes make their own (checked against this sha256).
+    local = path
     if path.startswith("tiny:"):
         from farm.demo_loras import demo_lora_path
 
-        path = str(demo_lora_path(path))
-    local = path
+        local = str(demo_lora_path(path))
     if path.startswith("s3://"):
         from farm.fetch import fetch_file
         from farm.store import StoreError
 
-        # The driver checks a copy in its node cache; the adapter keeps the URL, so
-        # workers on other nodes fetch their own (checked against this sha256).
         try:
             local = str(fetch_file(path))
         except StoreError as err:

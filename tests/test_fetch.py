@@ -19,11 +19,11 @@ from conftest import FARM, REPO
 
 from farm import fetch
 from farm.fetch import fetch_dir, fetch_file, s3_dir_fingerprint
-from farm.local_files import local_model_path, resolve_model_path
+from farm.local_files import local_lora_path, local_model_path, resolve_model_path
 from farm.models import model_fingerprint
 from farm.spec import SpecError, parse_spec
 from farm.store import StoreError
-from farm.sweep import make_plan
+from farm.sweep import Adapter, make_plan
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +76,18 @@ def test_fetch_file_downloads_once_then_serves_the_cache(s3, prefix, downloads):
     # With the sha256 a worker finds the driver's copy without asking S3 (it is gone).
     by_sha = fetch_file(url, sha(data))
     assert by_sha.read_bytes() == data and fetch_file(url, sha(data)) == by_sha
+    assert downloads == [f"{prefix}/neon.safetensors"]
+
+
+def test_a_worker_node_makes_each_planned_lora_a_local_file(s3, prefix, home, downloads):
+    data = os.urandom(500)
+    url = put(s3, f"{prefix}/neon.safetensors", data)
+    # Plans keep references; the node that renders turns them into files of its own.
+    fetched = Path(local_lora_path(Adapter("neon", url, sha(data), "x")))
+    assert fetched.read_bytes() == data and home in fetched.parents
+    demo = Path(local_lora_path(Adapter("ink", "tiny:ink", "0" * 64, "x")))
+    assert demo.is_file() and home in demo.parents
+    assert local_lora_path(Adapter("own", str(fetched), sha(data), "x")) == str(fetched)
     assert downloads == [f"{prefix}/neon.safetensors"]
 
 

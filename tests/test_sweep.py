@@ -227,7 +227,10 @@ def test_ids_are_the_same_in_another_farm_home(base, tmp_path, monkeypatch):
     a = ids(plan_of(base))
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "other-home"))
     plan = plan_of(base)
-    assert str(tmp_path / "other-home") in plan.adapters["neon"].path
+    # The demo LoRA was written in the other home, but the plan keeps its reference:
+    # each worker node writes its own copy.
+    assert any((tmp_path / "other-home").rglob("neon.safetensors"))
+    assert plan.adapters["neon"].path == "tiny:neon"
     assert ids(plan) == a
 
 
@@ -333,7 +336,7 @@ def test_adapters_record_file_hashes(base):
     plan = plan_of(base, loras=[NEON, INK])
     assert set(plan.adapters) == {"neon", "ink"}
     neon = plan.adapters["neon"]
-    assert neon.path.endswith("neon.safetensors") and Path(neon.path).is_file()
+    assert neon.path == "tiny:neon"  # a reference: each worker node writes its own copy
     assert len(neon.sha256) == 64 and len(neon.shorthash) == 12
     assert neon.sha256 != plan.adapters["ink"].sha256
 

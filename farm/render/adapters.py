@@ -24,19 +24,21 @@ class AdapterSet:
         self._layers: list | None = None
         self._layers_at = -1
 
+    def missing(self, adapters: Sequence[Adapter]) -> list[Adapter]:
+        """The adapters the pipeline lacks, in order."""
+        return [a for a in adapters if adapter_name(a) not in self.loaded]
+
     def ensure(self, adapters: Sequence[Adapter]) -> list[Adapter]:
-        """Load the adapters the pipeline lacks; returns those it loaded."""
+        """Load the adapters the pipeline lacks; returns those it loaded.
+
+        Each adapter's path must be a local .safetensors file: the worker makes plan
+        references (tiny:NAME, s3://) local before it hands adapters over.
+        """
         new = []
         for adapter in adapters:
             name = adapter_name(adapter)
             if name not in self.loaded:
-                path = adapter.path
-                if path.startswith("s3://"):
-                    from farm.fetch import fetch_file
-
-                    # Fetched once per node and checked against the sha256 of the plan.
-                    path = str(fetch_file(path, adapter.sha256))
-                self.pipe.load_lora_weights(path, adapter_name=name, use_safetensors=True)
+                self.pipe.load_lora_weights(adapter.path, adapter_name=name, use_safetensors=True)
                 self.loaded.add(name)
                 self.loads += 1
                 new.append(adapter)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from farm.schedulers import SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -51,23 +54,39 @@ class Loaded:
         self.schedulers: dict[str, object] = {}
 
     def use_scheduler(self, name: str) -> None:
-        from farm.schedulers import make_scheduler
-
         if name not in self.schedulers:
             self.schedulers[name] = make_scheduler(name, self.base_scheduler.config)
         self.pipe.scheduler = self.schedulers[name]
+
+
+def make_scheduler(name: str, config: dict):
+    """A fresh diffusers scheduler of the named kind, from a pipeline's scheduler config."""
+    import diffusers
+
+    sampler = SAMPLERS[name]
+    cls = getattr(diffusers, sampler.diffusers_class)
+    return cls.from_config(config, **sampler.options)
+
+
+def as_given(model: str, fingerprint: str | None = None) -> str:
+    """A model reference that is already a local diffusers folder (or a hub id)."""
+    return model
 
 
 class PipelineCache:
     """Loaded pipelines by model, least recently used dropped first.
 
     Bounded by memory: before a model loads, older ones are dropped until the device has
-    room for its weights (and never more than `capacity` are kept).
+    room for its weights (and never more than `capacity` are kept). `locate(model,
+    fingerprint)` gives the local folder to load a model from; it is called only when the
+    model is not cached, so the worker that passes it fetches or builds a model once.
     """
 
-    def __init__(self, device: Device, capacity: int = 4):
+    def __init__(self, device: Device, capacity: int = 4,
+                 locate: Callable[[str, str | None], str] = as_given):  # fmt: skip
         self.device = device
         self.capacity = capacity
+        self.locate = locate
         self.pipelines: OrderedDict[str, Loaded] = OrderedDict()
         self.loads = 0
         self._evicted_adapter_loads = 0
@@ -80,10 +99,7 @@ class PipelineCache:
         if model in self.pipelines:
             self.pipelines.move_to_end(model)
             return self.pipelines[model]
-        from farm.models import local_model_path
-
-        # On a worker: `tiny` is built and an s3:// model fetched once per node.
-        path = local_model_path(model, fingerprint)
+        path = self.locate(model, fingerprint)
         need = 1.2 * weights_bytes(path)
         while self.pipelines and (
             len(self.pipelines) >= self.capacity or free_memory(self.device) < need

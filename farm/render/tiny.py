@@ -7,137 +7,19 @@ every code path that a real model takes is exercised without downloading weights
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from farm.home import farm_home
-
-# Bump when anything below changes the weights: the version is part of every item_id.
-TINY_VERSION = "tiny-v2"
-TINY_FINGERPRINT = hashlib.sha256(TINY_VERSION.encode()).hexdigest()
-
-UNET_CONFIG = {
-    "sample_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "layers_per_block": 1,
-    "block_out_channels": [32, 64],
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "cross_attention_dim": 32,
-    "attention_head_dim": 4,
-    "norm_num_groups": 16,
-}
-VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    # Four blocks, as in SD 1.5: latents are 1/8 of the image size.
-    "block_out_channels": [16, 16, 32, 32],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1,
-    "norm_num_groups": 16,
-    "sample_size": 128,
-}
-TEXT_CONFIG = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 77,
-    "projection_dim": 32,
-}
-# SD 1.5's own scheduler settings, so samplers behave as they do on the real model.
-SCHEDULER_CONFIG = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
-# Words that get whole-word tokens; anything else is spelled out one character at a time.
-WORDS = [
-    "a",
-    "an",
-    "the",
-    "of",
-    "in",
-    "on",
-    "with",
-    "and",
-    "at",
-    "by",
-    "for",
-    "to",
-    "from",
-    "photo",
-    "portrait",
-    "painting",
-    "studio",
-    "light",
-    "lights",
-    "neon",
-    "city",
-    "cityscape",
-    "cyberpunk",
-    "night",
-    "street",
-    "knight",
-    "castle",
-    "forest",
-    "mountain",
-    "lake",
-    "cat",
-    "dog",
-    "robot",
-    "mecha",
-    "car",
-    "shoe",
-    "bag",
-    "chair",
-    "lamp",
-    "watch",
-    "red",
-    "blue",
-    "green",
-    "black",
-    "white",
-    "gold",
-    "silver",
-    "leather",
-    "wood",
-    "glass",
-    "metal",
-    "cotton",
-    "style",
-    "ink",
-    "sketch",
-    "watercolor",
-    "oil",
-    "low",
-    "quality",
-    "blurry",
-    "bright",
-    "dark",
-    "sunset",
-    "rain",
-    "fog",
-    "product",
-    "catalog",
-    "house",
-]
-
-
-def default_tiny_dir() -> Path:
-    """Where the tiny pipeline is cached: FARM_HOME/models/tiny-v1."""
-    return farm_home() / "models" / TINY_VERSION
+from farm.tiny_identity import (
+    SCHEDULER_CONFIG,
+    TEXT_CONFIG,
+    UNET_CONFIG,
+    VAE_CONFIG,
+    WORDS,
+    default_tiny_dir,
+)
 
 
 def ensure_tiny(path: Path | None = None) -> Path:
