@@ -43,7 +43,8 @@ from farm.records import (
 )
 from farm.s3store import S3Store
 from farm.spec import parse_spec
-from farm.store import LocalStore, Store, StoreError, open_store, split_job_url
+from farm.store import LocalStore, Store, StoreError, split_job_url
+from farm.stores import open_store
 from farm.sweep import expand, group_units, make_plan
 from farm.verify import verify_job
 
