@@ -250,7 +250,8 @@ def parse_schedule(value: object) -> tuple[tuple[float, float], ...]:
     if isinstance(value, dict):
         unknown = set(value) - {"start", "stop"}
         if unknown:
-            raise StrengthError(f"unknown keys {sorted(unknown)}; use start and stop")
+            # Keys of any type (YAML allows numbers): sorted by their text.
+            raise StrengthError(f"unknown keys {sorted(unknown, key=str)}; use start and stop")
         start = finite(value.get("start", 0.0), "start")
         stop = finite(value.get("stop", 1.0), "stop")
         if not 0 <= start < stop <= 1:
