@@ -2,8 +2,9 @@
 
 The item comes back from job.json (spec, model and LoRA files, all checked against the
 job's fingerprint) and renders in this process, into a scratch folder: the job itself is
-never touched. Bytes match when the device and batch size match the original's; across
-GPU kinds or batch sizes kernels differ slightly, and the report says so.
+never touched. Bytes match when the device and batch size match the original's and, on
+CPU, the torch thread count: the row records it and the rerender uses it. Across GPU
+kinds, batch sizes or thread counts kernels differ slightly, and the report says so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.job import JobError, job_context, plan_fingerprint, read_job, spec_from_job
-from farm.records import read_rows
+from farm.records import decode_part, part_key, read_rows
 from farm.store import LocalStore, Store
 from farm.sweep import Unit, expand, make_plan
 
@@ -29,6 +30,7 @@ class Rerender:
     device: str
     original: str  # where and how the stored image was rendered
     image: bytes
+    threads: int  # torch threads the rerender ran with
 
 
 def rerender(store: Store, item_id: str, device: str | None = None) -> Rerender:
@@ -57,9 +59,15 @@ def rerender(store: Store, item_id: str, device: str | None = None) -> Rerender:
         # The original batch size: batched calls reproduce single ones only up to kernels.
         ctx = dataclasses.replace(ctx, render=dataclasses.replace(ctx.render, batch=1))
         unit = Unit(f"rerender-{item_id}", tuple(sorted(n for n, _ in item.loras)), (item,))
-        worker.render(unit, ctx, attempt=row["attempt"] or 1)
+        # On CPU the last bit of a pixel depends on the torch thread count: use the row's.
+        with worker.cpu_threads(row["threads"]):
+            worker.render(unit, ctx, attempt=row["attempt"] or 1)
         image = target.get(row["image_key"])
+        (again,) = decode_part(target.get(part_key(unit.unit_id)), ["threads"]).to_pylist()
     new = hashlib.sha256(image).hexdigest()
     original = f"{row['gpu'] or 'cpu'} at batch {row['batch_size']} on {row['worker']}"
+    if row["threads"]:
+        original += f" with {row['threads']} thread" + ("s" if row["threads"] > 1 else "")
     return Rerender(item_id, new == row["image_sha256"], row["image_sha256"], new,
-                    worker.device.label or worker.device.name, original, image)  # fmt: skip
+                    worker.device.label or worker.device.name, original, image,
+                    again["threads"])  # fmt: skip

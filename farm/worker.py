@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from farm import __version__
 from farm.encode import EXTENSIONS, encode_image
 from farm.infotext import build_infotext, format_number
-from farm.records import encode_rows, part_key
+from farm.local_files import local_lora_path, local_model_path
+from farm.records import catalog_pairs, encode_rows, part_key
 from farm.schedulers import SAMPLERS
 from farm.spec import Render
-from farm.store import open_store
+from farm.stores import open_store
 from farm.strength import schedule_text
 from farm.sweep import Adapter, Item, Unit
 
@@ -73,7 +75,9 @@ class RenderWorker:
         if threads and self.device.name == "cpu":
             # Workers sharing a CPU must split its cores, or they thrash.
             torch.set_num_threads(threads)
-        self.pipelines = PipelineCache(self.device)
+        # Rendering is handed local files: `tiny` is built and an s3:// model fetched here,
+        # once per node, when the cache first loads the model.
+        self.pipelines = PipelineCache(self.device, locate=local_model_path)
         self.node = socket.gethostname()
         self.name = f"{self.node}:{os.getpid()}"
         # PNG encoding and uploads run on these threads so they overlap the next pipeline
@@ -82,6 +86,23 @@ class RenderWorker:
         self.upload_slots = threading.BoundedSemaphore(UPLOAD_QUEUE)
         # The pipeline serves one call at a time; a second unit may wait on its uploads.
         self.render_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def cpu_threads(self, count: int | None):
+        """Render with `count` torch threads on CPU, then restore the process's count.
+
+        CPU kernels split their sums across threads, so an image is bit-identical to
+        another render only at the same count.
+        """
+        import torch
+
+        before = torch.get_num_threads()
+        if count and self.device.name == "cpu":
+            torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def ready(self) -> dict:
         """Who this worker is; answering means it started."""
@@ -95,6 +116,15 @@ class RenderWorker:
         # 1. Skip a unit whose part exists: a retry after the part was written.
         if store.exists(part_key(unit.unit_id)):
             return UnitReport(unit.unit_id, 0, True, 0.0, self.name)
+        # Test-only fault (tests/test_promises.py): the worker process exits, as on a lost
+        # node, whenever it is given a unit with this prompt.
+        doomed = os.environ.get("FARM_TEST_DIE_ON_PROMPT")
+        if doomed and any(item.prompt == doomed for item in unit.items):
+            os._exit(70)
+        # Test-only gate (tests/midjob.py): lets through only the units a test allows, so
+        # a job is surely mid-way, with units in flight, when the test strikes.
+        if hold := os.environ.get("FARM_TEST_HOLD"):
+            _test_hold(hold, unit.unit_id)
         with self.render_lock:
             pipe_loads, adapter_loads = self.pipelines.loads, self.pipelines.adapter_loads
             rows, pending, loaded = self._render_images(unit, ctx, store, attempt)
@@ -123,9 +153,10 @@ class RenderWorker:
         # 2. Pipeline from the cache, with the unit's sampler.
         loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint)
         loaded.use_scheduler(ctx.render.scheduler)
-        # 3. Adapters: load what is missing.
+        # 3. Adapters: what is missing made local (tiny:NAME written, s3:// fetched), then loaded.
         adapters = loaded.adapters
-        new = adapters.ensure([ctx.adapters[name] for name in unit.adapters])
+        missing = adapters.missing([ctx.adapters[name] for name in unit.adapters])
+        new = adapters.ensure([replace(a, path=local_lora_path(a)) for a in missing])
         rows: list[dict] = []
         pending: list[Future] = []
         for batch in self._batches(unit, ctx.render.batch):
@@ -181,6 +212,8 @@ class RenderWorker:
 
     def _row(self, item: Item, unit: Unit, ctx: JobContext, attempt: int, seconds: float,
              batch_size: int) -> dict:  # fmt: skip
+        import torch
+
         r = ctx.render
         lora_hashes = [(n, ctx.adapters[n].shorthash) for n, _ in item.loras]
         infotext = build_infotext(
@@ -212,10 +245,11 @@ class RenderWorker:
             "model": ctx.model, "model_hash": ctx.model_hash, "loras": loras,
             "alpha": item.alpha, "preset": None, "steps": r.steps, "guidance": r.guidance,
             "scheduler": r.scheduler, "width": r.width, "height": r.height,
-            "catalog": list(item.catalog) or None, "image_key": key, "file_name": key,
+            "catalog": catalog_pairs(item.catalog), "image_key": key, "file_name": key,
             "format": r.format, "render_seconds": seconds, "batch_size": batch_size,
             "worker": self.name, "node": self.node, "gpu": self.device.label,
-            "attempt": attempt, "created_at": datetime.now(UTC), "infotext": infotext,
+            "threads": torch.get_num_threads(), "attempt": attempt,
+            "created_at": datetime.now(UTC), "infotext": infotext,
         }  # fmt: skip
 
     def _write_image(self, store, image, row: dict) -> None:
@@ -226,6 +260,33 @@ class RenderWorker:
             store.put(row["image_key"], data)
         finally:
             self.upload_slots.release()
+
+
+def _test_hold(folder: str, unit_id: str, limit: float = 300.0) -> None:
+    """Test-only (FARM_TEST_HOLD): while `folder` exists, take a ticket (a `ticket-*` file
+    in it) before rendering, waiting for one with a `held-{pid}-{unit_id}` file there;
+    once the folder is gone, go. Past `limit` seconds the unit fails: nothing is written."""
+    mark = os.path.join(folder, f"held-{os.getpid()}-{unit_id}")
+    deadline = time.monotonic() + limit
+    try:
+        while True:
+            try:
+                names = sorted(os.listdir(folder))
+            except FileNotFoundError:
+                return  # no folder: the gate is open
+            for name in names:
+                if name.startswith("ticket-"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))  # one taker per ticket
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"FARM_TEST_HOLD: no ticket in {folder} for {limit:g}s")
+            with contextlib.suppress(FileNotFoundError):  # the gate opened meanwhile
+                open(mark, "a").close()
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mark)
 
 
 def cell_label(row: dict) -> str:

@@ -31,6 +31,9 @@ class Head:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         self.env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token",
                     "RAY_AUTH_TOKEN": self.token}  # fmt: skip
+        # The worker's test-only hold (tests/midjob.py), for the head's workers: open (no
+        # effect) until a test creates this folder.
+        self.hold_folder = Path(self.temp_dir) / "hold"
         self.proc = subprocess.Popen(
             [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--port={self.port}", "--dashboard-host=127.0.0.1",
@@ -39,8 +42,8 @@ class Head:
              f"--dashboard-agent-listen-port={free_port()}",
              f"--num-gpus={gpus}", f"--num-cpus={cpus}", f"--temp-dir={self.temp_dir}",
              "--disable-usage-stats"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True,
+            env={**self.env, "FARM_TEST_HOLD": str(self.hold_folder)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         self._wait_ready()
 

@@ -103,39 +103,43 @@ def test_verify_names_a_damaged_image_and_a_missing_part(neon_job, tmp_path):
     assert "8 planned items have no row" in proc.stdout
 
 
-def _render_worker_pids() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(b"ray::RenderWorker"):
-                pids.append(int(proc.name))
-    return pids
+def small_sweep(tmp_path: Path, job: str, seeds: int = 8) -> Path:
+    """The example's axes at a fraction of its cost: 64², 4 steps."""
+    import yaml
+
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec.update(job=job, seeds={"start": 0, "count": seeds}, output=str(tmp_path))
+    spec["render"].update(steps=4, width=64, height=64)
+    path = tmp_path / f"{job}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_the_job_completes(tmp_path, tiny_dir):
     import os
-    import signal
     import time
 
+    from midjob import Hold, kill_process
+
+    # One unit of 12 may render; the rest wait at the hold, so the worker killed below
+    # surely has a unit in flight to lose.
+    hold = Hold(tmp_path / "hold", tickets=1)
+    spec = small_sweep(tmp_path, "killed-worker")
     driver = subprocess.Popen(
-        [*FARM, "run", str(EXAMPLE), "--output", str(tmp_path), "--workers", "2"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*FARM, "run", str(spec), "--workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **hold.env},
     )  # fmt: skip
-    parts = tmp_path / "neon-sweep" / "parts"
+    parts = tmp_path / "killed-worker" / "parts"
     deadline = time.monotonic() + 180
     while not (parts.exists() and any(parts.iterdir())):
         assert driver.poll() is None and time.monotonic() < deadline, "no part appeared"
         time.sleep(0.2)
-    victims = _render_worker_pids()
-    assert victims, "no RenderWorker process found"
-    os.kill(victims[0], signal.SIGKILL)
+    victim, _ = hold.wait_held(1, driver)[0]
+    kill_process(victim)
+    hold.open()
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, out + err
-    doc = json.loads((tmp_path / "neon-sweep" / "job.json").read_text())
+    doc = json.loads((parts.parent / "job.json").read_text())
     assert doc["runs"][0]["counters"]["retries"] >= 1
-    assert "ok: 48 planned items, 48 rows, 48 images" in farm("verify", str(parts.parent)).stdout
+    assert "ok: 96 planned items, 96 rows, 96 images" in farm("verify", str(parts.parent)).stdout

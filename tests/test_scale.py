@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import FARM, REPO
+from midjob import Hold
 
 from farm.demo_loras import demo_lora_path
+from farm.executor import IN_FLIGHT
 
 pytestmark = pytest.mark.slow
 
@@ -119,9 +121,13 @@ def test_run_joins_a_cluster_from_one_of_its_nodes_with_the_token_only(ray_head,
 # ---------------------------------------------------------------- a node lost
 
 
-def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir):
+def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir, monkeypatch):
     from ray.cluster_utils import Cluster
 
+    # One unit may render, the rest wait at the hold (the nodes' workers inherit it): the
+    # node goes while its worker surely holds units, and before the job can finish.
+    hold = Hold(tmp_path / "hold", tickets=1)
+    monkeypatch.setenv("FARM_TEST_HOLD", str(hold.folder))
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 1, "num_gpus": 0})  # fmt: skip
     try:
@@ -135,7 +141,9 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         wait_for_part(job, driver)
+        hold.wait_held(3 * IN_FLIGHT, driver)  # every node's worker: units in flight
         cluster.remove_node(nodes[1])
+        hold.open()
         out, err = driver.communicate(timeout=600)
         assert driver.returncode == 0, out + err
         counters = job_doc(job)["runs"][0]["counters"]
@@ -177,13 +185,30 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
 def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head, tmp_path):
     spec = write_spec(tmp_path, "cancelled", seeds={"start": 0, "count": 40},
                       render={"steps": 8, "width": 64, "height": 64})  # fmt: skip
-    out = farm("submit", str(spec), "--address", ray_head.jobs_url, env=ray_head.env).stdout
-    submission = out.split()[1]
-    job = tmp_path / "out" / "cancelled"
-    wait_for_part(job)
-    stopped = farm("cancel", submission, "--address", ray_head.jobs_url, env=ray_head.env)
-    assert stopped.stdout.strip() == f"{submission}: stopped"
-    logs = farm("logs", submission, "--address", ray_head.jobs_url, env=ray_head.env).stdout
+    # One unit may render before the cancel; the rest wait at the head's hold: the cancel
+    # surely lands mid-job.
+    hold = Hold(ray_head.hold_folder, tickets=1)
+    try:
+        out = farm("submit", str(spec), "--address", ray_head.jobs_url, env=ray_head.env).stdout
+        submission = out.split()[1]
+        job = tmp_path / "out" / "cancelled"
+        wait_for_part(job)
+        hold.wait_held(1)
+        cancel = subprocess.Popen(
+            [*FARM, "cancel", submission, "--address", ray_head.jobs_url], cwd=REPO,
+            env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        # Once the driver has the stop and waits for its units in flight, let them finish.
+        deadline = time.monotonic() + 120
+        while "stopping: waiting for" not in (logs := job_logs(ray_head, submission)):
+            assert cancel.poll() is None and time.monotonic() < deadline, logs
+            time.sleep(0.5)
+        hold.open()
+        stopped, err = cancel.communicate(timeout=300)
+    finally:
+        hold.open()
+    assert stopped.strip() == f"{submission}: stopped", err
+    logs = job_logs(ray_head, submission)
     assert "rendering 320 images" in logs
     parts = list((job / "parts").glob("*.parquet"))
     assert 0 < len(parts) < 40
@@ -199,6 +224,10 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
     assert already >= 8 * len(parts)
     assert job_doc(job)["runs"][-1]["rendered"] == 320 - already
     assert_verified(job, 320)
+
+
+def job_logs(head, submission: str) -> str:
+    return farm("logs", submission, "--address", head.jobs_url, env=head.env).stdout
 
 
 def test_submit_refuses_what_cannot_reach_the_cluster(ray_head, tmp_path, tiny_dir):
@@ -232,18 +261,33 @@ def test_submit_refuses_what_cannot_reach_the_cluster(ray_head, tmp_path, tiny_d
 def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_dir, stop):
     spec = write_spec(tmp_path, "interrupted", seeds={"start": 0, "count": 16})
     job = tmp_path / "out" / "interrupted"
-    driver = subprocess.Popen(
-        [*FARM, "run", str(spec), "--workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    # One unit may render before the signal; the rest wait at the hold: units are surely in
+    # flight and the job surely unfinished when it comes.
+    hold = Hold(tmp_path / "hold", tickets=1)
+    said, complaints = tmp_path / "driver.out", tmp_path / "driver.err"
+    with said.open("w") as out_file, complaints.open("w") as err_file:
+        driver = subprocess.Popen(
+            [*FARM, "run", str(spec), "--workers", "2"], cwd=REPO, stdout=out_file,
+            stderr=err_file, text=True, start_new_session=True, env={**os.environ, **hold.env},
+        )  # fmt: skip
     wait_for_part(job, driver)
+    # Both workers hold a full load: the unit let through was reported and replaced.
+    hold.wait_held(2 * IN_FLIGHT, driver)
     if stop == "ctrl-c":
         # A terminal's Ctrl-C reaches the whole foreground process group.
         os.killpg(driver.pid, signal.SIGINT)
     else:
         # `docker stop` and Kubernetes signal the driver alone.
         driver.send_signal(signal.SIGTERM)
-    out, err = driver.communicate(timeout=300)
+    # Once the driver has stopped dispatching and waits for its units in flight, let them
+    # finish.
+    deadline = time.monotonic() + 120
+    while "stopping: waiting for" not in said.read_text():
+        assert driver.poll() is None and time.monotonic() < deadline, complaints.read_text()
+        time.sleep(0.2)
+    hold.open()
+    driver.wait(timeout=300)
+    out, err = said.read_text(), complaints.read_text()
     assert driver.returncode == 1, out + err
     assert "stopping: waiting for" in out and "Traceback" not in out + err
     assert "farm resume" in err

@@ -1,0 +1,137 @@
+"""S3 outages cut through the TCP relay: half a minute costs only time; longer stops the
+job (exit 1, resumable) and `farm resume` finishes it.
+
+The cut comes at a known point: one unit has its part, and the next units are held in
+flight (tests/midjob.py's gate) until the store is gone, then let through into the outage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import FARM, REPO
+from midjob import Hold, kill_session
+from test_s3 import farm, rendered, small_spec
+
+from farm.s3store import OUTAGE_SECONDS, S3Store
+
+pytestmark = pytest.mark.slow
+SEEDS = 12  # 2 prompts x 12 seeds x 2 strengths = 48 items in 6 units
+ITEMS = 48
+
+
+def start_driver(spec: str, output: str, logs: Path, hold: Hold):
+    out, err = logs / "stdout.txt", logs / "stderr.txt"
+    env = {**os.environ, **hold.env, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        [*FARM, "run", spec, "--output", output, "--workers", "2"], cwd=REPO,
+        stdout=out.open("w"), stderr=err.open("w"), env=env, start_new_session=True,
+    )  # fmt: skip
+    return driver, out, err
+
+
+def wait_for_first_part(store: S3Store, driver: subprocess.Popen, hold: Hold) -> None:
+    """One part written, and units held in flight behind it."""
+    deadline = time.monotonic() + 240
+    while not any(True for _ in store.list("parts/")):
+        assert driver.poll() is None, "the job ended before the store could be cut"
+        assert time.monotonic() < deadline, "no part appeared"
+        time.sleep(0.1)
+    hold.wait_held(1, driver)
+
+
+def parts_on_server(s3, prefix: str) -> int:
+    """Parts as the server holds them, asked past the relay (which is cut)."""
+    direct = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3.relay.target}")
+    listing = direct.list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/parts/")
+    return sum(k["Key"].endswith(".parquet") for k in listing.get("Contents", []))
+
+
+def job_doc(store: S3Store) -> dict:
+    return json.loads(store.get("job.json"))
+
+
+def test_a_store_gone_for_half_a_minute_costs_only_time(s3, tmp_path, tiny_dir):
+    job_url = s3.url("outage-short/small")
+    store = S3Store.from_url(job_url)
+    spec = small_spec(tmp_path, seeds=SEEDS)
+    hold = Hold(tmp_path / "hold", tickets=1)
+    driver, out, err = start_driver(spec, s3.url("outage-short"), tmp_path, hold)
+    try:
+        wait_for_first_part(store, driver, hold)
+        s3.relay.stop()
+        try:
+            written = parts_on_server(s3, "outage-short/small")
+            hold.open()  # the held units render into the outage
+            time.sleep(30)
+            # The job could not finish without its store: it waited through the outage.
+            still_running = driver.poll() is None
+        finally:
+            s3.relay.start()
+        driver.wait(timeout=300)
+    finally:
+        hold.open()
+        if driver.poll() is None:
+            kill_session(driver.pid)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert written == 1 and still_running, stdout + stderr
+    assert driver.returncode == 0, stdout + stderr
+    assert "failed:" not in stdout and "stopped:" not in stdout
+    counters = job_doc(store)["runs"][-1]["counters"]
+    assert counters["failures"] == 0 and counters["retries"] == 0
+    assert rendered(subprocess.CompletedProcess([], 0, stdout, stderr)) == ITEMS
+    assert (
+        f"ok: {ITEMS} planned items, {ITEMS} rows, {ITEMS} images" in farm("verify", job_url).stdout
+    )
+
+
+def test_a_longer_outage_stops_the_job_and_resume_finishes_it(s3, tmp_path, tiny_dir):
+    job_url = s3.url("outage-long/small")
+    store = S3Store.from_url(job_url)
+    spec = small_spec(tmp_path, seeds=SEEDS)
+    hold = Hold(tmp_path / "hold", tickets=1)
+    driver, out, err = start_driver(spec, s3.url("outage-long"), tmp_path, hold)
+    try:
+        wait_for_first_part(store, driver, hold)
+        s3.relay.stop()
+        cut = time.monotonic()
+        hold.open()
+        try:
+            # The store stays away until the job gives up on it.
+            deadline = cut + OUTAGE_SECONDS + 180
+            while "stopped:" not in out.read_text():
+                assert driver.poll() is None, out.read_text() + err.read_text()
+                assert time.monotonic() < deadline, "the job did not stop"
+                time.sleep(0.5)
+            waited = time.monotonic() - cut
+        finally:
+            s3.relay.start()
+        driver.wait(timeout=300)
+    finally:
+        hold.open()
+        if driver.poll() is None:
+            kill_session(driver.pid)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert driver.returncode == 1, stdout + stderr
+    # It held on for the outage budget first, and failed units, not the whole job at once.
+    assert waited >= OUTAGE_SECONDS, waited
+    assert "units failed in a row" in stdout and "failed: unit" in stdout
+    assert "Traceback" not in stdout
+    assert f"`farm resume {job_url}` renders them" in stderr, stderr
+    doc = job_doc(store)
+    assert doc["status"] == "failed" and "units failed in a row" in doc["stopped"]
+    done = doc["runs"][-1]["rendered"]
+    assert done == 8  # the unit let through before the cut; none finished in the outage
+
+    resumed = farm("resume", job_url, "--workers", "2")
+    assert f"{done} already rendered" in resumed.stdout
+    assert rendered(resumed) == ITEMS - done
+    assert (
+        f"ok: {ITEMS} planned items, {ITEMS} rows, {ITEMS} images" in farm("verify", job_url).stdout
+    )
