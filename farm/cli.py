@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -31,11 +32,35 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
 class FarmGroup(click.Group):
     """Turns known bad-input errors into one line on stderr and exit code 2."""
 
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as err:
+            click.echo(err.format_message())  # `farm lora` alone: its help
+            sys.exit(0)
+        except click.UsageError as err:
+            # Click's own three lines (usage, hint, error) as one, its suggestion kept.
+            message = " ".join(err.format_message().split())
+            command = err.ctx.command_path if err.ctx else "farm"
+            click.echo(f"error: {message} (see `{command} --help`)", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException as err:
+            click.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+            sys.exit(err.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except _bad_input_errors() as err:
-            click.echo(f"error: {err}", err=True)
+            from farm.urls import redact
+
+            # Most errors redact their own URLs; this catches one quoted by any other.
+            click.echo(f"error: {redact(str(err))}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             # Outside rendering nothing is half-written: stop without a traceback.
@@ -81,13 +106,32 @@ def s3_endpoint_option(command):
     )(command)
 
 
-def _load(spec_path: str, output: str | None):
-    import dataclasses
+def worker_wait_option(command):
+    return click.option(
+        "--worker-wait",
+        type=click.FloatRange(min=1),
+        metavar="SECONDS",
+        help="Stop (resumably) when no worker has been up this long; default 300.",
+    )(command)
 
-    from farm.spec import load_spec
+
+def max_items_option(command):
+    from farm.limits import MAX_ITEMS
+
+    return click.option(
+        "--max-items",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help=f"Refuse jobs of more than N items (default {MAX_ITEMS:,}).",
+    )(command)
+
+
+def _load(spec_path: str, output: str | None):
+    from farm.spec import load_spec, with_output
 
     spec = load_spec(spec_path)
-    return dataclasses.replace(spec, output=output) if output else spec
+    # An empty --output is a mistake to report, not a reason to fall back to the spec's.
+    return with_output(spec, output, "--output") if output is not None else spec
 
 
 @main.command()
@@ -96,13 +140,17 @@ def _load(spec_path: str, output: str | None):
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker, e.g. 0.5.")
+@worker_wait_option
+@max_items_option
 @dtype_option
 @s3_endpoint_option
 def run(spec_path: str, output: str | None, address: str | None, workers: int | None,
-        gpus_per_worker: float | None) -> None:  # fmt: skip
+        gpus_per_worker: float | None, worker_wait: float | None,
+        max_items: int | None) -> None:  # fmt: skip
     """Plan SPEC, then render every item not yet rendered."""
     spec = _load(spec_path, output)
-    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+         worker_wait=worker_wait, max_items=max_items)  # fmt: skip
 
 
 @main.command()
@@ -110,20 +158,24 @@ def run(spec_path: str, output: str | None, address: str | None, workers: int | 
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker.")
+@worker_wait_option
 @dtype_option
 @s3_endpoint_option
 def resume(job_url: str, address: str | None, workers: int | None,
-           gpus_per_worker: float | None) -> None:  # fmt: skip
+           gpus_per_worker: float | None, worker_wait: float | None) -> None:  # fmt: skip
     """Finish the job at JOB_URL from its stored job.json."""
     import dataclasses
 
     from farm.job import read_job, spec_from_job
-    from farm.store import open_store, split_job_url
+    from farm.store import split_job_url
+    from farm.stores import open_store
 
     output, _ = split_job_url(job_url)
     doc = read_job(open_store(job_url))
     spec = dataclasses.replace(spec_from_job(doc, job_url), output=output)
-    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+    # The job was accepted when it started: its size needs no second permission.
+    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+         worker_wait=worker_wait, max_items=doc["plan"]["items"])  # fmt: skip
 
 
 def _run(spec, **options) -> None:
@@ -195,9 +247,12 @@ def submit(spec_path: str, address: str, output: str | None, workers: int | None
     job = remote.submit(spec, address, workers=workers, gpus_per_worker=gpus_per_worker,
                         paths_on_cluster=paths_on_cluster, s3_endpoint=s3_endpoint,
                         dtype=dtype)  # fmt: skip
-    click.echo(f"submitted {job.submission_id} to {address}")
-    click.echo(f"  logs:   farm logs {job.submission_id} --address {address} --follow")
-    click.echo(f"  cancel: farm cancel {job.submission_id} --address {address}")
+    from farm.urls import redact
+
+    shown = redact(address)  # credentials in the address stay out of terminals and logs
+    click.echo(f"submitted {job.submission_id} to {shown}")
+    click.echo(f"  logs:   farm logs {job.submission_id} --address {shown} --follow")
+    click.echo(f"  cancel: farm cancel {job.submission_id} --address {shown}")
     click.echo(f"  status: farm status {job.job_url}")
     if wait:
         _finish(remote.follow(address, job.submission_id, click.echo), job.submission_id)
@@ -236,12 +291,13 @@ def _finish(status: str, submission_id: str) -> None:
 @main.command()
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(spec_path: str, as_json: bool) -> None:
+@max_items_option
+def plan(spec_path: str, as_json: bool, max_items: int | None) -> None:
     """Validate and expand SPEC without rendering: counts per axis, units, adapter groups."""
     from farm.sweep import make_plan
 
     spec = _load(spec_path, None)
-    counts = make_plan(spec).counts()
+    counts = make_plan(spec, max_items=max_items).counts()
     if as_json:
         click.echo(json.dumps({"job": spec.job, "output": spec.output, **counts}, indent=2))
         return
@@ -259,7 +315,7 @@ def plan(spec_path: str, as_json: bool) -> None:
 @s3_endpoint_option
 def status(job_url: str, as_json: bool) -> None:
     """Progress of the job at JOB_URL, read from the store alone."""
-    from farm.store import open_store
+    from farm.stores import open_store
     from farm.verify import job_status
 
     info = job_status(open_store(job_url))
@@ -282,7 +338,7 @@ def status(job_url: str, as_json: bool) -> None:
 @s3_endpoint_option
 def verify(job_url: str, no_images: bool) -> None:
     """Check that every planned item has exactly one row and an intact image."""
-    from farm.store import open_store
+    from farm.stores import open_store
     from farm.verify import verify_job
 
     verdict = verify_job(open_store(job_url), check_images=not no_images)
@@ -310,7 +366,7 @@ def verify(job_url: str, no_images: bool) -> None:
 def rerender(job_url: str, item_id: str, out: Path | None, device: str | None) -> None:  # fmt: skip
     """Render ITEM_ID of the job at JOB_URL again and report whether the bytes match."""
     from farm.rerender import rerender as run_again
-    from farm.store import open_store
+    from farm.stores import open_store
 
     result = run_again(open_store(job_url), item_id, device)
     if out:
@@ -340,7 +396,8 @@ def model_tiny(out: Path) -> None:
     if out.exists() and any(out.iterdir()) and not (out / "model_index.json").exists():
         click.echo(f"error: {out}: folder exists and is not empty; pick a new folder", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    click.echo(f"tiny model: {ensure_tiny(out)}")
+    with _writing(out):
+        click.echo(f"tiny model: {ensure_tiny(out)}")
 
 
 @main.group()
@@ -354,8 +411,21 @@ def lora_demo(out: Path) -> None:
     """Write the demo LoRAs for the tiny model (both key layouts) to OUT."""
     from farm.demo_loras import DEMO_LORAS, write_demo_lora
 
-    for name, demo in DEMO_LORAS.items():
-        click.echo(write_demo_lora(demo, out / f"{name}.safetensors"))
+    with _writing(out):
+        for name, demo in DEMO_LORAS.items():
+            click.echo(write_demo_lora(demo, out / f"{name}.safetensors"))
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    """A folder the user named that cannot be written is bad input, said in one line."""
+    try:
+        yield
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        click.echo(f"error: {out}: cannot write there ({why}); pick a folder you can write",
+                   err=True)  # fmt: skip
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @lora.command("inspect")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from farm.progress import Progress
 from farm.sweep import UNIT_SIZE, Unit, UnitStream
+from farm.urls import redact
 from farm.worker import JobContext, UnitReport
 
 IN_FLIGHT = 2
@@ -35,8 +36,11 @@ STEAL_MIN = 4
 # Start dispatching once every worker is up, or this long after the first one is, so
 # early workers don't take every adapter set before the others arrive.
 READY_GRACE = 30.0
-# With no worker alive for this long (a node lost and no room for a replacement), stop.
-NO_WORKER_TIMEOUT = float(os.environ.get("FARM_NO_WORKER_TIMEOUT", "300"))
+# With no worker alive for this long (none placed yet, or a node lost and no room for a
+# replacement), stop: the job stays resumable. `--worker-wait` sets it per run.
+WORKER_WAIT = 300.0
+# While no worker is up, say so this often.
+WAITING_NOTICE = 30.0
 # Environment the workers need that is not a secret; credentials come from the nodes.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "HF_HUB_OFFLINE", "FARM_HOME", "FARM_DTYPE")  # fmt: skip
@@ -117,15 +121,23 @@ class Slot:
 
 
 def start_ray(address: str | None, num_gpus: int | None = None) -> None:
-    """Connect to a cluster, or start a private local Ray: no dashboard, no Jobs API, and
-    token authentication."""
-    if not address and "ray" not in sys.modules and not os.environ.get("RAY_AUTH_MODE"):
-        # The private Ray's GCS listens on every interface: a token known only to this
-        # process tree keeps other hosts out. It lives in the environment, never on disk
-        # (left to itself, Ray saves a generated one under ~/.ray), and Ray reads it when
-        # first imported.
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    """Connect to a cluster, or start a private local Ray: loopback only, no dashboard, no
+    Jobs API, no metrics exporters, and token authentication."""
+    if not address and "ray" not in sys.modules:
+        # Ray reads these when first imported, and its processes inherit them. Ray takes a
+        # loopback node address for "this machine, reachable from others" and swaps in the
+        # network address, so ray.init(_node_ip_address="127.0.0.1") binds every interface;
+        # its single-machine mode (what it uses on macOS) keeps the GCS, raylet, workers
+        # and agents on 127.0.0.1. Without metrics collection the dashboard agent opens no
+        # Prometheus exporter; farm reads none of Ray's metrics.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        if not os.environ.get("RAY_AUTH_MODE"):
+            # A token known only to this process tree keeps other local users out too. It
+            # lives in the environment, never on disk (left to itself, Ray saves a
+            # generated one under ~/.ray).
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -153,7 +165,11 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
 
 
 class ClusterError(ValueError):
-    """A Ray cluster that cannot be reached or joined (exit 2)."""
+    """A Ray cluster that cannot be reached or joined (exit 2). An address's credentials
+    are cut out of the message."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def _join(address: str, runtime_env: dict | None) -> None:
@@ -179,7 +195,7 @@ def _join(address: str, runtime_env: dict | None) -> None:
         captured.seek(0)
         said = captured.read().decode(errors="replace")
     if failure is None:
-        sys.stderr.write(said)
+        sys.stderr.write(redact(said))
         return
     if "InvalidAuthToken" in said or "Unauthenticated" in said:
         from farm.submit import TOKEN_HINT
@@ -231,6 +247,34 @@ def worker_layout(workers: int | None, gpus_per_worker: float | None) -> tuple[i
     return count, {"num_cpus": max(1, cpus // count) if count <= cpus else 1}
 
 
+def check_layout(workers: int | None, gpus_per_worker: float | None) -> None:
+    """On a local run, refuse workers this machine can never place (exit 2, before
+    anything is written). A cluster may grow, so there the wait is bounded instead."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0), int(resources.get("CPU", 1))
+    if gpus_per_worker:
+        if not gpus:
+            raise ClusterError(
+                f"--gpus-per-worker {gpus_per_worker:g}: this machine has no GPU, so no worker "
+                "could start; leave the flag out to render on the CPUs, or run on a cluster "
+                "with GPUs (--address)"
+            )
+        count = workers or max(1, int(gpus / gpus_per_worker))
+        if count * gpus_per_worker > gpus + 1e-9:
+            raise ClusterError(
+                f"--gpus-per-worker {gpus_per_worker:g}: {count} workers need "
+                f"{count * gpus_per_worker:g} GPUs and this machine has {gpus:g}; lower "
+                "--workers or --gpus-per-worker"
+            )
+    elif workers and not gpus and workers > cpus:
+        raise ClusterError(
+            f"--workers {workers}: this machine has {cpus} CPUs and each worker needs one; "
+            f"use --workers {cpus} or fewer"
+        )
+
+
 def execute(
     streams: list[UnitStream],
     ctx: JobContext,
@@ -241,6 +285,7 @@ def execute(
     address: str | None = None,
     echo: Callable[[str], object] = print,
     progress: Progress | None = None,
+    worker_wait: float = WORKER_WAIT,
 ) -> Outcome:
     """Render every unit on a pool of workers; returns counts, failures and counters."""
     start_ray(address)
@@ -260,121 +305,198 @@ def execute(
 
     pool = Pool([new_slot() for _ in range(count)], new_slot, max_replacements=2 * count + 2)
     echo(f"rendering {total} images on {count} workers ({_describe(resources)})")
-    outcome = Outcome()
-    counters = {"pipeline_loads": 0, "adapter_loads": 0, "retries": 0, "failures": 0,
-                "worker_deaths": 0}  # fmt: skip
-    progress = progress or Progress(total, echo)
     queue = [Stream(s.adapters, iter(s.units), -(-s.items // UNIT_SIZE)) for s in streams]
-    retries: deque[tuple[Unit, int]] = deque()
-    running: dict = {}  # ObjectRef -> (slot, unit, attempt)
+    run = Dispatcher(pool, queue, ctx, progress or Progress(total, echo), echo,
+                     count, _describe(resources), worker_wait)  # fmt: skip
     t0 = time.perf_counter()
-    failures_in_a_row = 0
-    stopping = False
-    first_ready = None
-    last_alive = time.monotonic()
-
-    def say(text: str) -> None:
-        progress.clear()
-        echo(text)
-
     try:
+        run.loop()
+    except KeyboardInterrupt:
+        run.say("stopped now: units in flight render again on resume")
+    finally:
+        run.progress.finish()
+        run.outcome.seconds = time.perf_counter() - t0
+        run.outcome.counters = run.summary()
+        pool.kill()
+    _report(run.outcome, echo)
+    return run.outcome
+
+
+class Dispatcher:
+    """One run of the executor's loop, in named steps: dispatch units to ready workers,
+    wait for whatever comes back, and take in finished units, started workers and deaths."""
+
+    def __init__(self, pool: Pool, queue: list[Stream], ctx: JobContext, progress: Progress,
+                 echo: Callable[[str], object], workers: int, resources: str,
+                 worker_wait: float):  # fmt: skip
+        self.pool, self.queue, self.ctx, self.workers = pool, queue, ctx, workers
+        self.progress, self.echo = progress, echo
+        self.resources, self.worker_wait = resources, worker_wait
+        self.outcome = Outcome()
+        self.counters = {"pipeline_loads": 0, "adapter_loads": 0, "retries": 0, "failures": 0,
+                         "worker_deaths": 0}  # fmt: skip
+        self.retries: deque[tuple[Unit, int]] = deque()
+        self.running: dict = {}  # ObjectRef -> (slot, unit, attempt)
+        self.failures_in_a_row = 0
+        self.stopping = False
+        self.first_ready: float | None = None
+        self.last_alive = self.last_notice = time.monotonic()
+
+    def loop(self) -> None:
+        """Until every unit is back, or the run stops; the first Ctrl-C lets units finish."""
         while True:
             try:
-                if not stopping:
-                    dispatch_ready = pool.all_ready or (
-                        first_ready is not None and time.monotonic() - first_ready > READY_GRACE
-                    )
-                    if dispatch_ready:
-                        for slot in pool.ready_slots():
-                            while slot.in_flight < IN_FLIGHT:
-                                picked = _next_unit(slot, queue, retries)
-                                if picked is None:
-                                    break
-                                unit, attempt = picked
-                                progress.begin()
-                                ref = slot.actor.render.remote(unit, ctx, attempt)
-                                running[ref] = (slot, unit, attempt)
-                                slot.in_flight += 1
-                    if not running and not retries and all(s.empty for s in queue):
-                        break
-                if stopping and not running:
-                    break
-                if pool.ready_slots():
-                    last_alive = time.monotonic()
-                elif time.monotonic() - last_alive > NO_WORKER_TIMEOUT:
-                    outcome.stopped = (
-                        f"no worker has been alive for {NO_WORKER_TIMEOUT:.0f}s: the cluster "
-                        f"has no room for a worker ({_describe(resources)})"
-                    )
-                    break
-                waiting = list(running) + pool.pending_refs()
-                if not waiting:
-                    time.sleep(0.5)
-                    continue
-                done, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
-                for ref in done:
-                    if ref not in running:
-                        try:
-                            pool.mark_ready(ref, ray.get(ref))
-                        except ray.exceptions.RayError as err:
-                            counters["worker_deaths"] += 1
-                            if not pool.replace(ref):
-                                outcome.stopped = f"workers keep dying ({_first_line(err)})"
-                        if first_ready is None and pool.ready_slots():
-                            first_ready = time.monotonic()
-                        continue
-                    slot, unit, attempt = running.pop(ref)
-                    slot.in_flight -= 1
-                    try:
-                        report: UnitReport = ray.get(ref)
-                    except ray.exceptions.RayActorError as err:
-                        # The worker process or its node died: replace it, send the unit
-                        # again. Each unit in flight on it reports the death; replace once.
-                        if pool.owns(slot):
-                            counters["worker_deaths"] += 1
-                            if slot.stream:
-                                slot.stream.holders.discard(slot.id)
-                            if not pool.replace(slot):
-                                outcome.stopped = f"workers keep dying ({_first_line(err)})"
-                        _retry(unit, attempt, retries, outcome, counters, "its worker died")
-                        continue
-                    except ray.exceptions.RayTaskError as err:
-                        outcome.failed_items += [i.item_id for i in unit.items]
-                        outcome.errors.append(f"unit {unit.unit_id}: {_first_line(err)}")
-                        counters["failures"] += 1
-                        failures_in_a_row += 1
-                        if failures_in_a_row >= max(4, 2 * count):
-                            # Storage down or a broken model: every unit would fail alike.
-                            outcome.stopped = f"{failures_in_a_row} units failed in a row"
-                        continue
-                    failures_in_a_row = 0
-                    _account(slot, unit, report, counters)
-                    outcome.flagged += report.flagged
-                    outcome.images += report.images
-                    outcome.units += 1
-                    progress.update(report.images)
-                if outcome.stopped:
-                    break
-                progress.show(busy=sum(s.in_flight > 0 for s in pool.slots), workers=count)
+                if not self.stopping:
+                    self.dispatch()
+                    if self.all_done:
+                        return
+                if self.stopping and not self.running:
+                    return
+                if self.no_worker_for_too_long():
+                    return
+                self.take_in(self.wait())
+                if self.outcome.stopped:
+                    return
+                busy = sum(s.in_flight > 0 for s in self.pool.slots)
+                self.progress.show(busy=busy, workers=self.workers)
             except KeyboardInterrupt:
-                if stopping:
+                if self.stopping:
                     raise
-                stopping = outcome.interrupted = True
-                say(
-                    f"stopping: waiting for {len(running)} units in flight to finish "
-                    "(Ctrl-C again to stop now)"
-                )
-    except KeyboardInterrupt:
-        say("stopped now: units in flight render again on resume")
-    finally:
-        progress.finish()
-        outcome.seconds = time.perf_counter() - t0
-        counters["seconds"] = round(outcome.seconds, 3)
-        counters["workers"] = count
-        counters["images_per_worker"] = [s.images for s in pool.all_slots if s.images]
-        counters["worker_details"] = [s.detail() for s in pool.all_slots if s.ready or s.units]
-        outcome.counters = counters
-        pool.kill()
+                self.stopping = self.outcome.interrupted = True
+                self.say(f"stopping: waiting for {len(self.running)} units in flight to "
+                         "finish (Ctrl-C again to stop now)")  # fmt: skip
+
+    # 1. Dispatch
+    def dispatch(self) -> None:
+        """Fill every ready worker up to IN_FLIGHT units, once the pool may start."""
+        grace_over = self.first_ready is not None and (
+            time.monotonic() - self.first_ready > READY_GRACE
+        )
+        if not (self.pool.all_ready or grace_over):
+            return
+        for slot in self.pool.ready_slots():
+            while slot.in_flight < IN_FLIGHT:
+                picked = _next_unit(slot, self.queue, self.retries)
+                if picked is None:
+                    break
+                unit, attempt = picked
+                self.progress.begin()
+                ref = slot.actor.render.remote(unit, self.ctx, attempt)
+                self.running[ref] = (slot, unit, attempt)
+                slot.in_flight += 1
+
+    @property
+    def all_done(self) -> bool:
+        return not self.running and not self.retries and all(s.empty for s in self.queue)
+
+    # 2. Watch for a pool with no worker up
+    def no_worker_for_too_long(self) -> bool:
+        now = time.monotonic()
+        if self.pool.ready_slots():
+            self.last_alive = self.last_notice = now
+        elif now - self.last_alive > self.worker_wait:
+            self.outcome.stopped = (
+                f"no worker has been up for {self.worker_wait:g}s: the cluster has no room "
+                f"for a worker ({self.resources}); add nodes or ask for less "
+                "(--gpus-per-worker, --workers), or wait longer (--worker-wait)"
+            )
+            return True
+        elif now - self.last_notice > WAITING_NOTICE:
+            self.last_notice = now
+            left = self.worker_wait - (now - self.last_alive)
+            self.say(f"waiting for the cluster to place a worker ({self.resources}); "
+                     f"giving up in {left:.0f}s")  # fmt: skip
+        return False
+
+    # 3. Wait
+    def wait(self) -> list:
+        import ray
+
+        waiting = list(self.running) + self.pool.pending_refs()
+        if not waiting:
+            time.sleep(0.5)
+            return []
+        done, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
+        return done
+
+    # 4. Take in what came back
+    def take_in(self, refs: list) -> None:
+        for ref in refs:
+            if ref in self.running:
+                self.unit_returned(ref)
+            else:
+                self.worker_started(ref)
+
+    def worker_started(self, ref) -> None:
+        import ray
+
+        try:
+            self.pool.mark_ready(ref, ray.get(ref))
+        except ray.exceptions.RayError as err:
+            self.counters["worker_deaths"] += 1
+            if not self.pool.replace(ref):
+                self.outcome.stopped = f"workers keep dying ({_first_line(err)})"
+        if self.first_ready is None and self.pool.ready_slots():
+            self.first_ready = time.monotonic()
+
+    def unit_returned(self, ref) -> None:
+        import ray
+
+        slot, unit, attempt = self.running.pop(ref)
+        slot.in_flight -= 1
+        try:
+            report: UnitReport = ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            self.worker_died(slot, err)
+            _retry(unit, attempt, self.retries, self.outcome, self.counters, "its worker died")
+            return
+        except ray.exceptions.RayTaskError as err:
+            self.unit_failed(unit, err)
+            return
+        self.failures_in_a_row = 0
+        _account(slot, unit, report, self.counters)
+        self.outcome.flagged += report.flagged
+        self.outcome.images += report.images
+        self.outcome.units += 1
+        self.progress.update(report.images)
+
+    def worker_died(self, slot: Slot, err: Exception) -> None:
+        """The worker process or its node died: replace it once, however many of its
+        units in flight report the death."""
+        if not self.pool.owns(slot):
+            return
+        self.counters["worker_deaths"] += 1
+        if slot.stream:
+            slot.stream.holders.discard(slot.id)
+        if not self.pool.replace(slot):
+            self.outcome.stopped = f"workers keep dying ({_first_line(err)})"
+
+    def unit_failed(self, unit: Unit, err: Exception) -> None:
+        """A unit that failed by itself is recorded, not retried."""
+        self.outcome.failed_items += [i.item_id for i in unit.items]
+        self.outcome.errors.append(f"unit {unit.unit_id}: {_first_line(err)}")
+        self.counters["failures"] += 1
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= max(4, 2 * self.workers):
+            # Storage down or a broken model: every unit would fail alike.
+            self.outcome.stopped = f"{self.failures_in_a_row} units failed in a row"
+
+    # 5. Record
+    def summary(self) -> dict:
+        counters = dict(self.counters)
+        counters["seconds"] = round(self.outcome.seconds, 3)
+        counters["workers"] = self.workers
+        slots = self.pool.all_slots
+        counters["images_per_worker"] = [s.images for s in slots if s.images]
+        counters["worker_details"] = [s.detail() for s in slots if s.ready or s.units]
+        return counters
+
+    def say(self, text: str) -> None:
+        self.progress.clear()
+        self.echo(text)
+
+
+def _report(outcome: Outcome, echo: Callable[[str], object]) -> None:
     for error in outcome.errors[:10]:
         echo(f"failed: {error}")
     if len(outcome.errors) > 10:
@@ -389,7 +511,6 @@ def execute(
         echo(f"stopped: {outcome.stopped}")
     if outcome.interrupted:
         echo("interrupted: finished units are kept; resume renders the rest")
-    return outcome
 
 
 class Pool:
@@ -506,8 +627,9 @@ def _retry(unit: Unit, attempt: int, retries: deque, outcome: Outcome, counters:
 
 
 def _first_line(err: Exception) -> str:
+    # Printed and kept in job.json: a worker's error may quote an endpoint URL.
     cause = getattr(err, "cause", None) or err
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:300]
+    return redact((str(cause).strip().splitlines() or [type(cause).__name__])[-1])[:300]
 
 
 def _describe(resources: dict) -> str:

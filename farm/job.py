@@ -17,7 +17,8 @@ from farm import __version__
 from farm.models import model_hash, model_name
 from farm.records import compact, scan_parts
 from farm.spec import Spec, SpecError, parse_spec
-from farm.store import Store, StoreError, open_store
+from farm.store import Store, StoreError
+from farm.stores import open_store
 from farm.sweep import Plan, content_id, make_plan, unit_streams
 
 JOB_JSON = "job.json"
@@ -64,13 +65,70 @@ def job_store(spec: Spec) -> Store:
 
 
 def read_job(store: Store) -> dict:
-    """job.json of a job, or a JobError saying there is no job there."""
+    """job.json of a job, checked once here: a JobError for no job or a damaged file."""
+    # A wrong or unreachable endpoint or bucket says so at once, not after the outage
+    # ride-out, and is not mistaken for "no job here".
+    store.probe()
     if not store.exists(JOB_JSON):
         raise JobError(f"{store.url}: no job here (no {JOB_JSON}); check the job URL")
+    where = f"{store.url}/{JOB_JSON}"
     try:
-        return json.loads(store.get(JOB_JSON))
+        doc = json.loads(store.get(JOB_JSON))
     except json.JSONDecodeError as err:
-        raise JobError(f"{store.url}/{JOB_JSON}: unreadable ({err.msg})") from None
+        raise JobError(f"{where}: unreadable ({err.msg}); {DAMAGED_HINT}") from None
+    except UnicodeDecodeError:
+        raise JobError(f"{where}: not UTF-8 text; {DAMAGED_HINT}") from None
+    check_job_doc(doc, where)
+    return doc
+
+
+DAMAGED_HINT = "the file is damaged: restore it from a copy, or render the sweep as a new job"
+# What every reader of job.json relies on: field -> (type, what it holds).
+_REQUIRED = {
+    "job_id": (str, "the job's name"),
+    "fingerprint": (str, "the plan's fingerprint"),
+    "spec": (dict, "the resolved spec"),
+    "plan": (dict, "the plan's counts"),
+    "model": (dict, "the model's reference and fingerprint"),
+    "adapters": (list, "the LoRA files' hashes"),
+    "runs": (list, "the runs so far"),
+}
+
+
+def check_job_doc(doc: object, where: str) -> None:
+    """Every field status, verify, resume and rerender read, with its type."""
+    if not isinstance(doc, dict):
+        raise JobError(f"{where}: expected a JSON object, found {_kind(doc)}; {DAMAGED_HINT}")
+
+    def bad(field: str, problem: str) -> JobError:
+        return JobError(f"{where}: {field}: {problem}; {DAMAGED_HINT}")
+
+    for key, (kind, what) in _REQUIRED.items():
+        if key not in doc:
+            raise bad(key, f"missing ({what})")
+        if not isinstance(doc[key], kind):
+            raise bad(key, f"expected {_kind(kind())}, found {_kind(doc[key])}")
+    items = doc["plan"].get("items")
+    if isinstance(items, bool) or not isinstance(items, int) or items < 0:
+        raise bad("plan.items", f"expected a count, found {_kind(items)}")
+    fingerprint = doc["model"].get("fingerprint")
+    if not isinstance(fingerprint, str):
+        raise bad("model.fingerprint", f"expected a string, found {_kind(fingerprint)}")
+    for i, adapter in enumerate(doc["adapters"]):
+        if not isinstance(adapter, dict) or not all(
+            isinstance(adapter.get(k), str) for k in ("name", "sha256", "shorthash")
+        ):
+            raise bad(f"adapters[{i}]", "expected {name, sha256, shorthash}")
+    for i, run in enumerate(doc["runs"]):
+        if not isinstance(run, dict):
+            raise bad(f"runs[{i}]", f"expected an object, found {_kind(run)}")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
 def spec_from_job(doc: dict, job_url: str) -> Spec:
@@ -135,16 +193,22 @@ def run_job(
     workers: int | None = None,
     gpus_per_worker: float | None = None,
     address: str | None = None,
+    worker_wait: float | None = None,
+    max_items: int | None = None,
     echo=print,
 ) -> RunResult:
     """Plan, open the job, render the missing items on Ray, compact, record the run."""
-    from farm.executor import execute, start_ray
+    from farm.executor import WORKER_WAIT, check_layout, execute, start_ray
 
-    plan = make_plan(spec)
+    plan = make_plan(spec, max_items=max_items)
     store = job_store(spec)
     if address:
         # A cluster that can't be joined is bad input: find out before writing anything.
         start_ray(address)
+    elif workers or gpus_per_worker:
+        # So is asking this machine for workers it can never place.
+        start_ray(None)
+        check_layout(workers, gpus_per_worker)
     store.check()
     doc, done = open_job(plan, store, echo)
     result = RunResult(store.url, plan.items, len(done))
@@ -159,6 +223,7 @@ def run_job(
         outcome = execute(
             unit_streams(plan, done), ctx, total=todo, workers=workers,
             gpus_per_worker=gpus_per_worker, address=address, echo=echo,
+            worker_wait=WORKER_WAIT if worker_wait is None else worker_wait,
         )  # fmt: skip
         result.rendered = outcome.images
         result.failed_items = outcome.failed_items

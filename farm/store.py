@@ -2,6 +2,7 @@
 
 Keys are '/'-separated and relative to the store's root URL. Writes are idempotent:
 `put` replaces, `put_if_absent` creates once and reports whether this call created it.
+farm.stores.open_store picks the store for a URL.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from farm.urls import redact
+
 
 class StoreError(RuntimeError):
-    """Storage is unreachable or refuses us. str() is one line, safe to print."""
+    """Storage is unreachable or refuses us. str() is one line, safe to print: the
+    credentials an endpoint URL may carry are cut out."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class Store:
@@ -60,6 +67,9 @@ class Store:
 
     def check(self) -> None:
         """Fail early, with a StoreError, when the store cannot be written."""
+
+    def probe(self) -> object:
+        """Fail, with a StoreError, when the store cannot be read; writes nothing."""
 
 
 class LocalStore(Store):
@@ -130,17 +140,6 @@ class LocalStore(Store):
             os.unlink(tmp)
         except OSError as err:
             raise StoreError(f"{self.root}: cannot write here ({err.strerror})") from None
-
-
-def open_store(url: str) -> Store:
-    """A store for a local path or an s3:// URL."""
-    if url.startswith("s3://"):
-        from farm.s3store import S3Store
-
-        return S3Store.from_url(url)
-    if "://" in url:
-        raise StoreError(f"{url}: unsupported output URL; use a local folder or s3://bucket/prefix")
-    return LocalStore(url)
 
 
 def split_job_url(url: str) -> tuple[str, str]:
