@@ -43,7 +43,8 @@ WORKER_WAIT = 300.0
 WAITING_NOTICE = 30.0
 # Environment the workers need that is not a secret; credentials come from the nodes.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "HF_HUB_OFFLINE", "FARM_HOME", "FARM_DTYPE")  # fmt: skip
+                 "HF_HUB_OFFLINE", "FARM_HOME", "FARM_DTYPE",
+                 "FARM_S3_OUTAGE_SECONDS")  # fmt: skip
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,8 +33,9 @@ MULTIPART_BYTES = 64 * 1024 * 1024
 # within about 6 s, and its retry quota runs dry when many uploads fail at once. The
 # outage is timed per process and endpoint from the first failure, so once the store has
 # been gone this long every operation fails at once, and the executor stops the job after
-# several units failed in a row (exit 1, resumable).
-OUTAGE_SECONDS = 45.0
+# several units failed in a row (exit 1, resumable). FARM_S3_OUTAGE_SECONDS sets it (a
+# store known to come back slowly wants more; a test of the give-up path, less).
+OUTAGE_SECONDS = float(os.environ.get("FARM_S3_OUTAGE_SECONDS", "45"))
 OUTAGE_PAUSE = 1.0  # between tries while the store is gone
 _clients: dict[tuple[str | None, int], object] = {}
 _clients_lock = threading.Lock()

@@ -19,7 +19,6 @@ from s3server import free_port, start_moto
 from farm.records import read_rows, scan_parts
 from farm.s3store import S3Store
 
-EXAMPLE = str(REPO / "jobs" / "examples" / "neon-sweep.yaml")
 pytestmark = pytest.mark.slow
 
 
@@ -55,13 +54,20 @@ def rendered(proc: subprocess.CompletedProcess) -> int:
     return int(match[1]) if match else 0
 
 
+# The example's shape (48 items in 6 units) at 64², 4 steps: these tests are about the
+# store, not the example, which test_cli_run renders in full.
 @pytest.fixture(scope="module")
-def s3_job(s3, tiny_dir):
-    proc = farm("run", EXAMPLE, "--output", s3.url("e2e"), "--workers", "2")
+def sweep48(tmp_path_factory) -> str:
+    return small_spec(tmp_path_factory.mktemp("spec"), "neon-sweep", seeds=12)
+
+
+@pytest.fixture(scope="module")
+def s3_job(s3, tiny_dir, sweep48):
+    proc = farm("run", sweep48, "--output", s3.url("e2e"), "--workers", "2")
     return s3.url("e2e/neon-sweep"), proc
 
 
-def test_run_to_s3_writes_the_job_layout_and_verifies(s3, s3_job):
+def test_run_to_s3_writes_the_job_layout_and_verifies(s3, s3_job, sweep48):
     job_url, proc = s3_job
     found = keys(s3, "e2e/neon-sweep/")
     assert sum("/images/" in k for k in found) == 48
@@ -72,7 +78,7 @@ def test_run_to_s3_writes_the_job_layout_and_verifies(s3, s3_job):
     body = s3.client().get_object(Bucket=s3.bucket, Key="e2e/neon-sweep/metadata.parquet")
     table = pq.ParquetFile(io.BytesIO(body["Body"].read())).read()
     assert table.num_rows == 48 and len(set(table.column("item_id").to_pylist())) == 48
-    again = farm("run", EXAMPLE, "--output", s3.url("e2e"))
+    again = farm("run", sweep48, "--output", s3.url("e2e"))
     assert "nothing to render" in again.stdout
 
 
@@ -97,7 +103,7 @@ def _cases(s3_port_unused: int):
         ("missing-bucket", [], "s3://no-such-bucket/x", {}, "the bucket does not exist"),
         ("no-credentials", [], "s3://farm-test/x",
          {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no S3 credentials found"),
-        ("malformed", [], "s3://", {}, "malformed S3 URL"),
+        ("malformed", [], "s3://", {}, "--output: 's3://' is not an s3:// URL (write s3://bucket/key)"),
     ]  # fmt: skip
 
 
@@ -135,12 +141,12 @@ def _wait_for_parts(store: S3Store, proc: subprocess.Popen, count: int) -> None:
     raise AssertionError("no parts appeared")
 
 
-def test_sigkill_driver_then_resume_renders_only_the_rest(s3, tiny_dir, tmp_path):
+def test_sigkill_driver_then_resume_renders_only_the_rest(s3, tiny_dir, tmp_path, sweep48):
     store = S3Store.from_url(s3.url("killed/neon-sweep"))
     # Two of the six units may render; the others wait in flight: the kill is mid-job.
     hold = Hold(tmp_path / "hold", tickets=2)
     driver = subprocess.Popen(
-        [*FARM, "run", EXAMPLE, "--output", s3.url("killed"), "--workers", "2"],
+        [*FARM, "run", sweep48, "--output", s3.url("killed"), "--workers", "2"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env={**os.environ, **hold.env},
     )  # fmt: skip
@@ -165,21 +171,24 @@ def test_sigkill_driver_then_resume_renders_only_the_rest(s3, tiny_dir, tmp_path
 # Outages (half a minute, and longer) are in test_s3_outage.py.
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_part_is_named_by_verify_and_rendered_again(s3, tmp_path, tiny_dir, damage):
-    output = s3.url(f"corrupt-{damage}")
+def test_corrupt_parts_are_named_by_verify_and_rendered_again(s3, tmp_path, tiny_dir):
+    output = s3.url("corrupt")
     spec = small_spec(tmp_path, seeds=8)  # 32 items, 4 units
     farm("run", spec, "--output", output)
     job_url = f"{output}/small"
     store = S3Store.from_url(job_url)
-    part = sorted(store.list("parts/"))[0]
-    data = store.get(part)
-    store.put(part, os.urandom(200) if damage == "garbage" else data[: len(data) // 2])
+    garbage, truncated = sorted(store.list("parts/"))[:2]
+    store.put(garbage, os.urandom(200))
+    data = store.get(truncated)
+    store.put(truncated, data[: len(data) // 2])
 
     checked = farm("verify", job_url, check=False)
-    assert checked.returncode == 1 and f"{part}: corrupt part" in checked.stdout
+    assert checked.returncode == 1
+    assert f"{garbage}: corrupt part" in checked.stdout
+    assert f"{truncated}: corrupt part" in checked.stdout
 
     resumed = farm("resume", job_url)
-    assert f"removing corrupt part {part}" in resumed.stdout
-    assert rendered(resumed) == 8
+    assert f"removing corrupt part {garbage}" in resumed.stdout
+    assert f"removing corrupt part {truncated}" in resumed.stdout
+    assert rendered(resumed) == 16
     assert "ok: 32 planned items, 32 rows, 32 images" in farm("verify", job_url).stdout

@@ -133,8 +133,8 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
     try:
         nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
         cluster.wait_for_nodes()
-        spec = write_spec(tmp_path, "node-loss", seeds={"start": 0, "count": 24},
-                          render={"steps": 6, "width": 64, "height": 64})  # fmt: skip
+        # 8 units: one let through, then 2 held on each node's worker, one more queued.
+        spec = write_spec(tmp_path, "node-loss", seeds={"start": 0, "count": 8})
         job = tmp_path / "out" / "node-loss"
         driver = subprocess.Popen(
             [*FARM, "run", str(spec), "--address", cluster.address], cwd=REPO,
@@ -149,7 +149,7 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
         counters = job_doc(job)["runs"][0]["counters"]
         assert counters["worker_deaths"] >= 1
         assert counters["failures"] == 0
-        assert_verified(job, 192)
+        assert_verified(job, 64)
     finally:
         cluster.shutdown()
 
@@ -183,8 +183,7 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
 
 
 def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head, tmp_path):
-    spec = write_spec(tmp_path, "cancelled", seeds={"start": 0, "count": 40},
-                      render={"steps": 8, "width": 64, "height": 64})  # fmt: skip
+    spec = write_spec(tmp_path, "cancelled")  # 64 items, 8 units
     # One unit may render before the cancel; the rest wait at the head's hold: the cancel
     # surely lands mid-job.
     hold = Hold(ray_head.hold_folder, tickets=1)
@@ -209,9 +208,9 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
         hold.open()
     assert stopped.strip() == f"{submission}: stopped", err
     logs = job_logs(ray_head, submission)
-    assert "rendering 320 images" in logs
+    assert "rendering 64 images" in logs
     parts = list((job / "parts").glob("*.parquet"))
-    assert 0 < len(parts) < 40
+    assert 0 < len(parts) < 8
     # The driver had time to finish its units in flight and record the stopped run.
     doc = job_doc(job)
     assert doc["status"] == "interrupted", logs
@@ -222,8 +221,8 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
     assert "succeeded" in again
     already = int(re.search(r"; (\d+) already rendered", again).group(1))
     assert already >= 8 * len(parts)
-    assert job_doc(job)["runs"][-1]["rendered"] == 320 - already
-    assert_verified(job, 320)
+    assert job_doc(job)["runs"][-1]["rendered"] == 64 - already
+    assert_verified(job, 64)
 
 
 def job_logs(head, submission: str) -> str:
@@ -259,7 +258,7 @@ def test_submit_refuses_what_cannot_reach_the_cluster(ray_head, tmp_path, tiny_d
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_dir, stop):
-    spec = write_spec(tmp_path, "interrupted", seeds={"start": 0, "count": 16})
+    spec = write_spec(tmp_path, "interrupted")  # 64 items in 8 units
     job = tmp_path / "out" / "interrupted"
     # One unit may render before the signal; the rest wait at the hold: units are surely in
     # flight and the job surely unfinished when it comes.
@@ -294,11 +293,11 @@ def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_d
     doc = job_doc(job)
     assert doc["status"] == "interrupted"
     done = doc["runs"][0]["rendered"]
-    assert 0 < done < 128
+    assert 0 < done < 64
     resumed = farm("resume", str(job), "--workers", "2").stdout
     assert f"{done} already rendered" in resumed or f"{done} already" in resumed
-    assert job_doc(job)["runs"][-1]["rendered"] == 128 - done
-    assert_verified(job, 128)
+    assert job_doc(job)["runs"][-1]["rendered"] == 64 - done
+    assert_verified(job, 64)
 
 
 # ---------------------------------------------------------------- failing units
