@@ -128,12 +128,14 @@ def _closed_port() -> int:
 @pytest.mark.parametrize(
     ("address", "expected"),
     [
-        (f"127.0.0.1:{_closed_port()}", "no Ray cluster answers at"),
+        ("127.0.0.1:CLOSED", "no Ray cluster answers at"),
         ("http://127.0.0.1:8265", "that is a Jobs API address; `farm submit"),
         ("head-without-port", "expected HOST:PORT"),
     ],
 )
 def test_a_cluster_address_that_cannot_be_joined_is_bad_input(tmp_path, address, expected):
+    # The port is picked here, not at collection: every test process collects the same ids.
+    address = address.replace("CLOSED", str(_closed_port()))
     spec = write_spec(tmp_path)
     proc = subprocess.run([*FARM, "run", spec, "--address", address], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
