@@ -22,7 +22,8 @@ class Clock:
         return self.now
 
 
-def test_a_terminal_gets_one_redrawn_bar_line():
+def test_a_terminal_gets_one_redrawn_bar_line(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the bar is cut to the terminal's width
     term, lines, clock = Terminal(), [], Clock()
     progress = Progress(40, lines.append, stream=term, clock=clock)
     progress.begin()

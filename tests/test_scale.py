@@ -133,8 +133,9 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
     try:
         nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
         cluster.wait_for_nodes()
-        # 8 units: one let through, then 2 held on each node's worker, one more queued.
-        spec = write_spec(tmp_path, "node-loss", seeds={"start": 0, "count": 8})
+        # 24 units in 2 adapter sets: enough that every node's worker takes its full load
+        # of units in flight, whichever stream it keeps to.
+        spec = write_spec(tmp_path, "node-loss", seeds={"start": 0, "count": 24})
         job = tmp_path / "out" / "node-loss"
         driver = subprocess.Popen(
             [*FARM, "run", str(spec), "--address", cluster.address], cwd=REPO,
@@ -149,7 +150,7 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
         counters = job_doc(job)["runs"][0]["counters"]
         assert counters["worker_deaths"] >= 1
         assert counters["failures"] == 0
-        assert_verified(job, 64)
+        assert_verified(job, 192)
     finally:
         cluster.shutdown()
 
@@ -183,7 +184,8 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
 
 
 def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head, tmp_path):
-    spec = write_spec(tmp_path, "cancelled")  # 64 items, 8 units
+    # 16 units: more than the one let through plus the 4 workers' 8 in flight.
+    spec = write_spec(tmp_path, "cancelled", seeds={"start": 0, "count": 16})
     # One unit may render before the cancel; the rest wait at the head's hold: the cancel
     # surely lands mid-job.
     hold = Hold(ray_head.hold_folder, tickets=1)
@@ -208,9 +210,9 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
         hold.open()
     assert stopped.strip() == f"{submission}: stopped", err
     logs = job_logs(ray_head, submission)
-    assert "rendering 64 images" in logs
+    assert "rendering 128 images" in logs
     parts = list((job / "parts").glob("*.parquet"))
-    assert 0 < len(parts) < 8
+    assert 0 < len(parts) < 16
     # The driver had time to finish its units in flight and record the stopped run.
     doc = job_doc(job)
     assert doc["status"] == "interrupted", logs
@@ -221,8 +223,8 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
     assert "succeeded" in again
     already = int(re.search(r"; (\d+) already rendered", again).group(1))
     assert already >= 8 * len(parts)
-    assert job_doc(job)["runs"][-1]["rendered"] == 64 - already
-    assert_verified(job, 64)
+    assert job_doc(job)["runs"][-1]["rendered"] == 128 - already
+    assert_verified(job, 128)
 
 
 def job_logs(head, submission: str) -> str:
