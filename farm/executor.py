@@ -262,7 +262,7 @@ def check_layout(workers: int | None, gpus_per_worker: float | None) -> None:
                 "could start; leave the flag out to render on the CPUs, or run on a cluster "
                 "with GPUs (--address)"
             )
-        count = workers or max(1, int(gpus / gpus_per_worker))
+        count, _ = worker_layout(workers, gpus_per_worker)
         if count * gpus_per_worker > gpus + 1e-9:
             raise ClusterError(
                 f"--gpus-per-worker {gpus_per_worker:g}: {count} workers need "

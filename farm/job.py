@@ -69,6 +69,10 @@ def read_job(store: Store) -> dict:
     # A wrong or unreachable endpoint or bucket says so at once, not after the outage
     # ride-out, and is not mistaken for "no job here".
     store.probe()
+    return _load_job(store)
+
+
+def _load_job(store: Store) -> dict:
     if not store.exists(JOB_JSON):
         raise JobError(f"{store.url}: no job here (no {JOB_JSON}); check the job URL")
     where = f"{store.url}/{JOB_JSON}"
@@ -148,7 +152,7 @@ def open_job(plan: Plan, store: Store, echo=print) -> tuple[dict, set[str]]:
     fingerprint = plan_fingerprint(plan)
     now = _now()
     if store.exists(JOB_JSON):
-        doc = read_job(store)
+        doc = _load_job(store)  # store.check() has just probed the store
         if doc.get("fingerprint") != fingerprint:
             raise JobError(
                 f"{store.url}: job {plan.spec.job!r} exists with a different spec, model or "
