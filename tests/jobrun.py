@@ -1,0 +1,56 @@
+"""Helpers for tests that drive `farm` as a user does: run it, write a spec, wait for a
+part, read job.json, verify."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+from conftest import FARM, REPO
+
+
+def farm(*args: str, env: dict | None = None, check: bool = True,
+         timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+    proc = subprocess.run([*FARM, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"farm {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_spec(folder: Path, name: str, **over) -> Path:
+    spec = {
+        "job": name,
+        "model": "tiny",
+        "prompts": ["a red house", "a blue car"],
+        "seeds": {"start": 0, "count": 8},
+        "loras": [{"name": "neon", "path": "tiny:neon"}, {"name": "ink", "path": "tiny:ink"}],
+        "combine": [{"neon": 0.5}, {"neon": 1.0}, {"ink": 0.5}, {"ink": 1.0}],
+        "render": {"steps": 3, "width": 64, "height": 64},
+        "output": str(folder / "out"),
+    } | over
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def job_doc(job: Path) -> dict:
+    return json.loads((job / "job.json").read_text())
+
+
+def wait_for_part(job: Path, proc: subprocess.Popen | None = None, timeout: float = 240) -> None:
+    parts = job / "parts"
+    deadline = time.monotonic() + timeout
+    while not (parts.exists() and any(p.suffix == ".parquet" for p in parts.iterdir())):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the job ended first: {proc.communicate()}")
+        assert time.monotonic() < deadline, "no part appeared"
+        time.sleep(0.2)
+
+
+def assert_verified(job: Path, planned: int, env: dict | None = None) -> None:
+    out = farm("verify", str(job), env=env).stdout
+    assert f"ok: {planned} planned items, {planned} rows, {planned} images" in out

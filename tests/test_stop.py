@@ -1,0 +1,179 @@
+"""Jobs that stop part-way on real Ray: a node of a multi-node cluster lost, Ctrl-C and
+SIGTERM, and units that fail by themselves; each finishes on resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import FARM, REPO
+from jobrun import assert_verified, farm, job_doc, wait_for_part, write_spec
+from midjob import Hold
+
+from farm.demo_loras import demo_lora_path
+from farm.executor import IN_FLIGHT
+
+pytestmark = pytest.mark.slow
+
+
+# ---------------------------------------------------------------- a node lost
+
+
+def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    # One unit may render, the rest wait at the hold (the nodes' workers inherit it): the
+    # node goes while its worker surely holds units, and before the job can finish.
+    hold = Hold(tmp_path / "hold", tickets=1)
+    monkeypatch.setenv("FARM_TEST_HOLD", str(hold.folder))
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "num_gpus": 0})  # fmt: skip
+    try:
+        nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
+        cluster.wait_for_nodes()
+        # 24 units in 2 adapter sets: enough that every node's worker takes its full load
+        # of units in flight, whichever stream it keeps to.
+        spec = write_spec(tmp_path, "node-loss", seeds={"start": 0, "count": 24})
+        job = tmp_path / "out" / "node-loss"
+        driver = subprocess.Popen(
+            [*FARM, "run", str(spec), "--address", cluster.address], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for_part(job, driver)
+        hold.wait_held(3 * IN_FLIGHT, driver)  # every node's worker: units in flight
+        cluster.remove_node(nodes[1])
+        hold.open()
+        out, err = driver.communicate(timeout=600)
+        assert driver.returncode == 0, out + err
+        counters = job_doc(job)["runs"][0]["counters"]
+        assert counters["worker_deaths"] >= 1
+        assert counters["failures"] == 0
+        assert_verified(job, 192)
+    finally:
+        cluster.shutdown()
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_dir, stop):
+    spec = write_spec(tmp_path, "interrupted")  # 64 items in 8 units
+    job = tmp_path / "out" / "interrupted"
+    # One unit may render before the signal; the rest wait at the hold: units are surely in
+    # flight and the job surely unfinished when it comes.
+    hold = Hold(tmp_path / "hold", tickets=1)
+    said, complaints = tmp_path / "driver.out", tmp_path / "driver.err"
+    with said.open("w") as out_file, complaints.open("w") as err_file:
+        driver = subprocess.Popen(
+            [*FARM, "run", str(spec), "--workers", "2"], cwd=REPO, stdout=out_file,
+            stderr=err_file, text=True, start_new_session=True, env={**os.environ, **hold.env},
+        )  # fmt: skip
+    wait_for_part(job, driver)
+    # Both workers hold a full load: the unit let through was reported and replaced.
+    hold.wait_held(2 * IN_FLIGHT, driver)
+    if stop == "ctrl-c":
+        # A terminal's Ctrl-C reaches the whole foreground process group.
+        os.killpg(driver.pid, signal.SIGINT)
+    else:
+        # `docker stop` and Kubernetes signal the driver alone.
+        driver.send_signal(signal.SIGTERM)
+    # Once the driver has stopped dispatching and waits for its units in flight, let them
+    # finish.
+    deadline = time.monotonic() + 120
+    while "stopping: waiting for" not in said.read_text():
+        assert driver.poll() is None and time.monotonic() < deadline, complaints.read_text()
+        time.sleep(0.2)
+    hold.open()
+    driver.wait(timeout=300)
+    out, err = said.read_text(), complaints.read_text()
+    assert driver.returncode == 1, out + err
+    assert "stopping: waiting for" in out and "Traceback" not in out + err
+    assert "farm resume" in err
+    doc = job_doc(job)
+    assert doc["status"] == "interrupted"
+    done = doc["runs"][0]["rendered"]
+    assert 0 < done < 64
+    resumed = farm("resume", str(job), "--workers", "2").stdout
+    assert f"{done} already rendered" in resumed or f"{done} already" in resumed
+    assert job_doc(job)["runs"][-1]["rendered"] == 64 - done
+    assert_verified(job, 64)
+
+
+# ---------------------------------------------------------------- failing units
+
+
+@pytest.fixture(scope="module")
+def local_ray(tiny_dir):
+    import ray
+
+    from farm.executor import start_ray
+
+    start_ray(None, num_gpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_the_private_local_ray_refuses_clients_without_its_token(tmp_path):
+    # As `farm run` starts it: in a fresh process, before anything imported Ray.
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "from farm.executor import start_ray\n"
+        "start_ray(None)\n"
+        "import ray\n"
+        "address = ray.get_runtime_context().gcs_address\n"
+        "outsider = {k: v for k, v in os.environ.items() if not k.startswith('RAY_AUTH')}\n"
+        "probe = subprocess.run([sys.executable, '-c', f'import ray; ray.init(address="
+        "{address!r}); print(7 * 6)'], capture_output=True, text=True, env=outsider,"
+        " timeout=120)\n"
+        "print(os.environ['RAY_AUTH_MODE'], len(os.environ['RAY_AUTH_TOKEN']),"
+        " probe.returncode, '42' in probe.stdout)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    mode, length, code, joined = out.stdout.split()[-4:]
+    assert (mode, length, joined) == ("token", "64", "False") and code != "0"
+
+
+def test_worker_layout_follows_gpus_per_worker(local_ray):
+    from farm.executor import worker_layout
+
+    assert worker_layout(None, None) == (2, {"num_gpus": 1.0, "num_cpus": 1})
+    assert worker_layout(None, 0.5) == (4, {"num_gpus": 0.5, "num_cpus": 1})
+    count, resources = worker_layout(3, 0)  # 0 GPUs per worker: CPU workers
+    assert count == 3 and "num_gpus" not in resources
+
+
+def test_a_unit_failing_by_itself_is_not_retried_and_resume_renders_only_it(local_ray, tmp_path):
+    from farm.executor import execute
+    from farm.job import job_context, job_store, open_job, run_job
+    from farm.spec import load_spec
+    from farm.sweep import make_plan, unit_streams
+
+    ink = tmp_path / "ink.safetensors"
+    shutil.copy(demo_lora_path("tiny:ink"), ink)
+    spec = load_spec(write_spec(tmp_path, "failing", seeds={"start": 0, "count": 4}, loras=[
+        {"name": "neon", "path": "tiny:neon"}, {"name": "ink", "path": str(ink)}]))  # fmt: skip
+    plan = make_plan(spec)
+    store = job_store(spec)
+    open_job(plan, store)
+    good = ink.read_bytes()
+    ink.write_bytes(good[: len(good) // 2])  # broken after planning: loading it fails
+    outcome = execute(unit_streams(plan), job_context(plan, store), total=plan.items,
+                      workers=2, echo=lambda _: None)  # fmt: skip
+    ink_items = {i.item_id for s in unit_streams(plan) if s.adapters == ("ink",)
+                 for u in s.units for i in u.items}  # fmt: skip
+    assert set(outcome.failed_items) == ink_items and len(ink_items) == 16
+    assert outcome.images == 16  # the neon units rendered
+    assert outcome.counters["failures"] == 2 and outcome.counters["retries"] == 0
+    ink.write_bytes(good)
+    result = run_job(spec, workers=2, echo=lambda _: None)
+    assert result.ok and result.already_done == 16 and result.rendered == 16
+    assert_verified(tmp_path / "out" / "failing", 32)
