@@ -10,6 +10,7 @@ recorded as failed and the job goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -340,13 +341,44 @@ class Dispatcher:
         self.running: dict = {}  # ObjectRef -> (slot, unit, attempt)
         self.failures_in_a_row = 0
         self.stopping = False
+        self.stop_asked = False  # a Ctrl-C or SIGTERM came (stop_signals)
         self.first_ready: float | None = None
         self.last_alive = self.last_notice = time.monotonic()
 
     def loop(self) -> None:
         """Until every unit is back, or the run stops; the first Ctrl-C lets units finish."""
+        with self.stop_signals():
+            self._loop()
+
+    @contextlib.contextmanager
+    def stop_signals(self):
+        """The first Ctrl-C or SIGTERM asks the loop to stop; the second stops now.
+
+        The first only sets a flag the loop reads between waits. Raised as
+        KeyboardInterrupt instead, it could land inside a finalizer (a Ray ObjectRef's
+        __del__ runs on every loop) and be swallowed there, and the run would go on.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum, frame) -> None:
+            if self.stop_asked:
+                raise KeyboardInterrupt
+            self.stop_asked = True
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> None:
         while True:
             try:
+                if self.stop_asked and not self.stopping:
+                    self.begin_stopping()
                 if not self.stopping:
                     self.dispatch()
                     if self.all_done:
@@ -363,9 +395,13 @@ class Dispatcher:
             except KeyboardInterrupt:
                 if self.stopping:
                     raise
-                self.stopping = self.outcome.interrupted = True
-                self.say(f"stopping: waiting for {len(self.running)} units in flight to "
-                         "finish (Ctrl-C again to stop now)")  # fmt: skip
+                self.begin_stopping()
+
+    def begin_stopping(self) -> None:
+        """Dispatch no more; the units in flight finish and the run is recorded."""
+        self.stopping = self.outcome.interrupted = True
+        self.say(f"stopping: waiting for {len(self.running)} units in flight to "
+                 "finish (Ctrl-C again to stop now)")  # fmt: skip
 
     # 1. Dispatch
     def dispatch(self) -> None:

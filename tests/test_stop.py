@@ -177,3 +177,29 @@ def test_a_unit_failing_by_itself_is_not_retried_and_resume_renders_only_it(loca
     result = run_job(spec, workers=2, echo=lambda _: None)
     assert result.ok and result.already_done == 16 and result.rendered == 16
     assert_verified(tmp_path / "out" / "failing", 32)
+
+
+def test_a_first_stop_signal_is_kept_even_inside_a_finalizer():
+    # Ray's ObjectRef finalizers run on every loop of the executor; a KeyboardInterrupt
+    # raised inside one is printed and dropped. The first Ctrl-C or SIGTERM only sets a
+    # flag, so it cannot be lost; the second stops at once.
+    from farm.executor import Dispatcher
+
+    run = Dispatcher.__new__(Dispatcher)
+    run.stop_asked = False
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+    class Dropped:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs at the next bytecode here
+                pass
+
+    with run.stop_signals():
+        Dropped()
+        assert run.stop_asked
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
