@@ -375,27 +375,24 @@ class Dispatcher:
                 signal.signal(sig, handler)
 
     def _loop(self) -> None:
+        # A KeyboardInterrupt here is the second stop signal (stop_signals): it leaves the
+        # loop, and execute() stops now.
         while True:
-            try:
-                if self.stop_asked and not self.stopping:
-                    self.begin_stopping()
-                if not self.stopping:
-                    self.dispatch()
-                    if self.all_done:
-                        return
-                if self.stopping and not self.running:
-                    return
-                if self.no_worker_for_too_long():
-                    return
-                self.take_in(self.wait())
-                if self.outcome.stopped:
-                    return
-                busy = sum(s.in_flight > 0 for s in self.pool.slots)
-                self.progress.show(busy=busy, workers=self.workers)
-            except KeyboardInterrupt:
-                if self.stopping:
-                    raise
+            if self.stop_asked and not self.stopping:
                 self.begin_stopping()
+            if not self.stopping:
+                self.dispatch()
+                if self.all_done:
+                    return
+            if self.stopping and not self.running:
+                return
+            if self.no_worker_for_too_long():
+                return
+            self.take_in(self.wait())
+            if self.outcome.stopped:
+                return
+            busy = sum(s.in_flight > 0 for s in self.pool.slots)
+            self.progress.show(busy=busy, workers=self.workers)
 
     def begin_stopping(self) -> None:
         """Dispatch no more; the units in flight finish and the run is recorded."""
