@@ -161,6 +161,10 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
             num_gpus=num_gpus,
             logging_level="WARNING",
             log_to_driver=True,
+            # Ray would start a plain Python worker per CPU for the driver's first tasks;
+            # farm runs only its render actors, each in a worker of its own, so those sit
+            # idle and cost a few CPU-seconds of start-up on every run.
+            _system_config={"prestart_worker_first_driver": False},
         )
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)

@@ -14,6 +14,9 @@ _HOME = tempfile.mkdtemp(prefix="farm-test-home-")
 os.environ["FARM_HOME"] = _HOME
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# The clusters tests start (`ray start`, ray.cluster_utils) skip the idle Python workers Ray
+# would start per CPU, as farm's own local Ray does: on a 2-core runner they only cost time.
+os.environ["RAY_prestart_worker_first_driver"] = "0"  # noqa: SIM112 (Ray reads it in this case)
 
 REPO = Path(__file__).resolve().parents[1]
 FARM = [sys.executable, "-m", "farm"]

@@ -47,10 +47,21 @@ class Head:
         )  # fmt: skip
         self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 120) -> None:
-        request = urllib.request.Request(
-            f"{self.jobs_url}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"}
+    def _request(self, path: str) -> urllib.request.Request:
+        return urllib.request.Request(
+            f"{self.jobs_url}{path}", headers={"Authorization": f"Bearer {self.token}"}
         )
+
+    def logs(self, submission: str) -> str:
+        """A submitted job's logs straight from the Jobs API: cheap enough to poll, where
+        each `farm logs` is a Python process that imports Ray."""
+        import json
+
+        with urllib.request.urlopen(self._request(f"/api/jobs/{submission}/logs"), timeout=10) as r:
+            return json.loads(r.read())["logs"]
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        request = self._request("/api/jobs/")
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -97,13 +97,15 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
 
 
 def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head, tmp_path):
-    # 16 units: more than the one let through plus the 4 workers' 8 in flight.
+    # 16 units: more than the one let through plus the 2 workers' units in flight (2 of
+    # the head's 4 fake GPUs are enough to show the stop, at half the start-up cost).
     spec = write_spec(tmp_path, "cancelled", seeds={"start": 0, "count": 16})
     # One unit may render before the cancel; the rest wait at the head's hold: the cancel
     # surely lands mid-job.
     hold = Hold(ray_head.hold_folder, tickets=1)
     try:
-        out = farm("submit", str(spec), "--address", ray_head.jobs_url, env=ray_head.env).stdout
+        out = farm("submit", str(spec), "--address", ray_head.jobs_url, "--workers", "2",
+                   env=ray_head.env).stdout  # fmt: skip
         submission = out.split()[1]
         job = tmp_path / "out" / "cancelled"
         wait_for_part(job)
@@ -114,7 +116,7 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
         )  # fmt: skip
         # Once the driver has the stop and waits for its units in flight, let them finish.
         deadline = time.monotonic() + 120
-        while "stopping: waiting for" not in (logs := job_logs(ray_head, submission)):
+        while "stopping: waiting for" not in (logs := ray_head.logs(submission)):
             assert cancel.poll() is None and time.monotonic() < deadline, logs
             time.sleep(0.5)
         hold.open()
@@ -131,8 +133,8 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
     assert doc["status"] == "interrupted", logs
     assert doc["runs"][-1]["rendered"] == 8 * len(parts)
     # The same spec submitted again is the same job: it renders only what is missing.
-    again = farm("submit", str(spec), "--address", ray_head.jobs_url, "--wait",
-                 env=ray_head.env).stdout  # fmt: skip
+    again = farm("submit", str(spec), "--address", ray_head.jobs_url, "--wait", "--workers",
+                 "2", env=ray_head.env).stdout  # fmt: skip
     assert "succeeded" in again
     already = int(re.search(r"; (\d+) already rendered", again).group(1))
     assert already >= 8 * len(parts)
