@@ -87,9 +87,12 @@ def s3():
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head(tiny_dir):
-    """`ray start --head` on 127.0.0.1 with 4 fake GPUs, token auth and the Jobs API."""
+    """`ray start --head` on 127.0.0.1 with 4 fake GPUs, token auth and the Jobs API.
+
+    One per module that uses it: an idle head costs about 5 CPU-seconds a minute, which
+    a session-long one would take from every test that runs after its module."""
     from raycluster import Head
 
     head = Head(gpus=4, cpus=4)

@@ -144,7 +144,7 @@ def test_sigkill_driver_on_a_local_folder_then_resume_renders_only_the_rest(tmp_
     rows_before = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}
     assert set(rows_before) == done_before
 
-    resumed = farm("resume", str(job), "--workers", "2")
+    resumed = farm("resume", str(job), "--workers", "1")
     assert "16 already rendered" in resumed.stdout and "rendered 16 images" in resumed.stdout
     assert job_doc(job)["runs"][-1]["rendered"] == 16
     rows_after = read_rows(store).to_pylist()

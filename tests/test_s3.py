@@ -160,7 +160,7 @@ def test_sigkill_driver_then_resume_renders_only_the_rest(s3, tiny_dir, tmp_path
     rows_before = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}
     assert len(done_before) == 16  # the two units let through, 8 items each
 
-    resumed = farm("resume", s3.url("killed/neon-sweep"), "--workers", "2")
+    resumed = farm("resume", s3.url("killed/neon-sweep"), "--workers", "1")
     assert f"{len(done_before)} already rendered" in resumed.stdout
     assert rendered(resumed) == 48 - len(done_before)
     rows_after = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}

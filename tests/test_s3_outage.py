@@ -135,7 +135,7 @@ def test_a_longer_outage_stops_the_job_and_resume_finishes_it(s3, tmp_path, tiny
     done = doc["runs"][-1]["rendered"]
     assert done == 8  # the unit let through before the cut; none finished in the outage
 
-    resumed = farm("resume", job_url, "--workers", "2")
+    resumed = farm("resume", job_url, "--workers", "1")
     assert f"{done} already rendered" in resumed.stdout
     assert rendered(resumed) == ITEMS - done
     assert (
