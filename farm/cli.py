@@ -19,7 +19,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
-    from farm.executor import ClusterError
+    from farm.cluster import ClusterError
     from farm.job import JobError
     from farm.loras import LoraError
     from farm.spec import SpecError

@@ -202,7 +202,8 @@ def run_job(
     echo=print,
 ) -> RunResult:
     """Plan, open the job, render the missing items on Ray, compact, record the run."""
-    from farm.executor import WORKER_WAIT, check_layout, execute, start_ray
+    from farm.cluster import check_layout, start_ray
+    from farm.executor import WORKER_WAIT, execute
 
     plan = make_plan(spec, max_items=max_items)
     store = job_store(spec)

@@ -66,7 +66,7 @@ def assert_one_line_without_secret(proc: subprocess.CompletedProcess, *fragments
 LISTENERS = """
 import json, os, sys, time
 import psutil
-from farm.executor import start_ray
+from farm.cluster import start_ray
 
 start_ray(None)
 import ray

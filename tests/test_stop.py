@@ -117,7 +117,7 @@ def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_d
 def local_ray(tiny_dir):
     import ray
 
-    from farm.executor import start_ray
+    from farm.cluster import start_ray
 
     start_ray(None, num_gpus=2)
     yield
@@ -129,7 +129,7 @@ def test_the_private_local_ray_refuses_clients_without_its_token(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
         "import os, subprocess, sys\n"
-        "from farm.executor import start_ray\n"
+        "from farm.cluster import start_ray\n"
         "start_ray(None)\n"
         "import ray\n"
         "address = ray.get_runtime_context().gcs_address\n"
@@ -148,7 +148,7 @@ def test_the_private_local_ray_refuses_clients_without_its_token(tmp_path):
 
 
 def test_worker_layout_follows_gpus_per_worker(local_ray):
-    from farm.executor import worker_layout
+    from farm.cluster import worker_layout
 
     assert worker_layout(None, None) == (2, {"num_gpus": 1.0, "num_cpus": 1})
     assert worker_layout(None, 0.5) == (4, {"num_gpus": 0.5, "num_cpus": 1})
