@@ -384,7 +384,7 @@ def rerender(job_url: str, item_id: str, out: Path | None, device: str | None) -
 
 @main.group()
 def model() -> None:
-    """Models: write the embedded tiny pipeline."""
+    """Models: write the embedded tiny pipeline, or train it again from a seed."""
 
 
 @model.command("tiny")
@@ -400,6 +400,37 @@ def model_tiny(out: Path) -> None:
         click.echo(f"tiny model: {ensure_tiny(out)}")
 
 
+@model.command("train-tiny")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the pictures, the initial weights and every random draw.")  # fmt: skip
+@click.option("--smoke", is_flag=True, help="A few steps of every stage, to check the script.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Torch threads; a seed and thread count give the same bytes.")  # fmt: skip
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="STEPS",
+              help="Also keep the UNet and text encoder every STEPS steps, in "
+                   "OUT/checkpoints/; the final weights are the same.")  # fmt: skip
+def model_train_tiny(out: Path, seed: int, smoke: bool, threads: int,
+                     checkpoint_every: int) -> None:  # fmt: skip
+    """Train the tiny model and its neon and ink LoRAs from scratch into OUT.
+
+    The pictures are drawn by the script itself. OUT gets unet, vae, text_encoder, neon
+    (kohya) and ink (PEFT) as fp16 .safetensors, the files farm ships in
+    farm/weights/, and training.json with the recipe, losses and times.
+    """
+    from dataclasses import replace
+
+    if out.exists() and any(out.iterdir()):
+        click.echo(f"error: {out}: folder exists and is not empty; pick a new folder", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    from farm.training.tiny import SMOKE, Recipe, train
+
+    recipe = replace(SMOKE if smoke else Recipe(), seed=seed, threads=threads)
+    with _writing(out):
+        record = train(out, recipe, log=click.echo, checkpoint_every=checkpoint_every)
+    click.echo(f"trained in {record['seconds']} s: {out}")
+
+
 @main.group()
 def lora() -> None:
     """LoRA files: inspect them; demo LoRAs for the tiny model."""
@@ -408,7 +439,8 @@ def lora() -> None:
 @lora.command("demo")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 def lora_demo(out: Path) -> None:
-    """Write the demo LoRAs for the tiny model (both key layouts) to OUT."""
+    """Write the tiny model's demo LoRAs to OUT: neon (kohya) and ink (PEFT) as trained,
+    and their twins in the other layout (neon-peft, ink-kohya)."""
     from farm.demo_loras import DEMO_LORAS, write_demo_lora
 
     with _writing(out):

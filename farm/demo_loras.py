@@ -1,40 +1,38 @@
-"""Demo LoRAs for the tiny model, made deterministically with numpy (no torch needed).
+"""The tiny model's demo LoRAs: `neon` and `ink`, trained by farm/training/tiny.py.
 
-Each demo LoRA targets every attention projection of the tiny UNet and, optionally, of
-its text encoder. It can be written in the diffusers/PEFT key layout or in the kohya
-(`lora_unet_…`) layout; both layouts of one LoRA hold the same deltas. In a spec, a
-LoRA path `tiny:NAME` names one of them, written on first use under the farm home.
+Both act on the UNet's transformer layers and on the text encoder. They ship in two
+layouts, as real LoRAs do: `neon` in kohya layout with alpha ≠ rank, `ink` in
+diffusers/PEFT layout. Their twins, `neon-peft` and `ink-kohya`, are the same deltas in
+the other layout, converted with numpy on first use. In a spec, `tiny:NAME` names one of
+them; the files are written under the farm home, byte-for-byte the same everywhere.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from farm.home import farm_home
-from farm.tiny_identity import TEXT_CONFIG, TINY_VERSION, UNET_CONFIG
+from farm.lora_layouts import kohya_name, kohya_to_peft, peft_modules, peft_to_kohya, write_lora
+from farm.tiny_identity import TEXT_CONFIG, TINY_VERSION, UNET_CONFIG, shipped_weights
 
 
 @dataclass(frozen=True)
 class DemoLora:
-    name: str
+    name: str  # the trained LoRA it holds: neon or ink
     layout: str  # "peft" or "kohya"
-    rank: int = 4
-    strength: float = 1.0  # scales B so the effect is clearly visible at weight 1
-    text_encoder: bool = False
+    shipped: bool  # the trained file itself, or its twin in the other layout
+    rank: int
+    alpha: float
+    text_encoder: bool = True
 
 
 DEMO_LORAS = {
-    "neon": DemoLora("neon", "peft", strength=0.9),
-    "ink": DemoLora("ink", "kohya", strength=0.9, text_encoder=True),
-    "ink-peft": DemoLora("ink", "peft", strength=0.9, text_encoder=True),
-    "neon-kohya": DemoLora("neon", "kohya", strength=0.9),
+    "neon": DemoLora("neon", "kohya", shipped=True, rank=8, alpha=4.0),
+    "ink": DemoLora("ink", "peft", shipped=True, rank=4, alpha=4.0),
+    "neon-peft": DemoLora("neon", "peft", shipped=False, rank=8, alpha=4.0),
+    "ink-kohya": DemoLora("ink", "kohya", shipped=False, rank=4, alpha=4.0),
 }
 PREFIX = "tiny:"
 
@@ -53,64 +51,56 @@ def demo_lora_path(ref: str) -> Path:
 
 def write_demo_lora(demo: DemoLora, path: Path) -> Path:
     """Write one demo LoRA as .safetensors, atomically."""
-    from safetensors.numpy import save
+    from safetensors.numpy import load_file
 
-    tensors = _tensors(demo)
-    meta = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(demo.rank),
-        "ss_network_alpha": str(demo.rank),
-        "ss_output_name": demo.name,
-        "farm_demo": f"{TINY_VERSION}/{demo.name}",
-    }
-    if demo.layout == "peft":
-        meta = {"farm_demo": meta["farm_demo"]}
-    data = _stable_header(save(tensors, metadata=meta))
+    source = shipped_weights() / f"{demo.name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".lora-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    if demo.shipped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(path)
+        return path
+    tensors = load_file(str(source))
+    if demo.layout == "kohya":  # a PEFT file's twin: alpha = rank keeps B as it is
+        converted = peft_to_kohya(tensors, alpha=demo.rank)
+    else:  # a kohya file's twin: alpha/rank folded into B
+        modules = {kohya_name(m): m for m in lora_modules(text_encoder=demo.text_encoder)}
+        converted = kohya_to_peft(tensors, {k: v for k, v in modules.items()
+                                            if f"{k}.lora_down.weight" in tensors})  # fmt: skip
+    alpha = float(demo.rank) if demo.layout == "kohya" else demo.alpha
+    return write_lora(converted, path, name=f"{TINY_VERSION}/{demo.name}", rank=demo.rank,
+                      alpha=alpha, layout=demo.layout)  # fmt: skip
 
 
-def _stable_header(data: bytes) -> bytes:
-    # safetensors writes __metadata__ in hash-map order; sort it so that every farm home
-    # writes the same bytes, and so the same sha256 and item_ids.
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # tensor data stays 8-byte aligned
-    return len(raw).to_bytes(8, "little") + raw + data[8 + n :]
+def demo_modules(demo: DemoLora) -> list[str]:
+    """The dotted module paths a demo LoRA adapts, read from its shipped file."""
+    from safetensors import safe_open
+
+    with safe_open(str(shipped_weights() / f"{demo.name}.safetensors"), "np") as f:
+        keys = list(f.keys())
+    if DEMO_LORAS[demo.name].layout == "peft":
+        return peft_modules(dict.fromkeys(keys))
+    names = {k.rsplit(".", 2)[0] for k in keys if k.endswith(".lora_down.weight")}
+    return sorted(m for m in lora_modules(demo.text_encoder) if kohya_name(m) in names)
 
 
-def _tensors(demo: DemoLora) -> dict[str, np.ndarray]:
-    seed = int.from_bytes(hashlib.sha256(f"{TINY_VERSION}/{demo.name}".encode()).digest()[:8])
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    targets = [("unet", m, o, i) for m, o, i in unet_attention_modules()]
-    if demo.text_encoder:
-        targets += [("text_encoder", m, o, i) for m, o, i in text_attention_modules()]
-    for component, module, out_dim, in_dim in targets:
-        down = rng.standard_normal((demo.rank, in_dim)).astype(np.float32) / np.sqrt(in_dim)
-        up = rng.standard_normal((out_dim, demo.rank)).astype(np.float32)
-        up *= demo.strength / np.sqrt(demo.rank)
-        if demo.layout == "peft":
-            out[f"{component}.{module}.lora_A.weight"] = down
-            out[f"{component}.{module}.lora_B.weight"] = up
-        else:
-            prefix = "lora_unet_" if component == "unet" else "lora_te_"
-            key = prefix + module.replace(".", "_")
-            out[f"{key}.lora_down.weight"] = down
-            out[f"{key}.lora_up.weight"] = up
-            # alpha == rank makes kohya's alpha/rank scale exactly 1, as in the PEFT layout.
-            out[f"{key}.alpha"] = np.array(float(demo.rank), dtype=np.float32)
-    return out
+def lora_modules(text_encoder: bool = True) -> list[str]:
+    """Every module a demo LoRA may adapt: the UNet's transformer layers and, with
+    `text_encoder`, the text encoder's attention and MLP projections."""
+    modules = [f"unet.{m}" for m, _, _ in unet_attention_modules()]
+    for block, _ in _transformer_blocks():
+        tb = f"{block}.transformer_blocks.0"
+        modules += [f"unet.{block}.proj_in", f"unet.{block}.proj_out",
+                    f"unet.{tb}.ff.net.0.proj", f"unet.{tb}.ff.net.2"]  # fmt: skip
+    if text_encoder:
+        for layer in range(TEXT_CONFIG["num_hidden_layers"]):
+            base = f"text_encoder.text_model.encoder.layers.{layer}"
+            modules += [f"{base}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+            modules += [f"{base}.mlp.fc1", f"{base}.mlp.fc2"]
+    return modules
 
 
-def unet_attention_modules() -> list[tuple[str, int, int]]:
-    """(module, out_features, in_features) of every attention projection in the tiny UNet."""
+def _transformer_blocks() -> list[tuple[str, int]]:
     channels = UNET_CONFIG["block_out_channels"]
     per_block = UNET_CONFIG["layers_per_block"]
     blocks: list[tuple[str, int]] = []
@@ -122,9 +112,14 @@ def unet_attention_modules() -> list[tuple[str, int, int]]:
         if kind.startswith("CrossAttn"):
             width = list(reversed(channels))[i]
             blocks += [(f"up_blocks.{i}.attentions.{j}", width) for j in range(per_block + 1)]
+    return blocks
+
+
+def unet_attention_modules() -> list[tuple[str, int, int]]:
+    """(module, out_features, in_features) of every attention projection in the tiny UNet."""
     cross = UNET_CONFIG["cross_attention_dim"]
     modules = []
-    for block, width in blocks:
+    for block, width in _transformer_blocks():
         tb = f"{block}.transformer_blocks.0"
         for attn, kv_in in (("attn1", width), ("attn2", cross)):
             modules += [

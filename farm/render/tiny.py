@@ -1,8 +1,10 @@
-"""The embedded `tiny` model: an SD-1.5-architecture pipeline built in code from fixed seeds.
+"""The embedded `tiny` model: an SD-1.5-architecture pipeline with weights farm ships.
 
 It has the same module tree as Stable Diffusion 1.5 (CLIP text encoder, cross-attention
-UNet, KL VAE, Euler scheduler) at a size that renders in well under a second on a CPU, so
-every code path that a real model takes is exercised without downloading weights.
+UNet, KL VAE, Euler scheduler) at a size that renders a 128×128 image in about half a
+second on one CPU core. It was trained by farm/training/tiny.py to draw one coloured
+shape on a plain background (docs/tiny-model.md); the fp16 weights ship in the package
+and are written out as a plain diffusers folder in fp32.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from farm.tiny_identity import (
     VAE_CONFIG,
     WORDS,
     default_tiny_dir,
+    shipped_weights,
 )
+
+CLIP_PREFIX = "text_model."
 
 
 def ensure_tiny(path: Path | None = None) -> Path:
@@ -31,7 +36,7 @@ def ensure_tiny(path: Path | None = None) -> Path:
     # Build beside the target and rename, so concurrent builders never see half a model.
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
     try:
-        build_tiny_pipeline().save_pretrained(tmp, safe_serialization=True)
+        build_tiny_pipeline(shipped_weights()).save_pretrained(tmp, safe_serialization=True)
         try:
             os.rename(tmp, path)
         except OSError:
@@ -42,8 +47,13 @@ def ensure_tiny(path: Path | None = None) -> Path:
     return path
 
 
-def build_tiny_pipeline():
-    """Build the tiny StableDiffusionPipeline in memory from fixed seeds."""
+def build_tiny_pipeline(weights: Path | None = None, seed: int = 0):
+    """Build the tiny StableDiffusionPipeline in memory, fp32.
+
+    With `weights` (a folder of unet, vae and text_encoder .safetensors, such as
+    tiny_identity.shipped_weights()) the modules take those weights; without, they start
+    from random weights drawn from `seed`, as training does.
+    """
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -54,11 +64,11 @@ def build_tiny_pipeline():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tokenizer()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    torch.manual_seed(1)
+    torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**VAE_CONFIG)
-    torch.manual_seed(2)
+    torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer.get_vocab()),
@@ -68,6 +78,8 @@ def build_tiny_pipeline():
             **TEXT_CONFIG,
         )
     )
+    if weights is not None:
+        load_weights(weights, unet=unet, vae=vae, text_encoder=text_encoder)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -78,6 +90,34 @@ def build_tiny_pipeline():
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def load_weights(folder: Path, **modules) -> None:
+    """Load `{name}.safetensors` from `folder` into each module, as fp32; every key must
+    match (a mismatch means the weights are not this version's)."""
+    from safetensors.torch import load_file
+
+    for name, module in modules.items():
+        state = load_file(str(Path(folder) / f"{name}.safetensors"))
+        state = {_module_key(k, module): v.float() for k, v in state.items()}
+        module.load_state_dict(state, strict=True)
+
+
+def _module_key(key: str, module) -> str:
+    # The text encoder ships with SD 1.5's key names (`text_model.encoder…`); transformers
+    # 5 builds CLIPTextModel without the `text_model` level.
+    if key.startswith(CLIP_PREFIX) and not hasattr(module, "text_model"):
+        return key.removeprefix(CLIP_PREFIX)
+    return key
+
+
+def canonical_key(key: str, module) -> str:
+    """A module's state-dict key as SD 1.5's files spell it."""
+    from transformers import CLIPTextModel
+
+    if isinstance(module, CLIPTextModel) and not hasattr(module, "text_model"):
+        return CLIP_PREFIX + key
+    return key
 
 
 def build_tokenizer():

@@ -1,0 +1,1 @@
+"""Training the embedded tiny model and its demo LoRAs from pictures it draws itself."""
