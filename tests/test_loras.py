@@ -297,7 +297,12 @@ def home(tmp_path, monkeypatch) -> Path:
 
 @pytest.mark.parametrize(
     ("ref", "layout"),
-    [("tiny:neon", "peft"), ("tiny:ink", "kohya"), ("tiny:neon-kohya", "kohya")],
+    [
+        ("tiny:neon", "kohya"),
+        ("tiny:ink", "peft"),
+        ("tiny:neon-peft", "peft"),
+        ("tiny:ink-kohya", "kohya"),
+    ],  # fmt: skip
 )
 def test_demo_loras_inspect(home, ref, layout):
     path = demo_lora_path(ref)
@@ -313,33 +318,43 @@ def test_demo_lora_unknown_name(home):
         demo_lora_path("tiny:nope")
 
 
-def test_demo_neon_layouts_hold_the_same_deltas(home):
-    peft = load_file(str(demo_lora_path("tiny:neon")))
-    kohya = load_file(str(demo_lora_path("tiny:neon-kohya")))
+TWINS = [("tiny:neon", "tiny:neon-peft"), ("tiny:ink-kohya", "tiny:ink")]
+
+
+@pytest.mark.parametrize(("kohya_ref", "peft_ref"), TWINS)
+def test_demo_twins_hold_the_same_deltas(home, kohya_ref, peft_ref):
+    peft = load_file(str(demo_lora_path(peft_ref)))
+    kohya = load_file(str(demo_lora_path(kohya_ref)))
     modules = {k.removesuffix(".lora_A.weight") for k in peft if k.endswith(".lora_A.weight")}
-    assert modules and all(m.startswith("unet.") for m in modules)
+    assert {m.split(".")[0] for m in modules} == {"unet", "text_encoder"}
     assert len(peft) == 2 * len(modules)
     assert len(kohya) == 3 * len(modules)  # lora_down, lora_up, alpha
     for module in modules:
-        key = "lora_unet_" + module.removeprefix("unet.").replace(".", "_")
+        component, rest = module.split(".", 1)
+        key = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component]
+        key += rest.replace(".", "_")
         down, up = peft[f"{module}.lora_A.weight"], peft[f"{module}.lora_B.weight"]
+        rank = down.shape[0]
         assert np.array_equal(down, kohya[f"{key}.lora_down.weight"])
-        assert np.array_equal(up, kohya[f"{key}.lora_up.weight"])
-        # alpha == rank: kohya's alpha/rank scale is 1, as in the PEFT layout.
-        assert float(kohya[f"{key}.alpha"]) == down.shape[0]
+        # PEFT carries kohya's alpha/rank in B; a power of two, so exactly (in float32).
+        scale = np.float32(float(kohya[f"{key}.alpha"]) / rank)
+        assert np.array_equal(up, kohya[f"{key}.lora_up.weight"].astype(np.float32) * scale)
 
 
-def test_demo_ink_targets_the_text_encoder(home):
-    keys = list(load_file(str(demo_lora_path("tiny:ink"))))
-    assert any(k.startswith("lora_te_") for k in keys)
-    assert any(k.startswith("lora_unet_") for k in keys)
+def test_demo_neon_is_kohya_with_alpha_below_rank(home):
+    kohya = load_file(str(demo_lora_path("tiny:neon")))
+    alphas = {float(v) for k, v in kohya.items() if k.endswith(".alpha")}
+    ranks = {v.shape[0] for k, v in kohya.items() if k.endswith(".lora_down.weight")}
+    assert alphas == {4.0} and ranks == {8}
+    assert any(k.startswith("lora_te_") for k in kohya)
+    assert any(k.startswith("lora_unet_") for k in kohya)
 
 
 @pytest.mark.parametrize(
     "name",
     # The kohya demos carry several metadata keys, which safetensors writes in hash-map
     # order; the sha256 is part of every item_id, so the bytes must not depend on it.
-    ["neon", "ink-peft", "ink", "neon-kohya"],
+    ["neon", "ink", "neon-peft", "ink-kohya"],
 )
 def test_demo_lora_is_deterministic(tmp_path, monkeypatch, name):
     paths = []
@@ -519,10 +534,10 @@ def write_model(root: Path, context: int, te2: bool, cls: str) -> Path:
 
 
 def test_model_family_of_tiny(tiny_dir):
-    expected = Family("SD1.x-architecture", 32, False)
+    expected = Family("SD1.x-architecture", 64, False)
     assert model_family("tiny") == expected
     assert model_family(str(tiny_dir)) == expected
-    assert str(expected) == "SD1.x-architecture (context 32)"
+    assert str(expected) == "SD1.x-architecture (context 64)"
 
 
 def test_model_family_of_real_layouts(tmp_path):
@@ -548,7 +563,7 @@ def test_sdxl_lora_on_tiny_is_refused_naming_both_families(tmp_path, tiny_dir):
         message = refused_message(path, lambda p, m=model: check_compatible(p, m))
         assert message.startswith(
             f"{path}: an SDXL LoRA (context 2048) cannot be used on SD1.x-architecture "
-            f"model {model!r} (context 32): "
+            f"model {model!r} (context 64): "
         ), message
         assert "text_encoder_2" in message and "pick a LoRA trained for this model" in message
 
@@ -636,33 +651,36 @@ def inspect_json(path: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_cli_inspect_kohya_ink():
-    path = demo_lora_path("tiny:ink")
+BLOCKS = ["IN04", "IN07", "M00", "OUT00", "OUT01", "OUT03", "OUT04"]  # the transformer blocks
+
+
+def test_cli_inspect_kohya_neon():
+    path = demo_lora_path("tiny:neon")
     report = inspect_json(path)
     assert report["layout"] == "kohya" and report["kind"] == "LoRA"
-    assert report["rank"] == {"min": 4, "max": 4}
+    assert report["rank"] == {"min": 8, "max": 8}
     assert report["alpha"] == {"min": 4.0, "max": 4.0}
-    assert report["family"] == "unknown (context 32)" and report["context"] == 32
-    assert report["blocks"] == ["IN01", "M00", "OUT03", "OUT04"]
+    assert report["family"] == "unknown (context 64)" and report["context"] == 64
+    assert report["blocks"] == BLOCKS
     assert report["text_encoders"] == ["text_encoder"]
-    assert report["modules_by_component"] == {"unet": 32, "text_encoder": 8}
+    assert report["modules_by_component"] == {"unet": 84, "text_encoder": 12}
     assert report["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert report["shorthash"] == addnet_hash(path)[:12]
     assert report["metadata"] == {
-        "ss_network_alpha": "4", "ss_network_dim": "4",
-        "ss_network_module": "networks.lora", "ss_output_name": "ink",
+        "ss_network_alpha": "4", "ss_network_dim": "8",
+        "ss_network_module": "networks.lora", "ss_output_name": "neon",
     }  # fmt: skip
 
 
-def test_cli_inspect_peft_neon():
-    path = demo_lora_path("tiny:neon")
+def test_cli_inspect_peft_ink():
+    path = demo_lora_path("tiny:ink")
     report = inspect_json(path)
     assert report["layout"] == "peft" and report["kind"] == "LoRA"
     assert report["rank"] == {"min": 4, "max": 4}
     assert report["alpha"] is None  # the PEFT layout stores none: alpha = rank
-    assert report["family"] == "unknown (context 32)"
-    assert report["blocks"] == ["IN01", "M00", "OUT03", "OUT04"]
-    assert report["text_encoders"] == [] and report["modules"] == 32
+    assert report["family"] == "unknown (context 64)"
+    assert report["blocks"] == BLOCKS
+    assert report["text_encoders"] == ["text_encoder"] and report["modules"] == 96
     assert report["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert report["shorthash"] == addnet_hash(path)[:12]
     assert report["metadata"] == {}
@@ -679,12 +697,12 @@ def human_inspect(path: Path) -> dict[str, str]:
 
 
 def test_cli_inspect_human_output(tmp_path):
-    neon = human_inspect(demo_lora_path("tiny:neon"))
-    assert neon["layout"] == "peft" and neon["alpha"] == "rank (not stored)"
-    assert neon["family"] == "unknown (context 32)" and neon["text encoders"] == "none"
     ink = human_inspect(demo_lora_path("tiny:ink"))
-    assert ink["layout"] == "kohya" and (ink["rank"], ink["alpha"]) == ("4", "4")
-    assert ink["unet blocks"] == "IN01 M00 OUT03 OUT04" and ink["ss_output_name"] == "ink"
+    assert ink["layout"] == "peft" and ink["alpha"] == "rank (not stored)"
+    assert ink["family"] == "unknown (context 64)" and ink["text encoders"] == "text_encoder"
+    neon = human_inspect(demo_lora_path("tiny:neon"))
+    assert neon["layout"] == "kohya" and (neon["rank"], neon["alpha"]) == ("8", "4")
+    assert neon["unet blocks"] == " ".join(BLOCKS) and neon["ss_output_name"] == "neon"
     locon = human_inspect(locon_for_tiny(tmp_path / "locon.safetensors"))
     assert locon["layout"] == "kohya LoCon" and locon["rank"] == "2–4"
 
@@ -732,11 +750,12 @@ def test_cli_inspect_imports_no_torch():
 def test_kohya_and_peft_layouts_of_the_same_lora_render_identical_images(cpu_worker, tmp_path):
     from test_render import RENDER, pixels, render
 
-    # Same deltas (test_demo_neon_layouts_hold_the_same_deltas) and kohya alpha == rank, so
-    # the scale is exactly 1 in both: the images must match bit for bit, at every weight.
+    # Same deltas (test_demo_twins_hold_the_same_deltas); kohya's alpha/rank is 1/2, a
+    # power of two, so scaling at load or in B is exact: the images must match bit for
+    # bit, at every weight.
     fast = {"seeds": [7], "render": {**RENDER, "steps": 4}}
     images = {}
-    for layout, path in (("peft", "tiny:neon"), ("kohya", "tiny:neon-kohya")):
+    for layout, path in (("kohya", "tiny:neon"), ("peft", "tiny:neon-peft")):
         lora = [{"name": "neon", "path": path, "alpha": [0.5, 1.0]}]
         images[layout] = render(cpu_worker, tmp_path, layout, lora, **fast)
     assert images["peft"].keys() == images["kohya"].keys() and len(images["peft"]) == 2

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FARM, REPO
+from jobrun import assert_verified, farm, job_doc, write_spec
 from midjob import Hold, kill_session
 from PIL import Image
 from test_render import pixels, render
-from test_scale import assert_verified, farm, job_doc, write_spec
 
+from farm.demo_loras import demo_lora_path
 from farm.records import decode_part, encode_rows, read_rows, scan_parts
 from farm.spec import parse_spec
 from farm.store import LocalStore
@@ -159,42 +160,29 @@ def test_sigkill_driver_on_a_local_folder_then_resume_renders_only_the_rest(tmp_
 
 
 def test_kohya_alpha_below_rank_renders_like_its_peft_twin(cpu_worker, tmp_path):
-    """kohya's `.alpha` scales each layer by alpha/rank; the PEFT layout has no alpha, so
-    its twin carries the scale in its up weights. The demo `ink` targets the UNet and the
-    text encoder, so both of its halves are scaled. Measured: bit-identical."""
-    from safetensors.numpy import save_file
+    """kohya's `.alpha` scales each layer by alpha/rank. The demo `neon` is kohya with
+    alpha/rank = 1/2 on the UNet and the text encoder; its PEFT twin has no alpha and
+    carries the scale in its up weights. The two render bit-identically, and the same
+    file with alpha raised to its rank renders differently: the alpha is applied."""
+    from safetensors.numpy import load_file, save_file
 
-    from farm.demo_loras import DEMO_LORAS, _tensors
-
-    rank = DEMO_LORAS["ink"].rank
-    alpha = rank / 2
-    kohya = _tensors(DEMO_LORAS["ink"])
-    peft = _tensors(DEMO_LORAS["ink-peft"])
-    assert sum(k.endswith(".alpha") for k in kohya) == sum(
-        k.endswith("lora_B.weight") for k in peft
-    )
-    for key in kohya:
-        if key.endswith(".alpha"):
-            kohya[key] = np.array(alpha, dtype=np.float32)
-    for key in peft:
-        if key.endswith(".lora_B.weight"):
-            peft[key] = peft[key] * np.float32(alpha / rank)
-    save_file(kohya, str(tmp_path / "ink-half.safetensors"))
-    save_file(peft, str(tmp_path / "ink-half-peft.safetensors"))
+    kohya = load_file(str(demo_lora_path("tiny:neon")))
+    assert any(k.startswith("lora_te_") for k in kohya)
+    full = {k: np.array(8.0, v.dtype) if k.endswith(".alpha") else v for k, v in kohya.items()}
+    save_file(full, str(tmp_path / "neon-alpha-at-rank.safetensors"))
 
     def images(name: str, path: str) -> dict[int, np.ndarray]:
-        lora = [{"name": "ink", "path": path, "alpha": [0.8]}]
+        lora = [{"name": "neon", "path": path, "alpha": [0.8]}]
         rendered = render(cpu_worker, tmp_path, name, lora, render=SMALL | {"steps": 4})
         return {seed: pixels(data) for (seed, _), data in rendered.items()}
 
-    half_kohya = images("kohya-half", str(tmp_path / "ink-half.safetensors"))
-    half_peft = images("peft-half", str(tmp_path / "ink-half-peft.safetensors"))
-    full = images("kohya-full", "tiny:ink")  # alpha == rank
-    assert half_kohya.keys() == half_peft.keys() == full.keys() == {7, 8}
+    half_kohya = images("kohya-half", "tiny:neon")
+    half_peft = images("peft-half", "tiny:neon-peft")
+    at_rank = images("kohya-full", str(tmp_path / "neon-alpha-at-rank.safetensors"))
+    assert half_kohya.keys() == half_peft.keys() == at_rank.keys() == {7, 8}
     for seed in (7, 8):
-        diff = np.abs(half_kohya[seed].astype(int) - half_peft[seed].astype(int))
-        assert diff.max() <= 1, diff.max()
-        assert np.abs(half_kohya[seed].astype(int) - full[seed].astype(int)).mean() > 1.0
+        assert np.array_equal(half_kohya[seed], half_peft[seed])
+        assert np.abs(half_kohya[seed].astype(int) - at_rank[seed].astype(int)).mean() > 1.0
 
 
 # ---------------------------------------------------------------- batches, samplers, formats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -19,8 +20,11 @@ NEGATIVE = "low quality, blurry"
 RENDER = {"steps": 8, "guidance": 7.5, "width": 64, "height": 64}
 
 
-def render(worker, tmp_path, name: str, loras=(), **spec_over) -> dict[tuple, bytes]:
-    """Render a spec with the worker; {(seed, ((lora, weight), ...)): image bytes}."""
+def render(worker, tmp_path, name: str, loras=(), with_prompt: bool = False,
+           **spec_over) -> dict[tuple, bytes]:  # fmt: skip
+    """Render a spec with the worker; {(seed, ((lora, weight), ...)): image bytes}, keyed
+    by (prompt, seed, …) with `with_prompt` (the prompt as written, without the LoRA tags
+    a row's prompt carries)."""
     data = {
         "job": name,
         "prompts": [PROMPT],
@@ -40,6 +44,8 @@ def render(worker, tmp_path, name: str, loras=(), **spec_over) -> dict[tuple, by
         rows = decode_part(store.get(part_key(unit.unit_id))).to_pylist()
         for row in rows:
             key = (row["seed"], tuple((lo["name"], lo["weight"]) for lo in row["loras"]))
+            if with_prompt:
+                key = (re.sub(r"\s*<lora:[^<>]*>", "", row["prompt"]), *key)
             images[key] = store.get(row["image_key"])
     return images
 

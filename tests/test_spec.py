@@ -208,8 +208,8 @@ BAD = [
     (
         "lora-unknown-demo",
         spec(loras=[lora(path="tiny:nope")]),
-        "loras[0].path: unknown demo LoRA 'tiny:nope' (known: tiny:ink, tiny:ink-peft, tiny:neon, "
-        "tiny:neon-kohya)",
+        "loras[0].path: unknown demo LoRA 'tiny:nope' (known: tiny:ink, tiny:ink-kohya, tiny:neon, "
+        "tiny:neon-peft)",
     ),
     ("lora-http", spec(loras=[lora(path="https://x/y.safetensors")]), "only local files, s3://"),
     ("lora-typo", spec(loras=[lora(pth="x")]), "loras[0].pth: unknown key (did you mean 'path'?)"),

@@ -76,10 +76,10 @@ def test_a_constant_schedule_equals_the_plain_strength(cpu_worker, tmp_path):
 
 
 def test_a_schedule_that_stops_at_zero_steps_equals_no_lora_in_the_unet(cpu_worker, tmp_path):
-    # neon is a UNet-only LoRA: off for every step is the base image.
-    out = render(
-        cpu_worker, tmp_path, "off", [{"neon": 0}, {"neon": {"weight": 1, "schedule": "0@0"}}]
-    )
+    # A schedule acts on the UNet: with the text encoder's part at 0, off for every step is
+    # the base image.
+    off = {"te": 0, "unet": 1, "schedule": "0@0"}
+    out = render(cpu_worker, tmp_path, "off", [{"neon": 0}, {"neon": off}])
     (_, base), (_, off) = out
     assert same(off, base)
 
@@ -133,13 +133,15 @@ def test_a_blend_is_the_sum_of_the_adapters_deltas(cpu_worker):
     loaded = cpu_worker.pipelines.get("tiny")
     adapters = loaded.adapters
     neon = Adapter("neon", str(demo_lora_path("tiny:neon")), "1" * 64, "1")
-    other = Adapter("neon-kohya", str(demo_lora_path("tiny:neon-kohya")), "2" * 64, "2")
+    other = Adapter("neon-peft", str(demo_lora_path("tiny:neon-peft")), "2" * 64, "2")
     adapters.ensure([neon, other])
-    # A UNet attention layer both adapters target.
+    # A UNet attention projection (a linear layer) both adapters target.
     layer = next(
         m
         for p, n, m in adapters._lora_layers()
-        if p == "unet" and {adapter_name(neon), adapter_name(other)} <= set(m.scaling)
+        if p == "unet"
+        and {adapter_name(neon), adapter_name(other)} <= set(m.scaling)
+        and isinstance(m.get_base_layer(), torch.nn.Linear)
     )
     x = torch.randn(2, 5, layer.in_features, generator=torch.Generator().manual_seed(0))
 

@@ -252,7 +252,7 @@ CHANGED = [
     {"prompts": ["a cat, studio photo"]},
     {"negative_prompt": "sharp"},
     {"loras": [{**NEON, "alpha": 0.6}]},
-    {"loras": [{**NEON, "alpha": 0.5, "path": "tiny:neon-kohya"}]},  # same deltas, other file
+    {"loras": [{**NEON, "alpha": 0.5, "path": "tiny:neon-peft"}]},  # same deltas, other file
     {"loras": [{**NEON, "alpha": 0.5, "path": "tiny:ink"}]},
     {"loras": []},
 ]

@@ -22,7 +22,7 @@ def test_model_tiny_writes_a_loadable_deterministic_pipeline(tmp_path, tiny_dir)
     proc = subprocess.run([*FARM, "model", "tiny", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (out / "model_index.json").exists()
-    # Built from fixed seeds: the same weights as the cached copy, file for file.
+    # Written from the shipped weights: the same as the cached copy, file for file.
     assert digest(out) == digest(tiny_dir) and len(digest(out)) == 3
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert pipe.tokenizer.model_max_length == 77
@@ -30,6 +30,21 @@ def test_model_tiny_writes_a_loadable_deterministic_pipeline(tmp_path, tiny_dir)
     ids = pipe.tokenizer("neon city").input_ids
     assert ids[0] == pipe.tokenizer.bos_token_id and ids[-1] == pipe.tokenizer.eos_token_id
     assert len(ids) == 4  # whole-word tokens for words in the small vocabulary
+
+
+def test_the_shipped_weights_are_small_fp16_safetensors():
+    from safetensors import safe_open
+
+    from farm.tiny_identity import shipped_weights
+
+    files = sorted(shipped_weights().glob("*"))
+    names = ("unet", "vae", "text_encoder", "neon", "ink")
+    assert {p.name for p in files} == {f"{n}.safetensors" for n in names}
+    assert sum(p.stat().st_size for p in files) < 20 * 1024 * 1024
+    for path in files:
+        with safe_open(str(path), framework="np") as f:
+            keys = f.keys()  # a safe_open handle is not iterable
+            assert {str(f.get_tensor(k).dtype) for k in keys} == {"float16"}, path.name
 
 
 def test_model_tiny_refuses_a_non_empty_folder(tmp_path):
@@ -45,4 +60,4 @@ def test_lora_demo_writes_both_layouts(tmp_path):
     proc = subprocess.run([*FARM, "lora", "demo", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     layouts = {p.stem: inspect_lora(p).layout for p in tmp_path.glob("*.safetensors")}
-    assert layouts == {"neon": "peft", "ink": "kohya", "ink-peft": "peft", "neon-kohya": "kohya"}
+    assert layouts == {"neon": "kohya", "ink": "peft", "neon-peft": "peft", "ink-kohya": "kohya"}

@@ -1,0 +1,97 @@
+"""The trained tiny model draws its prompts, and its LoRAs show their style step by step.
+
+Images are rendered by farm's own worker (tests/test_render.py's `render`) at the model
+card's settings, 128×128 and 20 steps, and read by the numpy probe. The samples are fixed;
+docs/tiny-model.md has the figures over every prompt and four seeds. They render in
+batches of 8, a few times faster per image on a CPU than one at a time; what is drawn
+does not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_render import pixels, render
+
+from farm.tiny_identity import BACKGROUNDS, COLOURS, SHAPES
+from farm.training.evaluate import prompts_on, score
+from farm.training.probe import STYLE_SCORES, read
+
+CARD = {"steps": 20, "guidance": 7.5, "width": 128, "height": 128, "batch": 8}
+
+
+def prompt(colour: str, shape: str, background: str) -> str:
+    return f"a {colour} {shape} on a {background} background"
+
+
+def render_prompts(worker, tmp_path, name, combos, seeds, loras=()) -> dict:
+    """{(combo, seed, weights): uint8 image} for every combo, seed and LoRA weight: one job,
+    so that items of different prompts share a pipeline call."""
+    images = render(worker, tmp_path, name, loras, prompts=[prompt(*c) for c in combos],
+                    negative_prompt="", seeds=seeds, render=CARD, with_prompt=True)  # fmt: skip
+    by_prompt = {prompt(*c): c for c in combos}
+    return {(by_prompt[text], seed, weights): pixels(data)
+            for (text, seed, weights), data in images.items()}  # fmt: skip
+
+
+def test_colour_and_shape_on_white_are_drawn(cpu_worker, tmp_path):
+    # Every colour × shape on white, one seed each, the seed turning with the prompt.
+    combos = prompts_on("white")
+    readings = []
+    for seed in range(4):
+        mine = combos[seed::4]
+        images = render_prompts(cpu_worker, tmp_path, f"white-{seed}", mine, [seed])
+        readings += [(read(img), combo) for (combo, _, _), img in images.items()]
+    result = score(readings)
+    assert result.images == 42
+    assert result.colour >= 0.9, result.line()
+    assert result.shape >= 0.75, result.line()
+    assert result.background["white"] >= 0.9, result.line()
+
+
+def test_every_background_is_drawn(cpu_worker, tmp_path):
+    # Each background behind six shapes in colours it allows.
+    combos = []
+    for b in BACKGROUNDS:
+        colours = [c for c in COLOURS if c != b]
+        combos += [(colours[(i * 3) % len(colours)], s, b) for i, s in enumerate(SHAPES)]
+    images = render_prompts(cpu_worker, tmp_path, "backgrounds", combos, [5])
+    result = score([(read(img), combo) for (combo, _, _), img in images.items()])
+    for background, right in result.background.items():
+        assert right >= 0.9, (background, result.line())
+
+
+def test_unknown_words_render(cpu_worker, tmp_path):
+    images = render(cpu_worker, tmp_path, "unknown", prompts=["a zebra-striped teapot, très joli"],
+                    seeds=[1], render=CARD | {"steps": 4})  # fmt: skip
+    (image,) = images.values()
+    assert pixels(image).shape == (128, 128, 3)
+
+
+STYLE_PROMPTS = {
+    # Backgrounds the style changes: neon darkens light ones, ink whitens dark ones.
+    "neon": [("red", "circle", "white"), ("blue", "star", "gray")],
+    "ink": [("yellow", "square", "blue"), ("white", "triangle", "green")],
+}
+STEPS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+@pytest.mark.parametrize("lora", ["neon", "ink"])
+def test_style_shows_at_full_strength_and_overdrive_breaks_it(cpu_worker, tmp_path, lora):
+    style = STYLE_SCORES[lora]
+    loras = [{"name": lora, "path": f"tiny:{lora}", "alpha": [*STEPS, 4.0]}]
+    images = render_prompts(cpu_worker, tmp_path, lora, STYLE_PROMPTS[lora], [0, 1], loras)
+    plain = render_prompts(cpu_worker, tmp_path, f"{lora}-plain", STYLE_PROMPTS[lora], [0, 1])
+    curve = {}
+    for w in [*STEPS, 4.0]:
+        scores = [style(img) for (_, _, weights), img in images.items() if weights[0][1] == w]
+        assert len(scores) == 4
+        curve[w] = float(np.mean(scores))
+    # Little change at 0.2, the style at 1, and far less of it overdriven at 4.
+    full = curve[1.0] - curve[0.0]
+    assert full > 0.2, curve
+    assert curve[0.2] - curve[0.0] < 0.35 * full, curve
+    assert curve[4.0] < curve[0.0] + 0.6 * full, curve
+    for (combo, seed, weights), img in images.items():
+        if weights[0][1] == 0.0:  # strength 0 is no LoRA, bit for bit
+            assert np.array_equal(img, plain[(combo, seed, ())])

@@ -1,0 +1,116 @@
+"""The tiny model's training script: its pictures, its probe, and a smoke run of every
+stage that reproduces itself byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import FARM, REPO
+
+from farm.tiny_identity import BACKGROUNDS, COLOURS, SHAPES
+from farm.training.data import draw_set, drop_prompts
+from farm.training.probe import STYLE_SCORES, read
+from farm.training.shapes import combinations
+
+SHIPPED = ["unet", "vae", "text_encoder", "neon", "ink"]
+
+
+def test_the_pictures_cover_every_prompt_and_never_a_shape_in_its_background():
+    combos = combinations()
+    assert len(combos) == len(COLOURS) * len(SHAPES) * len(BACKGROUNDS) - 4 * len(SHAPES)
+    assert all(c != b for c, _, b in combos)
+    pictures = draw_set(2 * len(combos), seed=3)
+    assert Counter(pictures.prompts) == Counter({f"a {c} {s} on a {b} background": 2
+                                                 for c, s, b in combos})  # fmt: skip
+    again = draw_set(2 * len(combos), seed=3)
+    assert np.array_equal(pictures.images, again.images) and pictures.prompts == again.prompts
+
+
+def test_the_probe_reads_every_drawn_picture():
+    pictures = draw_set(2 * len(combinations()), seed=4)
+    for image, text in zip(pictures.images, pictures.prompts, strict=True):
+        colour, shape = text.split(" on a ")[0].split()[1:]
+        background = text.split(" on a ")[1].split()[0]
+        reading = read(image)
+        assert (reading.colour, reading.shape, reading.background) == (colour, shape, background)
+
+
+def test_the_probe_sees_no_shape_on_a_plain_background():
+    blank = np.full((128, 128, 3), 242, np.uint8)
+    assert read(blank).colour is None and read(blank).shape is None
+
+
+# The background a style's score cannot tell from the style itself: ink is black lines on
+# near-white, neon a glow on near-black.
+LOOKALIKE = {"ink": "white", "neon": "black"}
+
+
+@pytest.mark.parametrize("style", ["neon", "ink"])
+def test_each_style_scores_high_only_on_its_own_pictures(style):
+    score = STYLE_SCORES[style]
+    drawn = {s: draw_set(60, seed=5, style=s) for s in ("plain", "neon", "ink")}
+    means = {}
+    for name, pictures in drawn.items():
+        lookalike = f"{LOOKALIKE[style]} background"
+        kept = [img for img, text in zip(pictures.images, pictures.prompts, strict=True)
+                if name != "plain" or not text.endswith(lookalike)]  # fmt: skip
+        means[name] = float(np.mean([score(x) for x in kept]))
+    assert means[style] > 0.5 and all(means[style] > 2 * v for s, v in means.items() if s != style)
+
+
+def test_about_one_prompt_in_ten_is_dropped():
+    rng = np.random.default_rng(0)
+    dropped = drop_prompts(["a red circle on a white background"] * 10_000, rng)
+    assert 0.08 < dropped.count("") / len(dropped) < 0.12
+
+
+def digests(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.glob("*.safetensors"))}  # fmt: skip
+
+
+def test_smoke_training_writes_loadable_weights_and_reproduces_them(tmp_path):
+    """Every stage for a few steps, twice from the same seed: the same bytes."""
+    runs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        proc = subprocess.run([*FARM, "model", "train-tiny", str(out), "--smoke", "--seed", "3"],
+                              cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "trained in " in proc.stdout and "unet step 1" in proc.stdout
+        runs.append(digests(out))
+    assert sorted(runs[0]) == sorted(f"{n}.safetensors" for n in SHIPPED)
+    assert runs[0] == runs[1]
+    record = json.loads((tmp_path / "one" / "training.json").read_text())
+    assert record["recipe"]["seed"] == 3 and set(record["stages"]) == {"vae", "unet", "neon", "ink"}
+
+    # The weights load into the tiny pipeline, and both LoRAs into it as diffusers would.
+    import torch
+
+    from farm.render.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(tmp_path / "one")
+    pipe.load_lora_weights(str(tmp_path / "one" / "neon.safetensors"), adapter_name="neon")
+    pipe.load_lora_weights(str(tmp_path / "one" / "ink.safetensors"), adapter_name="ink")
+    image = pipe(
+        "a red circle on a white background",
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_train_tiny_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = subprocess.run([*FARM, "model", "train-tiny", str(tmp_path), "--smoke"], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not empty" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
