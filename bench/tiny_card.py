@@ -153,15 +153,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("/tmp/tiny-card"))
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--loras-only", action="store_true", help="only the LoRA strips")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.skip_timing:
+    if not (args.skip_timing or args.loras_only):
         print(render_time())
-    prompts = [f"a {c} {s} on a {b} background" for c, s, b in combinations()]
-    rows = run_job({"job": "probe", "prompts": prompts, "seeds": {"start": 0, "count": args.seeds},
-                    "render": CARD | {"batch": BATCH}}, args.out)  # fmt: skip
-    print("## Probe\n")
-    print(probe_figures(rows))
+    if not args.loras_only:
+        prompts = [f"a {c} {s} on a {b} background" for c, s, b in combinations()]
+        rows = run_job({"job": "probe", "prompts": prompts,
+                        "seeds": {"start": 0, "count": args.seeds},
+                        "render": CARD | {"batch": BATCH}}, args.out)  # fmt: skip
+        print("## Probe\n")
+        print(probe_figures(rows))
     for lora, texts in STRIP_PROMPTS.items():
         spec = {"job": f"strip-{lora}", "prompts": texts, "seeds": {"start": 0, "count": 4},
                 "loras": [{"name": lora, "path": f"tiny:{lora}", "alpha": STRIP_STRENGTHS}],

@@ -74,7 +74,8 @@ def main() -> None:
                     every=args.every)  # fmt: skip
     record["unet_s_per_step"] = round((time.monotonic() - t0) / max(1, recipe.unet_steps), 3)
 
-    combos = prompts_on("white") + [("red", "circle", b) for b in ("black", "gray", "blue", "green")]
+    others = ("black", "gray", "blue", "green")
+    combos = prompts_on("white") + [("red", "circle", b) for b in others]
     record["scores"] = {}
     for step in snapshots:
         pipe.unet.load_state_dict(load_file(str(args.out / f"unet-{step}.safetensors")))

@@ -400,6 +400,9 @@ def model_tiny(out: Path) -> None:
         click.echo(f"tiny model: {ensure_tiny(out)}")
 
 
+BASE_FILES = ("unet.safetensors", "vae.safetensors", "text_encoder.safetensors")
+
+
 @model.command("train-tiny")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -410,8 +413,11 @@ def model_tiny(out: Path) -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="STEPS",
               help="Also keep the UNet and text encoder every STEPS steps, in "
                    "OUT/checkpoints/; the final weights are the same.")  # fmt: skip
+@click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Train only the LoRAs, on the unet, vae and text_encoder in this folder "
+                   "(such as farm/weights/tiny-v3).")  # fmt: skip
 def model_train_tiny(out: Path, seed: int, smoke: bool, threads: int,
-                     checkpoint_every: int) -> None:  # fmt: skip
+                     checkpoint_every: int, base: Path | None) -> None:  # fmt: skip
     """Train the tiny model and its neon and ink LoRAs from scratch into OUT.
 
     The pictures are drawn by the script itself. OUT gets unet, vae, text_encoder, neon
@@ -423,11 +429,18 @@ def model_train_tiny(out: Path, seed: int, smoke: bool, threads: int,
     if out.exists() and any(out.iterdir()):
         click.echo(f"error: {out}: folder exists and is not empty; pick a new folder", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    if base is not None:
+        missing = [n for n in BASE_FILES if not (base / n).is_file()]
+        if missing:
+            click.echo(f"error: --base {base}: no {missing[0]}; give a folder with "
+                       f"{', '.join(BASE_FILES)}", err=True)  # fmt: skip
+            sys.exit(EXIT_BAD_INPUT)
     from farm.training.tiny import SMOKE, Recipe, train
 
     recipe = replace(SMOKE if smoke else Recipe(), seed=seed, threads=threads)
     with _writing(out):
-        record = train(out, recipe, log=click.echo, checkpoint_every=checkpoint_every)
+        record = train(out, recipe, log=click.echo, checkpoint_every=checkpoint_every,
+                       base=base)  # fmt: skip
     click.echo(f"trained in {record['seconds']} s: {out}")
 
 

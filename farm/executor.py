@@ -372,7 +372,7 @@ def _report(outcome: Outcome, echo: Callable[[str], object]) -> None:
     if len(outcome.errors) > 10:
         echo(f"… and {len(outcome.errors) - 10} more failed units")
     if outcome.flagged:
-        echo(f"flagged {len(outcome.flagged)} images (NaN, clipped or flat output):")
+        echo(f"flagged {len(outcome.flagged)} images (NaN, clipped, flat or overdriven output):")
         for item_id, cell, flags in outcome.flagged[:20]:
             echo(f"  {item_id}  {cell}: {', '.join(flags)}")
         if len(outcome.flagged) > 20:

@@ -27,6 +27,10 @@ UPLOAD_THREADS = 4
 UPLOAD_QUEUE = 16  # images encoded or uploading at once, per worker
 SATURATED = 0.5  # share of channel values clipped to 0 or 255 that flags an image
 FLAT_STD = 2.0  # pixel standard deviation (of 255) below which an image is flat
+# Standard deviation of the final latents (the UNet's space, where the VAE's scaling factor
+# gives real pictures unit variance) above which an image is overdriven. The tiny model's
+# own renders stay under 1.4; its LoRAs at 4× land between 3 and 7.
+OVERDRIVEN_STD = 2.5
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,13 @@ class RenderWorker:
         # CPU generators seeded per item: the same noise on any GPU kind, any batch size.
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
         negative = [item.negative_prompt for item in batch]
+        last: dict = {}
+
+        def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            # The latents the VAE decodes are the last step's: kept to flag overdrive.
+            last["latents"] = tensors["latents"]
+            return on_step(pipe, step, timestep, tensors) if on_step else tensors
+
         out = pipe(
             prompt=[item.text for item in batch],
             negative_prompt=negative if any(negative) else None,
@@ -205,10 +216,15 @@ class RenderWorker:
             generator=generators if len(generators) > 1 else generators[0],
             # Floats first, to flag broken images; the PIL conversion is diffusers' own.
             output_type="np",
-            **({"callback_on_step_end": on_step} if on_step else {}),
+            callback_on_step_end=on_step_end,
         )
         arrays = out.images
-        return VaeImageProcessor.numpy_to_pil(arrays), [image_flags(a) for a in arrays]
+        spread = [None] * len(arrays)
+        if "latents" in last:
+            latents = last["latents"].float()
+            spread = latents.reshape(len(latents), -1).std(dim=1).tolist()
+        flags = [image_flags(a, s) for a, s in zip(arrays, spread, strict=True)]
+        return VaeImageProcessor.numpy_to_pil(arrays), flags
 
     def _row(self, item: Item, unit: Unit, ctx: JobContext, attempt: int, seconds: float,
              batch_size: int) -> dict:  # fmt: skip
@@ -295,12 +311,14 @@ def cell_label(row: dict) -> str:
     return f"seed {row['seed']}" + (f", {loras}" if loras else "")
 
 
-def image_flags(array) -> list[str]:
-    """What looks broken in a rendered image (floats in [0, 1], H x W x C).
+def image_flags(array, latent_std: float | None = None) -> list[str]:
+    """What looks broken in a rendered image (floats in [0, 1], H x W x C), given the
+    standard deviation of the latents it was decoded from where known.
 
     nonfinite: NaN or inf came out of the pipeline (shown black); saturated: most values
-    are clipped to 0 or 1; flat: the image is nearly one color. Overdriven strengths
-    produce all three.
+    are clipped to 0 or 1; flat: the image is nearly one color; overdriven: the latents
+    spread far past the unit variance of real pictures, as when a LoRA's strength pushes
+    the UNet out of its range. Far-overdriven strengths produce the first three.
     """
     import numpy as np
 
@@ -313,6 +331,8 @@ def image_flags(array) -> list[str]:
         flags.append("saturated")
     if float(np.std(values)) * 255 < FLAT_STD:
         flags.append("flat")
+    if latent_std is not None and latent_std > OVERDRIVEN_STD:  # NaN compares false
+        flags.append("overdriven")
     return flags
 
 

@@ -21,10 +21,10 @@ RENDER = {"steps": 8, "guidance": 7.5, "width": 64, "height": 64}
 
 
 def render(worker, tmp_path, name: str, loras=(), with_prompt: bool = False,
-           **spec_over) -> dict[tuple, bytes]:  # fmt: skip
+           flags: dict | None = None, **spec_over) -> dict[tuple, bytes]:  # fmt: skip
     """Render a spec with the worker; {(seed, ((lora, weight), ...)): image bytes}, keyed
     by (prompt, seed, …) with `with_prompt` (the prompt as written, without the LoRA tags
-    a row's prompt carries)."""
+    a row's prompt carries). `flags`, if given, gets each image's row flags by the same key."""
     data = {
         "job": name,
         "prompts": [PROMPT],
@@ -47,6 +47,8 @@ def render(worker, tmp_path, name: str, loras=(), with_prompt: bool = False,
             if with_prompt:
                 key = (re.sub(r"\s*<lora:[^<>]*>", "", row["prompt"]), *key)
             images[key] = store.get(row["image_key"])
+            if flags is not None:
+                flags[key] = row["flags"]
     return images
 
 

@@ -188,6 +188,9 @@ def test_image_flags_on_known_arrays():
     assert image_flags(nan) == ["nonfinite"]
     clipped = rng.choice([0.0, 1.0], (8, 8, 3))
     assert image_flags(clipped) == ["saturated"]
+    fine = rng.uniform(0.2, 0.8, (8, 8, 3))
+    assert image_flags(fine, latent_std=1.0) == [] and image_flags(fine, float("nan")) == []
+    assert image_flags(fine, latent_std=4.0) == ["overdriven"]
 
 
 # ---------------------------------------------------------------- strength values

@@ -24,12 +24,18 @@ def prompt(colour: str, shape: str, background: str) -> str:
     return f"a {colour} {shape} on a {background} background"
 
 
-def render_prompts(worker, tmp_path, name, combos, seeds, loras=()) -> dict:
+def render_prompts(worker, tmp_path, name, combos, seeds, loras=(), flags=None) -> dict:
     """{(combo, seed, weights): uint8 image} for every combo, seed and LoRA weight: one job,
-    so that items of different prompts share a pipeline call."""
+    so that items of different prompts share a pipeline call. `flags`, if given, gets each
+    image's flags by the same key."""
+    raw_flags: dict = {}
     images = render(worker, tmp_path, name, loras, prompts=[prompt(*c) for c in combos],
-                    negative_prompt="", seeds=seeds, render=CARD, with_prompt=True)  # fmt: skip
+                    negative_prompt="", seeds=seeds, render=CARD, with_prompt=True,
+                    flags=raw_flags)  # fmt: skip
     by_prompt = {prompt(*c): c for c in combos}
+    if flags is not None:
+        flags.update({(by_prompt[text], seed, weights): f
+                      for (text, seed, weights), f in raw_flags.items()})  # fmt: skip
     return {(by_prompt[text], seed, weights): pixels(data)
             for (text, seed, weights), data in images.items()}  # fmt: skip
 
@@ -77,21 +83,40 @@ STEPS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
 @pytest.mark.parametrize("lora", ["neon", "ink"])
-def test_style_shows_at_full_strength_and_overdrive_breaks_it(cpu_worker, tmp_path, lora):
+def test_style_grows_step_by_step_and_overdrive_is_broken_and_flagged(cpu_worker, tmp_path,
+                                                                      lora):  # fmt: skip
     style = STYLE_SCORES[lora]
     loras = [{"name": lora, "path": f"tiny:{lora}", "alpha": [*STEPS, 4.0]}]
-    images = render_prompts(cpu_worker, tmp_path, lora, STYLE_PROMPTS[lora], [0, 1], loras)
+    flags: dict = {}
+    images = render_prompts(cpu_worker, tmp_path, lora, STYLE_PROMPTS[lora], [0, 1], loras,
+                            flags=flags)  # fmt: skip
     plain = render_prompts(cpu_worker, tmp_path, f"{lora}-plain", STYLE_PROMPTS[lora], [0, 1])
-    curve = {}
+    curve, moved = {}, {}
     for w in [*STEPS, 4.0]:
-        scores = [style(img) for (_, _, weights), img in images.items() if weights[0][1] == w]
-        assert len(scores) == 4
-        curve[w] = float(np.mean(scores))
+        cells = [(key, img) for key, img in images.items() if key[2][0][1] == w]
+        assert len(cells) == 4
+        curve[w] = float(np.mean([style(img) for _, img in cells]))
+        # Mean pixel distance from the same prompt and seed at strength 0.
+        moved[w] = float(np.mean([np.abs(img.astype(float) - images[(c, s, ((lora, 0.0),))])
+                                  .mean() for (c, s, _), img in cells]))  # fmt: skip
     # Little change at 0.2, the style at 1, and far less of it overdriven at 4.
     full = curve[1.0] - curve[0.0]
     assert full > 0.2, curve
     assert curve[0.2] - curve[0.0] < 0.35 * full, curve
     assert curve[4.0] < curve[0.0] + 0.6 * full, curve
+    # Step by step, not a switch: every step of 0.2 moves the image further from strength 0,
+    # 0.2 only a little, and no single step makes most of the change.
+    distances = [moved[w] for w in STEPS]
+    steps = list(zip(distances, distances[1:], strict=False))
+    assert all(a < b for a, b in steps), moved
+    assert moved[0.2] < 0.25 * moved[1.0], moved
+    assert max(b - a for a, b in steps) < 0.6 * moved[1.0], moved
+    # Overdriven at 4, every image is flagged; from 0 to 1, none is.
+    for (_, _, weights), image_flags in flags.items():
+        if weights[0][1] == 4.0:
+            assert "overdriven" in image_flags, (weights, image_flags)
+        else:
+            assert image_flags == [], (weights, image_flags)
     for (combo, seed, weights), img in images.items():
         if weights[0][1] == 0.0:  # strength 0 is no LoRA, bit for bit
             assert np.array_equal(img, plain[(combo, seed, ())])

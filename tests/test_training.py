@@ -75,19 +75,23 @@ def digests(folder) -> dict[str, str]:
 
 
 def test_smoke_training_writes_loadable_weights_and_reproduces_them(tmp_path):
-    """Every stage for a few steps, twice from the same seed: the same bytes."""
+    """Every stage for a few steps; then the LoRA stage alone on the first run's base
+    weights, from the same seed: the same LoRA bytes (the stage seeds itself)."""
+    one, two = tmp_path / "one", tmp_path / "two"
     runs = []
-    for name in ("one", "two"):
-        out = tmp_path / name
-        proc = subprocess.run([*FARM, "model", "train-tiny", str(out), "--smoke", "--seed", "3"],
-                              cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    for out, more in ((one, []), (two, ["--base", str(one)])):
+        args = ["model", "train-tiny", str(out), "--smoke", "--seed", "3", *more]
+        proc = subprocess.run([*FARM, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=900)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "trained in " in proc.stdout and "unet step 1" in proc.stdout
+        assert "trained in " in proc.stdout and "lora step 1" in proc.stdout
         runs.append(digests(out))
     assert sorted(runs[0]) == sorted(f"{n}.safetensors" for n in SHIPPED)
     assert runs[0] == runs[1]
-    record = json.loads((tmp_path / "one" / "training.json").read_text())
+    record = json.loads((one / "training.json").read_text())
     assert record["recipe"]["seed"] == 3 and set(record["stages"]) == {"vae", "unet", "neon", "ink"}
+    alone = json.loads((two / "training.json").read_text())
+    assert set(alone["stages"]) == {"neon", "ink"} and alone["base"] == str(one)
 
     # The weights load into the tiny pipeline, and both LoRAs into it as diffusers would.
     import torch
@@ -106,6 +110,17 @@ def test_smoke_training_writes_loadable_weights_and_reproduces_them(tmp_path):
         output_type="np",
     ).images
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_train_tiny_refuses_a_base_without_the_model(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "unet.safetensors").write_bytes(b"")
+    proc = subprocess.run([*FARM, "model", "train-tiny", str(tmp_path / "out"), "--smoke",
+                           "--base", str(tmp_path / "base")], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--base" in proc.stderr and "vae.safetensors" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_train_tiny_refuses_a_non_empty_folder(tmp_path):

@@ -10,7 +10,11 @@ Four stages, each on the CPU, all in fp32 and shipped in fp16:
 2. the UNet with the text encoder, jointly: ε-prediction on SD 1.5's DDPM schedule,
    min-SNR weighting, one prompt in ten dropped for guidance, an EMA of the weights;
 3. `neon` and `ink`: peft LoRAs on the UNet's transformer layers and the text encoder,
-   trained on the same scenes drawn in each style, with the same prompts.
+   trained on the same scenes drawn in each style, with the same prompts. Each step draws
+   a strength s in [0, 1], runs the LoRA at s and aims at the picture s of the way from
+   plain to styled (their latents mixed), so the style grows with the strength instead of
+   switching on; a quarter of the steps train s = 1, the full style. The LoRA stage seeds
+   itself, so it can also run alone on trained base weights (`--base`).
 
 Runs are deterministic for a given seed, torch version and thread count: torch's
 deterministic algorithms are on, and the data is drawn from the seed.
@@ -59,9 +63,10 @@ class Recipe:
     text_lr: float = 5e-4
     ema: float = 0.999
     lora_images: int = 2048
-    lora_steps: int = 500
+    lora_steps: int = 600
     lora_batch: int = 32
     lora_lr: float = 2e-3
+    lora_full_share: float = 0.25  # LoRA steps at strength 1; the rest draw s in [0, 1]
     # neon: kohya layout with alpha ≠ rank (alpha/rank = 1/2, a power of two, so its
     # PEFT twin holds exactly the same deltas); ink: PEFT layout.
     loras: tuple[tuple[str, LoraRecipe], ...] = (
@@ -78,13 +83,20 @@ SMOKE = Recipe(images=24, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=8,
 Log = Callable[[str], None]
 
 
-def train(out: Path, recipe: Recipe = Recipe(), log: Log = print, checkpoint_every: int = 0) -> dict:
+def train(out: Path, recipe: Recipe = Recipe(), log: Log = print, checkpoint_every: int = 0,
+          base: Path | None = None) -> dict:  # fmt: skip
     """Train everything and write the shipped files to `out`; returns the training record.
 
     With `checkpoint_every`, the UNet's and text encoder's EMA weights are also written to
     out/checkpoints/step-N/ every that many steps, to see how drawing improves; they take
     no random draws, so the final weights are the same with or without them.
+
+    With `base` (a folder of unet, vae and text_encoder .safetensors, such as the shipped
+    weights), the first two stages are skipped: the LoRAs are trained on those weights,
+    which are copied to `out` unchanged.
     """
+    import shutil
+
     import torch
 
     from farm.render.tiny import build_tiny_pipeline
@@ -96,34 +108,47 @@ def train(out: Path, recipe: Recipe = Recipe(), log: Log = print, checkpoint_eve
     record: dict = {"recipe": asdict(recipe), "torch": torch.__version__, "stages": {}}
     started = time.monotonic()
 
-    pipe = build_tiny_pipeline(seed=recipe.seed)
-    plain = draw_set(recipe.images, recipe.seed)
+    pipe = build_tiny_pipeline(base, seed=recipe.seed)
     styled = {name: draw_set(recipe.lora_images, recipe.seed + 1, style=name)
               for name, _ in recipe.loras}  # fmt: skip
+    if base is None:
+        plain = draw_set(recipe.images, recipe.seed)
+        with _stage(record, "vae", log):
+            vae_images = np.concatenate([plain.images, *(s.images for s in styled.values())])
+            record["stages"]["vae"] |= train_vae(pipe.vae, vae_images, recipe, log)
+            fold_latent_scale(pipe.vae, vae_images[:: max(1, len(vae_images) // 512)])
+            _round_fp16(pipe.vae)
+        save_model(pipe, out, recipe, names=("vae",))
+        with _stage(record, "unet", log):
+            latents = encode(pipe.vae, plain.images)
+            snapshot = None
+            if checkpoint_every:
 
-    with _stage(record, "vae", log):
-        vae_images = np.concatenate([plain.images, *(s.images for s in styled.values())])
-        record["stages"]["vae"] |= train_vae(pipe.vae, vae_images, recipe, log)
-        fold_latent_scale(pipe.vae, vae_images[:: max(1, len(vae_images) // 512)])
-        _round_fp16(pipe.vae)
-    save_model(pipe, out, recipe, names=("vae",))
-    with _stage(record, "unet", log):
-        latents = encode(pipe.vae, plain.images)
-        snapshot = None
-        if checkpoint_every:
-            def snapshot(step, unet, text):
-                folder = out / "checkpoints" / f"step-{step}"
-                folder.mkdir(parents=True, exist_ok=True)
-                save_modules({"unet": unet, "text_encoder": text}, folder, recipe)
+                def snapshot(step, unet, text):
+                    folder = out / "checkpoints" / f"step-{step}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_modules({"unet": unet, "text_encoder": text}, folder, recipe)
 
-        record["stages"]["unet"] |= train_unet(pipe, latents, plain.prompts, recipe, log,
-                                               snapshot=snapshot, every=checkpoint_every)  # fmt: skip
-        _round_fp16(pipe.unet, pipe.text_encoder)
-    save_model(pipe, out, recipe)
+            losses = train_unet(pipe, latents, plain.prompts, recipe, log, snapshot=snapshot,
+                                every=checkpoint_every)  # fmt: skip
+            record["stages"]["unet"] |= losses
+            _round_fp16(pipe.unet, pipe.text_encoder)
+        save_model(pipe, out, recipe)
+    else:
+        record["base"] = str(base)
+        # As the stages above leave them: a module's mode picks its kernels, and so its bits.
+        for module in (pipe.vae, pipe.unet, pipe.text_encoder):
+            module.eval()
+        for name in ("unet", "vae", "text_encoder"):
+            shutil.copyfile(base / f"{name}.safetensors", out / f"{name}.safetensors")
+    # The same scenes as the styled sets, drawn plain: what strength 0 aims at.
+    plain_scenes = draw_set(recipe.lora_images, recipe.seed + 1)
+    plain_latents = encode(pipe.vae, plain_scenes.images)
     for name, lora in recipe.loras:
         with _stage(record, name, log):
             latents = encode(pipe.vae, styled[name].images)
-            tensors, losses = train_lora(pipe, latents, styled[name].prompts, lora, recipe, log)
+            tensors, losses = train_lora(pipe, plain_latents, latents, styled[name].prompts,
+                                         lora, recipe, log)  # fmt: skip
             record["stages"][name] |= losses
             save_lora(tensors, lora, out / f"{name}.safetensors", name)
     record["seconds"] = round(time.monotonic() - started, 1)
@@ -206,7 +231,7 @@ def train_vae(vae, images: np.ndarray, recipe: Recipe, log: Log) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 100 == 0 or step == recipe.vae_steps - 1:
             log(f"vae step {step}: loss {np.mean(losses[-100:]):.4f}")
     vae.eval()
@@ -306,7 +331,7 @@ def train_unet(pipe, latents, prompts: list[str], recipe: Recipe, log: Log,
             for shadow, model in zip(ema, (unet, text), strict=True):
                 for s, p in zip(shadow.parameters(), model.parameters(), strict=True):
                     s.lerp_(p, 1 - decay)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 100 == 0 or step == recipe.unet_steps - 1:
             log(f"unet step {step}: loss {np.mean(losses[-100:]):.4f}")
         if snapshot is not None and every and (step + 1) % every == 0:
@@ -323,13 +348,21 @@ def train_unet(pipe, latents, prompts: list[str], recipe: Recipe, log: Log,
 # ---------------------------------------------------------------- LoRAs
 
 
-def train_lora(pipe, latents, prompts: list[str], lora: LoraRecipe, recipe: Recipe,
+def train_lora(pipe, plain, styled, prompts: list[str], lora: LoraRecipe, recipe: Recipe,
                log: Log) -> tuple[dict, dict]:  # fmt: skip
     """Train one LoRA on the UNet and text encoder; returns its PEFT-layout tensors
-    (`unet.…lora_A.weight`) and its losses. The base model is left as it was."""
+    (`unet.…lora_A.weight`) and its losses. The base model is left as it was.
+
+    `plain` and `styled` are the latents of the same scenes drawn both ways. Each step runs
+    the LoRA at a strength s and aims at the latents s of the way from plain to styled.
+    """
     import torch
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
 
+    # Seeded here, not by the stages before: the LoRAs come out the same whether they are
+    # trained after the base or alone on its saved weights.
+    torch.manual_seed(recipe.seed + 32 + lora.rank)
     rng = np.random.default_rng(recipe.seed + 30 + lora.rank)
     generator = torch.Generator().manual_seed(recipe.seed + 31 + lora.rank)
     unet, text = pipe.unet, pipe.text_encoder
@@ -340,6 +373,7 @@ def train_lora(pipe, latents, prompts: list[str], lora: LoraRecipe, recipe: Reci
         config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=targets,
                             init_lora_weights="gaussian")  # fmt: skip
         inject_adapter_in_model(config, model, adapter_name=name)
+    layers = [m for model in (unet, text) for m in model.modules() if isinstance(m, LoraLayer)]
     params = [p for m in (unet, text) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": params, "peak": recipe.lora_lr}], weight_decay=0)
     losses = []
@@ -347,14 +381,18 @@ def train_lora(pipe, latents, prompts: list[str], lora: LoraRecipe, recipe: Reci
     text.train()
     for step in range(recipe.lora_steps):
         _set_lr(optimizer, step, recipe.lora_steps)
-        idx = rng.integers(0, len(latents), recipe.lora_batch)
+        strength = 1.0 if rng.random() < recipe.lora_full_share else float(rng.random())
+        for layer in layers:
+            layer.set_scale(name, strength)
+        idx = rng.integers(0, len(styled), recipe.lora_batch)
+        target = torch.lerp(plain[idx], styled[idx], strength)
         batch = drop_prompts([prompts[i] for i in idx], rng)
-        loss = _diffusion_step(pipe, latents[idx], batch, generator)
+        loss = _diffusion_step(pipe, target, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 100 == 0 or step == recipe.lora_steps - 1:
             log(f"lora step {step}: loss {np.mean(losses[-100:]):.4f}")
     unet.eval()
