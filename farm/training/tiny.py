@@ -188,6 +188,22 @@ def _set_lr(optimizer, step: int, steps: int) -> None:
         group["lr"] = _lr_at(step, steps, group["peak"])
 
 
+def _update(optimizer, loss, params: list, losses: list[float]) -> None:
+    """One optimizer step on `loss`, gradients clipped to norm 1; the loss is recorded."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    losses.append(loss.item())
+
+
+def _log_every_100(log: Log, stage: str, step: int, steps: int, losses: list[float]) -> None:
+    if step % 100 == 0 or step == steps - 1:
+        log(f"{stage} step {step}: loss {np.mean(losses[-100:]):.4f}")
+
+
 def _to_tensor(images: np.ndarray):
     import torch
 
@@ -227,13 +243,8 @@ def train_vae(vae, images: np.ndarray, recipe: Recipe, log: Log) -> dict:
             + 1e-6 * posterior.kl().mean()
             + 0.1 * F.mse_loss(posterior.mean[:, :3], cells)
         )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == recipe.vae_steps - 1:
-            log(f"vae step {step}: loss {np.mean(losses[-100:]):.4f}")
+        _update(optimizer, loss, params, losses)
+        _log_every_100(log, "vae", step, recipe.vae_steps, losses)
     vae.eval()
     return {"final_loss": round(float(np.mean(losses[-50:])), 5)}
 
@@ -322,18 +333,13 @@ def train_unet(pipe, latents, prompts: list[str], recipe: Recipe, log: Log,
         idx = rng.integers(0, len(latents), recipe.unet_batch)
         batch = drop_prompts([prompts[i] for i in idx], rng)
         loss = _diffusion_step(pipe, latents[idx], batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text.parameters()], 1.0)
-        optimizer.step()
+        _update(optimizer, loss, [*unet.parameters(), *text.parameters()], losses)
         decay = min(recipe.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for shadow, model in zip(ema, (unet, text), strict=True):
                 for s, p in zip(shadow.parameters(), model.parameters(), strict=True):
                     s.lerp_(p, 1 - decay)
-        losses.append(loss.item())
-        if step % 100 == 0 or step == recipe.unet_steps - 1:
-            log(f"unet step {step}: loss {np.mean(losses[-100:]):.4f}")
+        _log_every_100(log, "unet", step, recipe.unet_steps, losses)
         if snapshot is not None and every and (step + 1) % every == 0:
             snapshot(step + 1, *ema)
     with torch.no_grad():
@@ -388,13 +394,8 @@ def train_lora(pipe, plain, styled, prompts: list[str], lora: LoraRecipe, recipe
         target = torch.lerp(plain[idx], styled[idx], strength)
         batch = drop_prompts([prompts[i] for i in idx], rng)
         loss = _diffusion_step(pipe, target, batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == recipe.lora_steps - 1:
-            log(f"lora step {step}: loss {np.mean(losses[-100:]):.4f}")
+        _update(optimizer, loss, params, losses)
+        _log_every_100(log, "lora", step, recipe.lora_steps, losses)
     unet.eval()
     text.eval()
     tensors = {}
