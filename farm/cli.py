@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from farm import __version__
-
-# Exit codes: 0 ok, 1 the job failed (resumable), 2 bad input.
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+from farm.cli_options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    dtype_option,
+    max_items_option,
+    s3_endpoint_option,
+    worker_wait_option,
+)
+from farm.cli_report import report as report_command
+from farm.cli_report import report_options, write_report
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
     from farm.cluster import ClusterError
     from farm.job import JobError
     from farm.loras import LoraError
+    from farm.report.build import ReportError
     from farm.spec import SpecError
     from farm.store import StoreError
     from farm.submit import SubmitError
 
-    return (SpecError, JobError, LoraError, StoreError, SubmitError, ClusterError)
+    return (SpecError, JobError, LoraError, StoreError, SubmitError, ClusterError, ReportError)
 
 
 class FarmGroup(click.Group):
@@ -74,58 +80,6 @@ def main() -> None:
     """farm renders LoRA strength sweeps on a Ray cluster, exactly once, resumably."""
 
 
-def dtype_option(command):
-    """--dtype: the GPU workers' precision; workers (local or on a cluster) inherit it."""
-
-    def apply(ctx: click.Context, _param, value: str | None) -> None:
-        if value:
-            os.environ["FARM_DTYPE"] = value
-
-    return click.option(
-        "--dtype",
-        type=click.Choice(["float16", "bfloat16"]),
-        expose_value=False,
-        callback=apply,
-        help="GPU precision (default float16; CPU workers use float32).",
-    )(command)
-
-
-def s3_endpoint_option(command):
-    """--s3-endpoint: an S3-compatible endpoint; local Ray workers inherit it."""
-
-    def apply(ctx: click.Context, _param, value: str | None) -> None:
-        if value:
-            os.environ["AWS_ENDPOINT_URL_S3"] = value
-
-    return click.option(
-        "--s3-endpoint",
-        metavar="URL",
-        expose_value=False,
-        callback=apply,
-        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or the profile's).",
-    )(command)
-
-
-def worker_wait_option(command):
-    return click.option(
-        "--worker-wait",
-        type=click.FloatRange(min=1),
-        metavar="SECONDS",
-        help="Stop (resumably) when no worker has been up this long; default 300.",
-    )(command)
-
-
-def max_items_option(command):
-    from farm.limits import MAX_ITEMS
-
-    return click.option(
-        "--max-items",
-        type=click.IntRange(min=1),
-        metavar="N",
-        help=f"Refuse jobs of more than N items (default {MAX_ITEMS:,}).",
-    )(command)
-
-
 def _load(spec_path: str, output: str | None):
     from farm.spec import load_spec, with_output
 
@@ -144,12 +98,16 @@ def _load(spec_path: str, output: str | None):
 @max_items_option
 @dtype_option
 @s3_endpoint_option
+@click.option("--report", "with_report", is_flag=True, help="Then write the job's report.")
+@report_options
 def run(spec_path: str, output: str | None, address: str | None, workers: int | None,
         gpus_per_worker: float | None, worker_wait: float | None,
-        max_items: int | None) -> None:  # fmt: skip
+        max_items: int | None, with_report: bool, max_pixels: int,
+        cell_px: int) -> None:  # fmt: skip
     """Plan SPEC, then render every item not yet rendered."""
     spec = _load(spec_path, output)
-    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+    sheets = {"max_pixels": max_pixels, "cell_px": cell_px} if with_report else None
+    _run(spec, sheets, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
          worker_wait=worker_wait, max_items=max_items)  # fmt: skip
 
 
@@ -161,8 +119,11 @@ def run(spec_path: str, output: str | None, address: str | None, workers: int | 
 @worker_wait_option
 @dtype_option
 @s3_endpoint_option
+@click.option("--report", "with_report", is_flag=True, help="Then write the job's report.")
+@report_options
 def resume(job_url: str, address: str | None, workers: int | None,
-           gpus_per_worker: float | None, worker_wait: float | None) -> None:  # fmt: skip
+           gpus_per_worker: float | None, worker_wait: float | None, with_report: bool,
+           max_pixels: int, cell_px: int) -> None:  # fmt: skip
     """Finish the job at JOB_URL from its stored job.json."""
     import dataclasses
 
@@ -174,11 +135,12 @@ def resume(job_url: str, address: str | None, workers: int | None,
     doc = read_job(open_store(job_url))
     spec = dataclasses.replace(spec_from_job(doc, job_url), output=output)
     # The job was accepted when it started: its size needs no second permission.
-    _run(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+    sheets = {"max_pixels": max_pixels, "cell_px": cell_px} if with_report else None
+    _run(spec, sheets, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
          worker_wait=worker_wait, max_items=doc["plan"]["items"])  # fmt: skip
 
 
-def _run(spec, **options) -> None:
+def _run(spec, report_to: dict | None, **options) -> None:
     import signal
 
     from farm.job import run_job
@@ -193,6 +155,9 @@ def _run(spec, **options) -> None:
         click.echo(f"rendered {result.rendered} images in {result.seconds:.1f}s ({rate:.2f} img/s)")
     click.echo(f"images:   {url}/images/")
     click.echo(f"metadata: {url}/metadata.parquet")
+    if report_to is not None:
+        # A report of an unfinished job is still useful: it shows what exists and what not.
+        write_report(url, **report_to)
     if not result.ok:
         missing = result.planned - result.already_done - result.rendered
         why = result.stopped or ("interrupted" if result.interrupted else "some units failed")
@@ -499,3 +464,6 @@ def lora_inspect(path: str, as_json: bool) -> None:
     width = max(len(key) for key, _ in rows) + 1
     for key, value in rows:
         click.echo(f"{key + ':':<{width}} {value}")
+
+
+main.add_command(report_command)

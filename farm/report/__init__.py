@@ -1,0 +1,1 @@
+"""`farm report`: contact sheets, strength animations, response analysis and a gallery."""

@@ -1,0 +1,167 @@
+"""Response analysis: how far each strength moves a series' image, and where a LoRA turns
+on, is half-way, and breaks. The definitions are in docs/report.md; keep the two in step."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# LoRA Block Weight's "Effective Block Analyzer" counts a pixel as changed when a channel
+# moves by more than 20 of 255; the same threshold keeps figures comparable with it.
+CHANGED_AT = 20
+# SSIM on a grayscale copy at most this many pixels on its long side: structure is what is
+# compared, and a 1024² image then costs what a 256² one does.
+SSIM_SIDE = 256
+ONSET_SHARE = 0.10  # onset: the distance from 0 reaches this share of full strength's ...
+ONSET_CHANGED = 0.01  # ... and at least this share of pixels changed
+FLAGGED_BREAK = 0.25  # break: at least this share of a strength's images flagged
+JUMP_BREAK = 2.0  # break: a neighbour step this many times the median step up to full
+COLLAPSE_BREAK = 0.75  # break: past full strength, this far from full strength's structure
+MONOTONE_TOLERANCE = 0.02  # a dip in distance from 0 smaller than this is noise
+
+
+def gray_small(rgb: np.ndarray) -> np.ndarray:
+    """A float grayscale copy, at most SSIM_SIDE on its long side."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    img = Image.fromarray(rgb).convert("L")
+    if max(h, w) > SSIM_SIDE:
+        scale = SSIM_SIDE / max(h, w)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float64)
+
+
+def distances(a: np.ndarray, b: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> dict:
+    """Pixel, structural and changed-pixel distance of two RGB uint8 images (and their
+    gray_small copies). Each is 0 for equal images and at most 1."""
+    from skimage.metrics import structural_similarity
+
+    if a.shape != b.shape:
+        return {"pixel": math.nan, "structure": math.nan, "changed": math.nan}
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    side = min(ga.shape)
+    if side >= 7:
+        win = 7
+        similarity = structural_similarity(ga, gb, data_range=255.0, win_size=win)
+        structure = float(np.clip(1.0 - similarity, 0.0, 1.0))
+    else:  # too small for a 7-pixel window: fall back to the pixel measure
+        structure = float(diff.mean() / 255.0)
+    return {
+        "pixel": float(diff.mean() / 255.0),
+        "structure": structure,
+        "changed": float((diff.max(axis=2) > CHANGED_AT).mean()),
+    }
+
+
+@dataclass
+class Point:
+    """One strength of a LoRA, averaged over its series."""
+
+    strength: float
+    series: int
+    pixel: float  # mean distance from the series' strength-0 image
+    structure: float
+    changed: float
+    step_pixel: float  # mean distance from the next lower strength's image
+    from_full: float  # mean structural distance from the strength-1 image (nan: none)
+    flagged: float  # share of images with a flag
+
+
+@dataclass
+class Summary:
+    lora: str
+    curve: str  # the LoRA, with its blocks or schedule and any LoRA it is blended with
+    points: list[Point]
+    full: float | None  # the strength taken as full: 1, or the largest swept at or below 1
+    onset: float | None
+    knee: float | None
+    break_at: float | None
+    break_reason: str = ""
+    recommended: tuple[float, float] | None = None
+    monotone: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def summarize(lora: str, rows: list[dict], curve: str | None = None) -> Summary:
+    """A response curve and its landmarks from its series' rows (farm.report.measure)."""
+    by_strength: dict[float, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_strength[row["strength"]].append(row)
+    points = [_point(s, by_strength[s]) for s in sorted(by_strength)]
+    summary = Summary(lora, curve or lora, points, None, None, None, None)
+    if len(points) < 2:
+        summary.notes.append("fewer than two strengths: no curve")
+        return summary
+    strengths = [p.strength for p in points]
+    at_or_below = [s for s in strengths if 0 < s <= 1]
+    summary.full = 1.0 if 1.0 in strengths else (max(at_or_below) if at_or_below
+                                                  else max(strengths))  # fmt: skip
+    full = next(p for p in points if p.strength == summary.full)
+    size = full.pixel
+    if not size > 0:
+        summary.notes.append(f"no change up to strength {summary.full:g}: the LoRA has no "
+                             "visible effect here")  # fmt: skip
+    else:
+        summary.onset = next((p.strength for p in points if p.strength > points[0].strength
+                              and p.pixel >= ONSET_SHARE * size
+                              and p.changed >= ONSET_CHANGED), None)  # fmt: skip
+        summary.knee = _crossing(points, size / 2)
+    summary.break_at, summary.break_reason = _break(points, summary.full)
+    summary.monotone = _monotone(points, summary.break_at)
+    if summary.onset is not None:
+        below = [s for s in strengths if s >= summary.onset and
+                 (summary.break_at is None or s < summary.break_at)]  # fmt: skip
+        if below:
+            summary.recommended = (summary.onset, max(below))
+    return summary
+
+
+def _point(strength: float, rows: list[dict]) -> Point:
+    def mean(name: str) -> float:
+        values = [r[name] for r in rows if not math.isnan(r[name])]
+        return float(np.mean(values)) if values else math.nan
+
+    return Point(strength, len(rows), mean("d0_pixel"), mean("d0_structure"), mean("d0_changed"),
+                 mean("step_pixel"), mean("from_full"),
+                 sum(1 for r in rows if r["flags"]) / len(rows))  # fmt: skip
+
+
+def _crossing(points: list[Point], level: float) -> float | None:
+    """The strength where the distance from 0 first reaches `level`, interpolated."""
+    for lo, hi in zip(points, points[1:], strict=False):
+        if hi.pixel >= level > lo.pixel:
+            t = (level - lo.pixel) / (hi.pixel - lo.pixel)
+            return round(lo.strength + t * (hi.strength - lo.strength), 3)
+    return None
+
+
+def _break(points: list[Point], full: float | None) -> tuple[float | None, str]:
+    """The first strength past the lowest where images are flagged, a sudden jump appears,
+    or (past full strength) the structure leaves the full-strength picture."""
+    upto = [p.step_pixel for p in points[1:] if full is None or p.strength <= full]
+    median_step = float(np.median(upto)) if upto else math.nan
+    start = next((p for p in points if p.strength == full), points[0])
+    span = start.structure  # how far full strength's structure is from strength 0's
+    for p in points[1:]:
+        if p.flagged >= FLAGGED_BREAK:
+            return p.strength, f"{p.flagged:.0%} of images flagged"
+        if median_step > 0 and p.step_pixel > JUMP_BREAK * median_step:
+            return p.strength, (f"a jump: the step from the last strength is "
+                                f"{p.step_pixel / median_step:.1f}× the usual step")  # fmt: skip
+        if full is not None and p.strength > full and span > 0 and \
+                p.from_full > COLLAPSE_BREAK * span:  # fmt: skip
+            return p.strength, (
+                f"structure collapses: as far from the strength-{full:g} "
+                f"picture as {p.from_full / span:.0%} of the way from 0 to it"
+            )
+    return None, ""
+
+
+def _monotone(points: list[Point], break_at: float | None) -> bool:
+    """Whether the distance from 0 rises (within the tolerance) up to the break."""
+    kept = [p.pixel for p in points if break_at is None or p.strength < break_at]
+    return all(b >= a - MONOTONE_TOLERANCE for a, b in zip(kept, kept[1:], strict=False))
