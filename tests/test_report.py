@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_dir) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("renders")
-    proc = farm("run", str(EXAMPLE), "--output", str(out), "--workers", "2", "--report")
+    proc = farm("run", str(EXAMPLE), "--output", str(out), "--workers", "1", "--report")
     return out / "overdrive", proc
 
 
@@ -95,6 +95,24 @@ def test_demo_loras_turn_on_rise_and_break(job, lora):
     assert summary["break_reason"]
     assert summary["recommended_low"] == summary["onset"]
     assert summary["recommended_high"] < summary["break_at"]
+
+
+@pytest.mark.parametrize("lora", ["neon", "ink"])
+def test_overdriven_images_are_marked_one_by_one(job, lora):
+    """The worker flags what it can see in one image (4×); the report marks each image past
+    full strength whose structure has left the strength-1 picture (3× and most 2×)."""
+    job, _ = job
+    rows = pq.read_table(job / "report" / "response.parquet").to_pylist()
+    marked: dict[float, list[bool]] = {}
+    for r in rows:
+        if r["kind"] == "strength" and r["curve"] == lora:
+            marked.setdefault(r["strength"], []).append(bool(r["flags"] or r["report_flags"]))
+    assert not any(any(v) for s, v in marked.items() if s <= 1)
+    assert all(marked[3]) and all(marked[4])
+    assert any(marked[2])
+    # The gallery shows the report's marks with the worker's flags.
+    index = (job / "report" / "data" / "index.js").read_text()
+    assert '"collapsed"' in index
 
 
 def test_blends_get_their_own_curves_and_a_two_d_sheet(job):

@@ -53,6 +53,8 @@ def strength_animation(
         duration=durations,
         loop=0,
         quality=WEBP_QUALITY,
-        method=4,
+        # The fastest encoder setting: animations are most of a report's time, and a
+        # slower method saves only a few percent of bytes on these frames.
+        method=0,
     )
     return buf.getvalue()

@@ -22,7 +22,7 @@ from farm.report.animate import strength_animation
 from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
 from farm.report.measure import decode, measure
-from farm.report.response import Summary, summarize
+from farm.report.response import Summary, collapsed, summarize
 from farm.report.series import Series, series_of, swept_loras
 from farm.report.sheets import DEFAULT_MAX_PIXELS, Axis, SheetCell, layout, sheet_pages
 from farm.report.shots import JobShots, Shot, detail_row, read_shots, row_tables, shot_from_row
@@ -85,6 +85,7 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     d0: dict[str, float] = {}
     curves: dict[tuple[str, str], list[dict]] = {}
     numbers = itertools.count()
+    marks: dict[str, list[str]] = {}  # item_id → what the report found wrong with it
     for lora in loras:
         series = series_of(shots, lora)
         echo(f"measuring {lora}: {len(series)} series")
@@ -93,6 +94,11 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
             measured, images = measure(one, load, n)
             for r in measured:
                 r["curve"] = one.curve
+                if collapsed(r, measured):
+                    r["report_flags"] = ["collapsed"]
+                    found = marks.setdefault(r["item_id"], [])
+                    if "collapsed" not in found:  # an image can be in two series
+                        found.append("collapsed")
             rows += measured
             # A curve averages only series that start at strength 0: a blend swept from
             # 0.5 up measures from 0.5, which would drag another series' curve off zero.
@@ -105,7 +111,10 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
                       for (s, img), (_, shot) in zip(images, one.shots, strict=True)
                       if img is not None]  # fmt: skip
             if len(frames) > 1:
-                put(_animation_key(one, n), strength_animation(frames, cell_px=cell_px))
+                # An animation is watched at the image's own size (at least 128 px): small
+                # renders enlarged to a sheet's cell would only make the file bigger.
+                side = min(cell_px, max(128, *frames[0][1].size))
+                put(_animation_key(one, n), strength_animation(frames, cell_px=side))
     report.summaries = [summarize(lora, rows_, curve) for (lora, curve), rows_ in curves.items()]
     put(RESPONSE, response_table(rows, report.summaries))
     put(CURVES, curves_png(report.summaries))
@@ -123,7 +132,7 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
             put(f"{REPORT}sheets/{n:03d}-{_slug(_sheet_name(title))}{suffix}.png", png)
     echo("writing the gallery")
     axes = _axes(shots, loras)
-    entries = _entries(store, job, axes, d0)
+    entries = _entries(store, job, axes, d0, marks)
     write_gallery(entries, lambda name, data: put(f"{REPORT}{name}", data),
                   title=f"farm report: {report.job_id}", axes=[a for a, _ in axes],
                   notes=report.notes)  # fmt: skip
@@ -182,7 +191,7 @@ def _sheets(shots: list[Shot], loras: list[str]) -> Iterator[tuple[str, Axis, Ax
         if not mine:
             cols = Axis("image", [""])
             rows = Axis("seed", [str(s) for s in seeds])
-            yield title, rows, cols, {(seeds.index(s.seed), 0): _cell(s) for s in members}
+            yield title, rows, cols, {(seeds.index(s.seed), 0): s for s in members}
             continue
         first, others = mine[0], mine[1:]
         if not others and all(s.weight(first) for s in members):
@@ -192,7 +201,7 @@ def _sheets(shots: list[Shot], loras: list[str]) -> Iterator[tuple[str, Axis, Ax
         cols = Axis(f"{first} strength", [format_number(v) for v in strengths])
         if not others:
             rows = Axis("seed", [str(s) for s in seeds])
-            cells = {(seeds.index(s.seed), strengths.index(s.weight(first))): _cell(s)
+            cells = {(seeds.index(s.seed), strengths.index(s.weight(first))): s
                      for s in members}  # fmt: skip
             yield title, rows, cols, cells
             continue
@@ -202,7 +211,7 @@ def _sheets(shots: list[Shot], loras: list[str]) -> Iterator[tuple[str, Axis, Ax
             rows = Axis(" · ".join(f"{o} strength" for o in others),
                         [" · ".join(format_number(v) for v in c) for c in combos])  # fmt: skip
             cells = {(combos.index(tuple(s.weight(o) for o in others)),
-                      strengths.index(s.weight(first))): _cell(s) for s in at_seed}  # fmt: skip
+                      strengths.index(s.weight(first))): s for s in at_seed}  # fmt: skip
             yield f"{title} · seed {seed}", rows, cols, cells
 
 
@@ -212,8 +221,8 @@ def _sheet_name(title: str) -> str:
     return " ".join([*rest, text])
 
 
-def _cell(shot: Shot) -> SheetCell:
-    return SheetCell(shot.key, shot.flags)
+def _cell(shot: Shot, marks: dict[str, list[str]]) -> SheetCell:
+    return SheetCell(shot.key, shot.flags + tuple(marks.get(shot.item_id, ())))
 
 
 def _varying_context(shots: list[Shot]) -> set[str]:
@@ -263,23 +272,28 @@ def _shape_of(shot: Shot, lora: str) -> str:
 
 
 def _entries(store: Store, job: JobShots, axes: list[tuple[dict, Callable[[Shot], str]]],
-             d0: dict[str, float]) -> Iterator[dict]:  # fmt: skip
+             d0: dict[str, float], marks: dict[str, list[str]]) -> Iterator[dict]:  # fmt: skip
     """Gallery entries, streamed from the rows again with every column (for the details)."""
     seen: set[str] = set()
-    for table in row_tables(store, job.doc, [], columns=None):
-        for row in table.to_pylist():
-            if row["item_id"] in seen:
-                continue
-            seen.add(row["item_id"])
-            shot = shot_from_row(row)
-            yield {
-                "id": shot.item_id,
-                "src": f"../{shot.key}",
-                "axes": {axis["name"]: get(shot) for axis, get in axes},
-                "flags": list(shot.flags),
-                "d0": d0.get(shot.item_id),
-                "detail": {"infotext": row.get("infotext") or "", "row": detail_row(row)},
-            }
+    rows = (
+        row
+        for table in row_tables(store, job.doc, [], columns=None)
+        for batch in table.to_batches(max_chunksize=512)
+        for row in batch.to_pylist()
+    )
+    for row in rows:
+        if row["item_id"] in seen:
+            continue
+        seen.add(row["item_id"])
+        shot = shot_from_row(row)
+        yield {
+            "id": shot.item_id,
+            "src": f"../{shot.key}",
+            "axes": {axis["name"]: get(shot) for axis, get in axes},
+            "flags": [*shot.flags, *marks.get(shot.item_id, ())],
+            "d0": d0.get(shot.item_id),
+            "detail": {"infotext": row.get("infotext") or "", "row": detail_row(row)},
+        }
 
 
 RESPONSE_SCHEMA = pa.schema([
@@ -290,6 +304,7 @@ RESPONSE_SCHEMA = pa.schema([
     ("d0_pixel", pa.float64()), ("d0_structure", pa.float64()), ("d0_changed", pa.float64()),
     ("step_pixel", pa.float64()), ("step_structure", pa.float64()),
     ("step_changed", pa.float64()), ("from_full", pa.float64()),
+    ("report_flags", pa.list_(pa.string())),  # "collapsed": see docs/report.md
     ("series_count", pa.int32()), ("full", pa.float64()), ("onset", pa.float64()),
     ("knee", pa.float64()), ("break_at", pa.float64()), ("break_reason", pa.string()),
     ("recommended_low", pa.float64()), ("recommended_high", pa.float64()),

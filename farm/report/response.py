@@ -120,6 +120,16 @@ def summarize(lora: str, rows: list[dict], curve: str | None = None) -> Summary:
     return summary
 
 
+def collapsed(row: dict, series_rows: list[dict]) -> bool:
+    """Whether one image past full strength has left the full-strength picture's structure
+    (the collapse rule of the break, applied to a single series)."""
+    if not row["strength"] > 1 or math.isnan(row["from_full"]):
+        return False
+    full = next((r for r in series_rows if r["strength"] == 1.0), None)
+    span = full["d0_structure"] if full else math.nan
+    return span > 0 and row["from_full"] > COLLAPSE_BREAK * span
+
+
 def _point(strength: float, rows: list[dict]) -> Point:
     def mean(name: str) -> float:
         values = [r[name] for r in rows if not math.isnan(r[name])]
