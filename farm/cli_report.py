@@ -75,6 +75,8 @@ def report(job_url: str, max_pixels: int, cell_px: int, serve: bool, port: int) 
 
 
 def serve_report(job_url: str, port: int) -> None:
+    import signal
+
     from farm.report.serve import ReportServer
     from farm.stores import open_store
 
@@ -84,6 +86,10 @@ def serve_report(job_url: str, port: int) -> None:
         raise click.ClickException(
             f"--port {port}: cannot listen on 127.0.0.1 ({err.strerror}); pick another port or 0"
         ) from None
+    # Ctrl-C stops it even where it was started with SIGINT ignored (a background job of
+    # a script inherits that), and SIGTERM stops it the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     click.echo(f"serving {server.url} (read-only, 127.0.0.1 only); Ctrl-C stops")
     try:
         server.serve_forever()

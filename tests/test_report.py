@@ -246,7 +246,8 @@ def test_report_of_a_job_in_a_bucket(job, s3):
     assert s3.secret not in proc.stdout + proc.stderr
 
 
-def test_serve_serves_the_report_until_ctrl_c(job, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_serves_the_report_until_ctrl_c(job, stop):
     job, _ = job
     proc = subprocess.Popen([*FARM, "report", str(job), "--serve"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
@@ -263,7 +264,7 @@ def test_serve_serves_the_report_until_ctrl_c(job, tmp_path):
         with urllib.request.urlopen(url.replace("report/index.html", f"images/{key}"),
                                     timeout=30) as image:  # fmt: skip
             assert image.read() == (job / "images" / key).read_bytes()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
