@@ -113,6 +113,24 @@ def test_overdriven_images_are_marked_one_by_one(job, lora):
     # The gallery shows the report's marks with the worker's flags.
     index = (job / "report" / "data" / "index.js").read_text()
     assert '"collapsed"' in index
+    # So does the contact sheet: exactly the marked cells are framed in red.
+    from farm.report.sheets import Axis, layout
+
+    strengths = sorted(marked)
+    page = layout(
+        Axis("seed", ["0", "1"]), Axis(f"{lora} strength", [f"{s:g}" for s in strengths])
+    )[0]
+    sheet = next((job / "report" / "sheets").glob(f"*-{lora}-a-red-circle*"))
+    pixels = np.asarray(Image.open(sheet).convert("RGB")).astype(int)
+    by_cell = {
+        (r["seed"], r["strength"]): bool(r["flags"] or r["report_flags"])
+        for r in rows
+        if r["kind"] == "strength" and r["curve"] == lora and r["prompt"].startswith("a red")
+    }
+    for (row, col), (x0, y0, _, y1) in page.cells.items():
+        red = pixels[(y0 + y1) // 2, x0 + 1]
+        framed = red[0] > 180 and red[1] < 80 and red[2] < 80
+        assert framed == by_cell[(row, strengths[col])], (row, strengths[col])
 
 
 def test_blends_get_their_own_curves_and_a_two_d_sheet(job):

@@ -119,7 +119,8 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     put(RESPONSE, response_table(rows, report.summaries))
     put(CURVES, curves_png(report.summaries))
     echo("drawing contact sheets")
-    for n, (title, rows_axis, cols_axis, cells) in enumerate(sheets):
+    for n, (title, rows_axis, cols_axis, at) in enumerate(sheets):
+        cells = {pos: _cell(shot, marks) for pos, shot in at.items()}
         for suffix, png in sheet_pages(
             title=title,
             rows=rows_axis,
