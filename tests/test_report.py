@@ -296,23 +296,62 @@ def test_serve_serves_the_report_until_ctrl_c(job, stop):
 
 
 @pytest.fixture(scope="module")
-def page(job):
+def browser():
     from playwright.sync_api import sync_playwright
 
-    job, _ = job
-    assert CHROMIUM.exists(), "Debian's chromium is needed: apt-get install chromium"
+    assert CHROMIUM.exists(), "Debian's chromium is needed: run tests/install-browser"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.problems = []
-        page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
-        page.on("pageerror", lambda e: page.problems.append(str(e)))
-        page.on("request", lambda r: r.url.startswith("file://")
-                or page.problems.append(f"request {r.url}"))  # fmt: skip
-        page.goto((job / "report" / "index.html").as_uri())
-        page.wait_for_selector(".cell img")
-        yield page
+        yield browser
         browser.close()
+
+
+def open_gallery(browser, url: str, allowed: str):
+    """A page on the gallery that records console errors and any request off `allowed`."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    page.on("request", lambda r: r.url.startswith(allowed)
+            or page.problems.append(f"request {r.url}"))  # fmt: skip
+    page.goto(url)
+    page.wait_for_selector(".cell img")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(job, browser):
+    job, _ = job
+    page = open_gallery(browser, (job / "report" / "index.html").as_uri(), "file://")
+    yield page
+    page.close()
+
+
+def test_gallery_over_http_loads_images_through_relative_links(job, browser):
+    """The same gallery served (as from a bucket or web server): every request stays on
+    the server, and the images arrive."""
+    import threading
+
+    from farm.report.serve import ReportServer
+    from farm.stores import open_store
+
+    job, _ = job
+    server = ReportServer(open_store(str(job)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        origin = server.url.split("/report/")[0]
+        page = open_gallery(browser, server.url, origin)
+        first = page.locator(".cell img").first
+        first.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=first.element_handle()
+        )
+        assert not page.problems, page.problems
+        page.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=30)
 
 
 def test_gallery_grid_axes_and_filters(page, tmp_path):
