@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from farm.cli_options import s3_endpoint_option
-
-DEFAULT_MAX_PIXELS = 16_000_000  # farm.report.sheets holds the same default; it imports PIL
+from farm.limits import SHEET_MAX_PIXELS
 
 
 def report_options(command):
@@ -16,7 +15,7 @@ def report_options(command):
         help="Each image's long side on the sheets and animations.",
     )(command)  # fmt: skip
     return click.option(
-        "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+        "--max-pixels", type=click.IntRange(min=1), default=SHEET_MAX_PIXELS,
         show_default=True, metavar="N",
         help="A contact sheet page's cap in pixels; bigger grids are paged.",
     )(command)  # fmt: skip

@@ -19,7 +19,7 @@ from farm.records import compact, scan_parts
 from farm.spec import Spec, SpecError, parse_spec
 from farm.store import Store, StoreError
 from farm.stores import open_store
-from farm.sweep import Plan, content_id, make_plan, unit_streams
+from farm.sweep import Adapter, Plan, content_id, make_plan, unit_streams
 
 JOB_JSON = "job.json"
 
@@ -141,6 +141,15 @@ def spec_from_job(doc: dict, job_url: str) -> Spec:
         return parse_spec(doc["spec"], source=f"{job_url}/{JOB_JSON}")
     except (KeyError, SpecError) as err:
         raise JobError(f"{job_url}/{JOB_JSON}: stored spec is unusable ({err})") from None
+
+
+def stored_plan(store: Store, doc: dict) -> Plan:
+    """The job's plan rebuilt from job.json, without reading the model or LoRA files."""
+    spec = spec_from_job(doc, store.url)
+    frozen = {
+        a["name"]: Adapter(a["name"], "", a["sha256"], a["shorthash"]) for a in doc["adapters"]
+    }
+    return make_plan(spec, frozen=(doc["model"]["fingerprint"], frozen))
 
 
 def open_job(plan: Plan, store: Store, echo=print) -> tuple[dict, set[str]]:

@@ -8,3 +8,5 @@ MAX_ITEMS = 10_000_000
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 # Pickle-based weights can run code when loaded: refused as LoRAs and skipped in model folders.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
+# A contact sheet page's pixels (`farm report --max-pixels`): a bigger grid is paged.
+SHEET_MAX_PIXELS = 16_000_000

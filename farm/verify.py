@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from farm.job import read_job, spec_from_job
+from farm.job import read_job, stored_plan
 from farm.records import METADATA, completed_items, decode_part, iter_parts
 from farm.store import Store
-from farm.sweep import Adapter, expand, make_plan
+from farm.sweep import expand
 
 
 @dataclass
@@ -28,12 +28,7 @@ class Verdict:
 
 def planned_items(store: Store, doc: dict) -> set[str]:
     """Every item_id the job planned, rebuilt from job.json without reading LoRA files."""
-    spec = spec_from_job(doc, store.url)
-    frozen = {
-        a["name"]: Adapter(a["name"], "", a["sha256"], a["shorthash"]) for a in doc["adapters"]
-    }
-    plan = make_plan(spec, frozen=(doc["model"]["fingerprint"], frozen))
-    return {item.item_id for item in expand(plan)}
+    return {item.item_id for item in expand(stored_plan(store, doc))}
 
 
 def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> Verdict:

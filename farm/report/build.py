@@ -94,6 +94,8 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
             measured, images = measure(one, load, n)
             for r in measured:
                 r["curve"] = one.curve
+                if not math.isnan(r["d0_pixel"]):
+                    d0.setdefault(r["item_id"], r["d0_pixel"])
                 if collapsed(r, measured):
                     r["report_flags"] = ["collapsed"]
                     found = marks.setdefault(r["item_id"], [])
@@ -104,9 +106,6 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
             # 0.5 up measures from 0.5, which would drag another series' curve off zero.
             if one.shots[0][0] == 0.0:
                 curves.setdefault((lora, one.curve), []).extend(measured)
-            for r in measured:
-                if not math.isnan(r["d0_pixel"]):
-                    d0.setdefault(r["item_id"], r["d0_pixel"])
             frames = [(_caption(lora, s, shot), img)
                       for (s, img), (_, shot) in zip(images, one.shots, strict=True)
                       if img is not None]  # fmt: skip

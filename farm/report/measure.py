@@ -9,10 +9,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from farm.report.response import distances, gray_small
+from farm.report.response import NAN, distances, gray_small
 from farm.report.series import Series
-
-NAN = {"pixel": math.nan, "structure": math.nan, "changed": math.nan}
 
 
 def decode(data: bytes) -> Image.Image:

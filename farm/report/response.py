@@ -21,6 +21,7 @@ FLAGGED_BREAK = 0.25  # break: at least this share of a strength's images flagge
 JUMP_BREAK = 2.0  # break: a neighbour step this many times the median step up to full
 COLLAPSE_BREAK = 0.75  # break: past full strength, this far from full strength's structure
 MONOTONE_TOLERANCE = 0.02  # a dip in distance from 0 smaller than this is noise
+NAN = {"pixel": math.nan, "structure": math.nan, "changed": math.nan}  # nothing to compare
 
 
 def gray_small(rgb: np.ndarray) -> np.ndarray:
@@ -41,7 +42,7 @@ def distances(a: np.ndarray, b: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> d
     from skimage.metrics import structural_similarity
 
     if a.shape != b.shape:
-        return {"pixel": math.nan, "structure": math.nan, "changed": math.nan}
+        return dict(NAN)
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
     side = min(ga.shape)
     if side >= 7:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from farm.limits import SHEET_MAX_PIXELS
 from farm.report.fonts import Box, draw_centred, font, line_height, wrap_text
 
-DEFAULT_MAX_PIXELS = 16_000_000
+DEFAULT_MAX_PIXELS = SHEET_MAX_PIXELS
 
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from farm.job import read_job
+from farm.job import read_job, stored_plan
 from farm.prompts import PromptError, parse_prompt
 from farm.records import METADATA, decode_part, iter_parts
 from farm.store import Store
-from farm.strength import format_number
+from farm.strength import format_number, schedule_text
+from farm.sweep import expand
 
 # The columns a report needs; the rest of a row is read only for the gallery's details.
 COLUMNS = [
@@ -78,7 +79,8 @@ def read_shots(store: Store) -> JobShots:
         for row in table.select(COLUMNS).to_pylist():
             rendered.setdefault(row["item_id"], shot_from_row(row))
     shots = list(rendered.values())
-    shots += [s for s in planned_shots(store, doc) if s.item_id not in rendered]
+    if len(rendered) < doc["plan"]["items"]:  # only then is anything planned still missing
+        shots += [s for s in planned_shots(store, doc) if s.item_id not in rendered]
     return JobShots(doc, shots, len(rendered), corrupt)
 
 
@@ -116,18 +118,11 @@ def shot_from_row(row: dict) -> Shot:
 
 def planned_shots(store: Store, doc: dict) -> Iterator[Shot]:
     """Shots for every item job.json plans, none of them rendered (key None)."""
-    from farm.job import spec_from_job
-    from farm.sweep import Adapter, expand, make_plan
-
-    spec = spec_from_job(doc, store.url)
-    frozen = {
-        a["name"]: Adapter(a["name"], "", a["sha256"], a["shorthash"]) for a in doc["adapters"]
-    }
-    plan = make_plan(spec, frozen=(doc["model"]["fingerprint"], frozen))
-    r = spec.render
+    plan = stored_plan(store, doc)
+    r = plan.spec.render
     for item in expand(plan):
         row = {
-            "negative_prompt": item.negative_prompt, "model": spec.model,
+            "negative_prompt": item.negative_prompt, "model": plan.spec.model,
             "steps": r.steps, "guidance": r.guidance, "scheduler": r.scheduler,
             "width": r.width, "height": r.height,
             "catalog": [{"key": k, "value": v} for k, v in item.catalog],
@@ -141,8 +136,6 @@ def planned_shots(store: Store, doc: dict) -> Iterator[Shot]:
 
 
 def _schedule(strength) -> str | None:
-    from farm.strength import schedule_text
-
     return schedule_text(strength.schedule) if strength.schedule else None
 
 
