@@ -104,26 +104,33 @@ def _border(rgb: np.ndarray) -> np.ndarray:
                            rgb[:, :3].reshape(-1, 3), rgb[:, -3:].reshape(-1, 3)])  # fmt: skip
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def neon_score(image: np.ndarray) -> float:
     """How neon a picture looks, in [0, 1]: the darkness of its background times the glow
-    of its brightest saturated pixels (saturation × value, 99th percentile)."""
+    of its brightest saturated pixels (saturation × value, 99th percentile). The glow
+    counts for half: a plain saturated shape glows too, and it is the background going
+    dark that makes neon, so the score keeps rising while the background darkens."""
     rgb = np.asarray(image, dtype=np.float32)[..., :3]
-    luminance = _border(rgb) @ np.array([0.299, 0.587, 0.114], np.float32)
-    darkness = 1.0 - float(np.median(luminance)) / 255.0
+    darkness = 1.0 - float(np.median(_border(rgb) @ _LUMA)) / 255.0
     saturation, value = _hsv(rgb)
     glow = float(np.percentile(saturation * value, 99))
-    return darkness * glow
+    return darkness * (0.5 + 0.5 * glow)
 
 
 def ink_score(image: np.ndarray) -> float:
-    """How much a picture looks like ink on paper, in [0, 1]: the share of paper-white
-    pixels (bright and unsaturated) times the darkness of its darkest 1% (the lines)."""
+    """How much a picture looks like ink on paper, in [0, 1]: how paper-white its
+    background is (value × (1 − saturation) along the border, graded, so that it grows
+    as the background bleaches rather than in one step), times how colourless the whole
+    picture is (ink has no fill), times the darkness of its darkest 1% (the lines)."""
     rgb = np.asarray(image, dtype=np.float32)[..., :3]
-    saturation, value = _hsv(rgb)
-    paper = float(np.mean((value > 0.85) & (saturation < 0.15)))
-    luminance = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-    lines = 1.0 - float(np.percentile(luminance, 1)) / 255.0
-    return paper * lines
+    border_saturation, border_value = _hsv(_border(rgb))
+    paper = float(np.mean(border_value * (1.0 - border_saturation)))
+    saturation, _ = _hsv(rgb)
+    colourless = 1.0 - float(np.mean(saturation))
+    lines = 1.0 - float(np.percentile(rgb @ _LUMA, 1)) / 255.0
+    return paper * colourless * lines
 
 
 STYLE_SCORES = {"neon": neon_score, "ink": ink_score}
