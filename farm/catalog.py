@@ -54,12 +54,33 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+# Fields a friendly name may use beside the row's columns.
+NAME_EXTRAS = ("seed", "preset", "key")
+
+
+def name_fields(template: str) -> tuple[str, ...]:
+    """The fields of a friendly-name template (`{sku}/{preset}-{seed}`); SpecError if bad."""
+    try:
+        return template_fields(template)
+    except SpecError as err:
+        raise SpecError(str(err).replace("catalog.template", "catalog.name", 1)
+                        .replace("every row would get the same prompt",
+                                 "every image would get the same name")) from None  # fmt: skip
+
+
 def read_catalog(catalog: Catalog) -> Iterator[CatalogRow]:
-    """Stream the catalog's rows with their prompts; SpecError at the first bad row."""
+    """Stream the rows that pass the catalog's filter, with their prompts; SpecError at
+    the first bad row (numbered as in the file, filtered rows included)."""
     names = template_fields(catalog.template)
     label = Path(catalog.path).name
+    wanted = dict(catalog.filter)
     for n, fields in enumerate(_rows(catalog, names), 1):
-        yield _make_row(catalog, f"catalog: {label} row {n}", fields, names)
+        where = f"catalog: {label} row {n}"
+        for column in wanted:
+            if column not in fields:
+                raise SpecError(f"{where}: column {column!r} (catalog.filter) missing")
+        if all(fields[c] in v for c, v in wanted.items()):
+            yield _make_row(catalog, where, fields, names)
 
 
 def validate_catalog(catalog: Catalog) -> int:
@@ -70,8 +91,11 @@ def validate_catalog(catalog: Catalog) -> int:
     for count, row in enumerate(read_catalog(catalog), 1):
         first = first_row.setdefault(row.key, count)
         if first != count:
-            raise SpecError(f"catalog: {label} row {count}: key {row.key!r} repeats row {first}")
+            raise SpecError(f"catalog: {label} row {count}: key column {catalog.key!r} value "
+                            f"{row.key!r} repeats row {first} (keys must be unique)")  # fmt: skip
     if count == 0:
+        if catalog.filter:
+            raise SpecError(f"catalog.filter: no row of {label} passes the filter")
         raise SpecError(f"catalog: {label} has no rows")
     return count
 
@@ -85,6 +109,18 @@ def _make_row(catalog: Catalog, where: str, fields: dict[str, str], names: tuple
     for name in names:
         if name not in fields:
             raise SpecError(f"{where}: template field {{{name}}} missing")
+    for by, what in ((catalog.preset_by, "preset_by"), (catalog.lora_by, "lora_by")):
+        if by is None:
+            continue
+        if by.column not in fields and by.default is None:
+            raise SpecError(f"{where}: column {by.column!r} (catalog.{what}) missing")
+        if by.pick(fields) is None:
+            raise SpecError(f"{where}: column {by.column!r} is {fields[by.column]!r}, which "
+                            f"catalog.{what}.map does not list (add it, or a default)")  # fmt: skip
+    if catalog.name is not None:
+        for name in name_fields(catalog.name):
+            if name not in fields and name not in NAME_EXTRAS:
+                raise SpecError(f"{where}: catalog.name field {{{name}}} missing")
     try:
         prompt = catalog.template.format_map(fields)
     except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -106,9 +142,21 @@ def _rows(catalog: Catalog, names: tuple[str, ...]) -> Iterator[dict[str, str]]:
     except FileNotFoundError:
         raise SpecError(f"catalog.path: {path} not found") from None
     except UnicodeDecodeError:
-        raise SpecError(f"catalog: {path.name} is not UTF-8 text") from None
+        raise SpecError(f"catalog: {path.name} line {_bad_line(path)}: not UTF-8 text "
+                        "(save the file as UTF-8)") from None  # fmt: skip
     except (OSError, csv.Error) as e:
         raise SpecError(f"catalog: cannot read {path.name}: {e}") from None
+
+
+def _bad_line(path: Path) -> int:
+    """The first line of a file that is not UTF-8."""
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 1
 
 
 def _check_columns(columns: list[str], catalog: Catalog, names: tuple[str, ...]) -> None:
@@ -126,6 +174,17 @@ def _check_columns(columns: list[str], catalog: Catalog, names: tuple[str, ...])
         raise SpecError(
             f"catalog.key: {catalog.key!r} is not a column of {label}{hint} (columns: {shown})"
         )
+    used = [(f"catalog.filter.{c}", c) for c, _ in catalog.filter]
+    used += [(f"catalog.{w}.column", by.column)
+             for w, by in (("preset_by", catalog.preset_by), ("lora_by", catalog.lora_by))
+             if by is not None]  # fmt: skip
+    if catalog.name is not None:
+        used += [("catalog.name", f) for f in name_fields(catalog.name) if f not in NAME_EXTRAS]
+    for field, column in used:
+        if column not in columns:
+            hint = suggest(column, columns)
+            raise SpecError(f"{field}: {column!r} is not a column of {label}{hint} "
+                            f"(columns: {shown})")  # fmt: skip
 
 
 def _csv_rows(path: Path, check) -> Iterator[dict[str, str]]:

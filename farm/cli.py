@@ -17,10 +17,13 @@ from farm.cli_options import (
     dtype_option,
     max_items_option,
     s3_endpoint_option,
+    tenant_options,
     worker_wait_option,
 )
 from farm.cli_report import report as report_command
 from farm.cli_report import report_options, write_report
+from farm.cli_tenants import guard_job, load_config
+from farm.cli_tenants import presets as presets_command
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
@@ -80,12 +83,17 @@ def main() -> None:
     """farm renders LoRA strength sweeps on a Ray cluster, exactly once, resumably."""
 
 
-def _load(spec_path: str, output: str | None):
+def _load(spec_path: str, output: str | None, tenants_file: str | None = None,
+          tenant: str | None = None):  # fmt: skip
+    """The spec, resolved against the tenants file if any, and its tenant (or None)."""
     from farm.spec import load_spec, with_output
+    from farm.tenant_specs import enforce
 
-    spec = load_spec(spec_path)
+    config = load_config(tenants_file)
+    spec = load_spec(spec_path, config, tenant)
     # An empty --output is a mistake to report, not a reason to fall back to the spec's.
-    return with_output(spec, output, "--output") if output is not None else spec
+    spec = with_output(spec, output, "--output") if output is not None else spec
+    return spec, enforce(spec, config)
 
 
 @main.command()
@@ -100,15 +108,16 @@ def _load(spec_path: str, output: str | None):
 @s3_endpoint_option
 @click.option("--report", "with_report", is_flag=True, help="Then write the job's report.")
 @report_options
+@tenant_options
 def run(spec_path: str, output: str | None, address: str | None, workers: int | None,
         gpus_per_worker: float | None, worker_wait: float | None,
         max_items: int | None, with_report: bool, max_pixels: int,
-        cell_px: int) -> None:  # fmt: skip
+        cell_px: int, tenants_file: str | None, tenant: str | None) -> None:  # fmt: skip
     """Plan SPEC, then render every item not yet rendered."""
-    spec = _load(spec_path, output)
+    spec, policy = _load(spec_path, output, tenants_file, tenant)
     sheets = {"max_pixels": max_pixels, "cell_px": cell_px} if with_report else None
     _run(spec, sheets, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
-         worker_wait=worker_wait, max_items=max_items)  # fmt: skip
+         worker_wait=worker_wait, max_items=max_items, tenant=policy)  # fmt: skip
 
 
 @main.command()
@@ -121,23 +130,29 @@ def run(spec_path: str, output: str | None, address: str | None, workers: int | 
 @s3_endpoint_option
 @click.option("--report", "with_report", is_flag=True, help="Then write the job's report.")
 @report_options
+@tenant_options
 def resume(job_url: str, address: str | None, workers: int | None,
            gpus_per_worker: float | None, worker_wait: float | None, with_report: bool,
-           max_pixels: int, cell_px: int) -> None:  # fmt: skip
+           max_pixels: int, cell_px: int, tenants_file: str | None,
+           tenant: str | None) -> None:  # fmt: skip
     """Finish the job at JOB_URL from its stored job.json."""
     import dataclasses
 
     from farm.job import read_job, spec_from_job
     from farm.store import split_job_url
     from farm.stores import open_store
+    from farm.tenant_specs import enforce
 
+    config = guard_job(job_url, tenants_file, tenant)
     output, _ = split_job_url(job_url)
     doc = read_job(open_store(job_url))
     spec = dataclasses.replace(spec_from_job(doc, job_url), output=output)
+    # A tenant's job is held to the tenant's caps as they are now.
+    policy = enforce(spec, config)
     # The job was accepted when it started: its size needs no second permission.
     sheets = {"max_pixels": max_pixels, "cell_px": cell_px} if with_report else None
     _run(spec, sheets, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
-         worker_wait=worker_wait, max_items=doc["plan"]["items"])  # fmt: skip
+         worker_wait=worker_wait, max_items=doc["plan"]["items"], tenant=policy)  # fmt: skip
 
 
 def _run(spec, report_to: dict | None, **options) -> None:
@@ -198,17 +213,26 @@ def address_option(command):
 )
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), help="GPU precision.")
 @click.option("--wait", is_flag=True, help="Follow the logs until the job ends; exit as it did.")
+@tenant_options
 def submit(spec_path: str, address: str, output: str | None, workers: int | None,
            gpus_per_worker: float | None, paths_on_cluster: bool, s3_endpoint: str | None,
-           dtype: str | None, wait: bool) -> None:  # fmt: skip
+           dtype: str | None, wait: bool, tenants_file: str | None,
+           tenant: str | None) -> None:  # fmt: skip
     """Run SPEC's driver on a Ray cluster through its Jobs API.
 
     Local LoRA and catalog files travel with the job; the model must be `tiny`, an
     s3:// folder or a hub id. Credentials stay on the cluster's nodes.
     """
     from farm import submit as remote
+    from farm.spec import SpecError
 
-    spec = _load(spec_path, output)
+    spec, policy = _load(spec_path, output, tenants_file, tenant)
+    if policy is not None:
+        # The caps are held by the job's driver; a submitted driver has no tenants file.
+        raise SpecError(
+            f"tenant: {policy.name}'s jobs run with `farm run --tenants FILE` "
+            "on the cluster (e.g. in a RayJob), so its caps hold while it runs"
+        )
     job = remote.submit(spec, address, workers=workers, gpus_per_worker=gpus_per_worker,
                         paths_on_cluster=paths_on_cluster, s3_endpoint=s3_endpoint,
                         dtype=dtype)  # fmt: skip
@@ -257,12 +281,17 @@ def _finish(status: str, submission_id: str) -> None:
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @max_items_option
-def plan(spec_path: str, as_json: bool, max_items: int | None) -> None:
+@tenant_options
+def plan(spec_path: str, as_json: bool, max_items: int | None, tenants_file: str | None,
+         tenant: str | None) -> None:  # fmt: skip
     """Validate and expand SPEC without rendering: counts per axis, units, adapter groups."""
     from farm.sweep import make_plan
+    from farm.tenant_specs import enforce_plan
 
-    spec = _load(spec_path, None)
-    counts = make_plan(spec, max_items=max_items).counts()
+    spec, policy = _load(spec_path, None, tenants_file, tenant)
+    planned = make_plan(spec, max_items=max_items)
+    enforce_plan(planned, policy)
+    counts = planned.counts()
     if as_json:
         click.echo(json.dumps({"job": spec.job, "output": spec.output, **counts}, indent=2))
         return
@@ -278,11 +307,13 @@ def plan(spec_path: str, as_json: bool, max_items: int | None) -> None:
 @click.argument("job_url")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @s3_endpoint_option
-def status(job_url: str, as_json: bool) -> None:
+@tenant_options
+def status(job_url: str, as_json: bool, tenants_file: str | None, tenant: str | None) -> None:
     """Progress of the job at JOB_URL, read from the store alone."""
     from farm.stores import open_store
     from farm.verify import job_status
 
+    guard_job(job_url, tenants_file, tenant)
     info = job_status(open_store(job_url))
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -301,11 +332,13 @@ def status(job_url: str, as_json: bool) -> None:
 @click.argument("job_url")
 @click.option("--no-images", is_flag=True, help="Check rows only, not image hashes.")
 @s3_endpoint_option
-def verify(job_url: str, no_images: bool) -> None:
+@tenant_options
+def verify(job_url: str, no_images: bool, tenants_file: str | None, tenant: str | None) -> None:
     """Check that every planned item has exactly one row and an intact image."""
     from farm.stores import open_store
     from farm.verify import verify_job
 
+    guard_job(job_url, tenants_file, tenant)
     verdict = verify_job(open_store(job_url), check_images=not no_images)
     for problem in verdict.problems:
         click.echo(f"problem: {problem}")
@@ -328,11 +361,14 @@ def verify(job_url: str, no_images: bool) -> None:
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: a GPU if any.")
 @s3_endpoint_option
-def rerender(job_url: str, item_id: str, out: Path | None, device: str | None) -> None:  # fmt: skip
+@tenant_options
+def rerender(job_url: str, item_id: str, out: Path | None, device: str | None,
+             tenants_file: str | None, tenant: str | None) -> None:  # fmt: skip
     """Render ITEM_ID of the job at JOB_URL again and report whether the bytes match."""
     from farm.rerender import rerender as run_again
     from farm.stores import open_store
 
+    guard_job(job_url, tenants_file, tenant)
     result = run_again(open_store(job_url), item_id, device)
     if out:
         out.write_bytes(result.image)
@@ -467,3 +503,4 @@ def lora_inspect(path: str, as_json: bool) -> None:
 
 
 main.add_command(report_command)
+main.add_command(presets_command)

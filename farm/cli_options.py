@@ -62,3 +62,20 @@ def max_items_option(command):
         metavar="N",
         help=f"Refuse jobs of more than N items (default {MAX_ITEMS:,}).",
     )(command)
+
+
+def tenant_options(command):
+    """--tenants (the tenants file) and --tenant (whom the command acts for)."""
+    command = click.option(
+        "--tenant",
+        envvar="FARM_TENANT",
+        metavar="NAME",
+        help="Act for this tenant: only its prefix is reachable (FARM_TENANT).",
+    )(command)
+    return click.option(
+        "--tenants",
+        "tenants_file",
+        envvar="FARM_TENANTS",
+        metavar="FILE",
+        help="tenants.yaml, a local path or s3:// URL (FARM_TENANTS).",
+    )(command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from farm.cli_options import s3_endpoint_option
+from farm.cli_options import s3_endpoint_option, tenant_options
 from farm.limits import SHEET_MAX_PIXELS
 
 
@@ -66,8 +66,13 @@ def summary_table(report) -> str:
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Port for --serve (default: any free one).")  # fmt: skip
 @s3_endpoint_option
-def report(job_url: str, max_pixels: int, cell_px: int, serve: bool, port: int) -> None:
+@tenant_options
+def report(job_url: str, max_pixels: int, cell_px: int, serve: bool, port: int,
+           tenants_file: str | None, tenant: str | None) -> None:  # fmt: skip
     """Contact sheets, strength animations, response curves and a gallery under JOB_URL/report/."""
+    from farm.cli_tenants import guard_job
+
+    guard_job(job_url, tenants_file, tenant)
     write_report(job_url, max_pixels=max_pixels, cell_px=cell_px)
     if serve:
         serve_report(job_url, port)

@@ -124,14 +124,18 @@ def execute(
     echo: Callable[[str], object] = print,
     progress: Progress | None = None,
     worker_wait: float = WORKER_WAIT,
+    max_workers: int | None = None,
 ) -> Outcome:
-    """Render every unit on a pool of workers; returns counts, failures and counters."""
+    """Render every unit on a pool of workers; returns counts, failures and counters.
+    `max_workers` (a tenant's cap) bounds the pool, replacements included."""
     start_ray(address)
     import ray
 
     from farm.worker import RenderWorker
 
     count, resources = worker_layout(workers, gpus_per_worker)
+    if max_workers is not None and count > max_workers:
+        count, resources = worker_layout(max_workers, gpus_per_worker)
     # Two concurrent calls per actor: one renders while the other finishes its uploads.
     remote = ray.remote(max_restarts=0, max_concurrency=IN_FLIGHT)(RenderWorker)
     ids = iter(range(1 << 30))

@@ -208,13 +208,32 @@ def run_job(
     address: str | None = None,
     worker_wait: float | None = None,
     max_items: int | None = None,
+    tenant=None,
     echo=print,
 ) -> RunResult:
-    """Plan, open the job, render the missing items on Ray, compact, record the run."""
+    """Plan, open the job, render the missing items on Ray, compact, record the run.
+
+    A tenant's job (`tenant`, from farm/tenant_specs.enforce) is held to its caps: images,
+    workers, and jobs running at once."""
+    from farm.tenant_specs import enforce_plan
+
+    plan = make_plan(spec, max_items=max_items)
+    enforce_plan(plan, tenant, workers)
+    if tenant is None:
+        return _run_plan(plan, workers, gpus_per_worker, address, worker_wait, echo)
+    from farm.tenant_jobs import job_slot
+
+    with job_slot(tenant, spec.job):
+        return _run_plan(plan, workers, gpus_per_worker, address, worker_wait, echo,
+                         max_workers=tenant.caps.workers)  # fmt: skip
+
+
+def _run_plan(plan: Plan, workers, gpus_per_worker, address, worker_wait, echo,
+              max_workers: int | None = None) -> RunResult:  # fmt: skip
     from farm.cluster import check_layout, start_ray
     from farm.executor import WORKER_WAIT, execute
 
-    plan = make_plan(spec, max_items=max_items)
+    spec = plan.spec
     store = job_store(spec)
     if address:
         # A cluster that can't be joined is bad input: find out before writing anything.
@@ -238,6 +257,7 @@ def run_job(
             unit_streams(plan, done), ctx, total=todo, workers=workers,
             gpus_per_worker=gpus_per_worker, address=address, echo=echo,
             worker_wait=WORKER_WAIT if worker_wait is None else worker_wait,
+            max_workers=max_workers,
         )  # fmt: skip
         result.rendered = outcome.images
         result.failed_items = outcome.failed_items
@@ -286,6 +306,7 @@ def job_context(plan: Plan, store: Store):
         model_hash=model_hash(plan.model_fingerprint),
         render=spec.render,
         adapters=plan.adapters,
+        tenant=spec.tenant,
     )
 
 

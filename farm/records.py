@@ -61,10 +61,11 @@ SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("infotext", pa.string()),
         ("flags", pa.list_(pa.string())),  # nonfinite, saturated, flat
+        ("named_key", pa.string()),  # a catalog's friendly copy: named/{catalog.name}.{ext}
     ]
 )
 # Added after the first release: parts written before them are read with nulls there.
-LATER_COLUMNS = {"flags", "threads"}
+LATER_COLUMNS = {"flags", "threads", "named_key"}
 PARTS = "parts/"
 METADATA = "metadata.parquet"
 

@@ -8,7 +8,6 @@ torch or ray: `farm plan` and `farm --help` must stay fast.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from farm.limits import MAX_SPEC_BYTES
 from farm.spec_errors import SpecError
 from farm.spec_model import Catalog, Combos, LoraAxis, Render, Spec, strength_to_spec
 from farm.spec_parse import parse_spec, parse_strengths, with_output
+from farm.spec_yaml import _Loader
 
 __all__ = [
     "Catalog",
@@ -34,56 +34,9 @@ __all__ = [
 ]
 
 
-# libyaml's parser when PyYAML has it: the pure-Python one spends 20 s on a 4 MiB spec.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_SafeLoader):
-    """SafeLoader with YAML 1.2 numbers and no silently repeated keys.
-
-    YAML 1.1 reads `0:1:0.2` as a base-60 number (60.2) and `1:10:1` as 4201, which
-    would turn an unquoted range into a wrong strength; here they stay strings.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        if not isinstance(node, yaml.MappingNode):  # `!!set` on a scalar: SafeLoader says so
-            return super().construct_mapping(node, deep)
-        seen: set = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-                seen.add(key)
-            except TypeError:  # an unhashable key: SafeLoader reports it itself
-                pass
-        return super().construct_mapping(node, deep)
-
-
-_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
-    for ch, resolvers in _SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    _INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$"), list("-+0123456789")
-)
-_Loader.add_implicit_resolver(
-    _FLOAT,
-    re.compile(
-        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$"
-        r"|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
-    ),
-    list("-+0123456789."),
-)
-
-
-def load_spec(path: str | Path) -> Spec:
-    """Read a YAML (.yaml/.yml) or JSON (.json) spec file and validate it."""
+def load_spec(path: str | Path, tenants=None, tenant: str | None = None) -> Spec:
+    """Read a YAML (.yaml/.yml) or JSON (.json) spec file and validate it; with `tenants`
+    (farm/tenants.py) its presets and tenant are resolved first, `tenant` acting."""
     path = Path(path)
     name = str(path)
     suffix = path.suffix.lower()
@@ -122,6 +75,10 @@ def load_spec(path: str | Path) -> Spec:
             raise SpecError(f"{name}: invalid YAML{where}: {e.problem or e.context}") from None
         except (yaml.YAMLError, RecursionError) as e:
             raise SpecError(f"{name}: invalid YAML: {e}") from None
+    if tenants is not None or tenant is not None:
+        from farm.tenant_specs import resolve
+
+        data = resolve(data, tenants, tenant)
     return parse_spec(data, source=name, base_dir=path.absolute().parent)
 
 

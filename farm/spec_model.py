@@ -58,10 +58,76 @@ class Render:
 
 
 @dataclass(frozen=True)
+class ByColumn:
+    """A catalog column's value picks a setting: `{column, map: {value: name}, default}`."""
+
+    column: str
+    map: tuple[tuple[str, str], ...]
+    default: str | None = None
+
+    def pick(self, fields: dict[str, str]) -> str | None:
+        """The setting a row's value maps to (or the default); None when neither."""
+        value = fields.get(self.column)
+        return dict(self.map).get(value, self.default) if value is not None else self.default
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"column": self.column, "map": dict(self.map)}
+        if self.default is not None:
+            d["default"] = self.default
+        return d
+
+
+@dataclass(frozen=True)
 class Catalog:
     path: str  # absolute path of a .csv, .jsonl or .parquet file
     template: str  # str.format-style, over the row's columns
     key: str  # the column that identifies a row
+    filter: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (column, values it may have)
+    name: str | None = None  # a friendly output name, e.g. "{sku}/{preset}-{seed}"
+    preset_by: ByColumn | None = None  # column value -> preset label
+    lora_by: ByColumn | None = None  # column value -> LoRA name
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"path": self.path, "template": self.template, "key": self.key}
+        if self.filter:
+            d["filter"] = {c: list(v) if len(v) > 1 else v[0] for c, v in self.filter}
+        if self.name is not None:
+            d["name"] = self.name
+        if self.preset_by is not None:
+            d["preset_by"] = self.preset_by.to_dict()
+        if self.lora_by is not None:
+            d["lora_by"] = self.lora_by.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class PresetWeights:
+    """A preset as resolved for one job: its label and the weights it sets. `weight` goes
+    to each LoRA the job names (or `lora`, or a catalog row's LoRA); `loras` names them."""
+
+    preset: str
+    weight: Strength | None = None
+    loras: tuple[tuple[str, Strength], ...] = ()
+    lora: str | None = None
+    at: float | None = None  # the slider position it was set at
+
+    def bind(self, names: tuple[str, ...]) -> tuple[tuple[str, Strength], ...]:
+        """The (LoRA, strength) pairs for a job (or a row) whose LoRAs are `names`."""
+        if self.loras:
+            return self.loras
+        return tuple((n, self.weight) for n in ((self.lora,) if self.lora else names))
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"preset": self.preset}
+        if self.loras:
+            d["loras"] = {n: strength_to_spec(w) for n, w in self.loras}
+        else:
+            d["weight"] = strength_to_spec(self.weight)
+        if self.lora is not None:
+            d["lora"] = self.lora
+        if self.at is not None:
+            d["at"] = self.at
+        return d
 
 
 Combos = tuple[tuple[tuple[str, Strength], ...], ...]
@@ -81,13 +147,23 @@ class Spec:
     catalog: Catalog | None = None
     source: str = ""
     lora_dir: str | None = None  # a LoRA library: prompt tags name its files by stem
+    tenant: str | None = None  # whose job: its caps and prefix apply (farm/tenants.py)
+    # Presets as resolved: the preset axis, or (with catalog.preset_by) the rows' choices.
+    presets: tuple[PresetWeights, ...] = ()
+
+    @property
+    def row_presets(self) -> bool:
+        """Presets are chosen per catalog row (preset_by or lora_by), not an axis."""
+        c = self.catalog
+        return c is not None and (c.preset_by is not None or c.lora_by is not None)
 
     def to_dict(self) -> dict:
         """Canonical JSON-able form; parse_spec(spec.to_dict()) gives the spec back."""
         d: dict[str, Any] = {"job": self.job, "model": self.model}
+        if self.tenant is not None:
+            d["tenant"] = self.tenant
         if self.catalog is not None:
-            c = self.catalog
-            d["catalog"] = {"path": c.path, "template": c.template, "key": c.key}
+            d["catalog"] = self.catalog.to_dict()
         else:
             d["prompts"] = list(self.prompts)
         d["negative_prompt"] = self.negative_prompt
@@ -114,6 +190,8 @@ class Spec:
         d["output"] = self.output
         if self.lora_dir is not None:
             d["lora_dir"] = self.lora_dir
+        if self.presets:
+            d["preset_weights"] = [p.to_dict() for p in self.presets]
         return d
 
 

@@ -10,48 +10,48 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from farm.catalog import validate_catalog
 from farm.demo_loras import DEMO_LORAS
 from farm.demo_loras import PREFIX as DEMO_PREFIX
 from farm.limits import PICKLE_SUFFIXES
 from farm.schedulers import SAMPLERS
+from farm.spec_catalog import parse_catalog
 from farm.spec_errors import SpecError, show, suggest
-from farm.spec_model import Catalog, Combos, LoraAxis, Render, Spec
+from farm.spec_fields import (
+    NAME_RE,
+    URL_RE,
+    _blocks,
+    _check_keys,
+    _combo_strength,
+    _get,
+    _int,
+    _local,
+    _mapping,
+    _number,
+    _required,
+    _schedule,
+    _str,
+)
+from farm.spec_model import Combos, LoraAxis, Render, Spec
+from farm.spec_presets import parse_preset_weights
 from farm.strength import (
-    Blocks,
     Strength,
-    StrengthError,
     is_lbw_preset,
-    parse_blocks,
-    parse_schedule,
 )
 
 JOB_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 HUB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 S3_RE = re.compile(r"s3://[^/\s]+(/.*)?")
 MAX_SEED = 2**32 - 1
 MAX_SEED_COUNT = 1_000_000
 MAX_STRENGTHS = 10_000
 FORMATS = ("png", "jpeg", "webp")
-CATALOG_SUFFIXES = (".csv", ".jsonl", ".parquet")
 TOP_KEYS = ("job", "model", "prompts", "catalog", "negative_prompt", "seeds", "loras",
-            "combine", "render", "output", "lora_dir")  # fmt: skip
+            "combine", "render", "output", "lora_dir", "tenant", "preset_weights")  # fmt: skip
 RENDER_KEYS = ("steps", "guidance", "width", "height", "scheduler", "format", "batch")
 LORA_KEYS = ("name", "path", "alpha", "te", "unet", "blocks", "schedule")
-STRENGTH_KEYS = ("weight", "te", "unet", "blocks", "schedule")
-_NO_TENANTS = "tenants are not configured on this farm (no tenants.yaml)"
-# Keys of a later feature (tenant presets): recognised, so the message says why they fail.
-LATER_KEYS = {
-    "tenant": _NO_TENANTS,
-    "preset": f"presets come from a tenant, and {_NO_TENANTS}",
-    "presets": f"presets come from a tenant, and {_NO_TENANTS}",
-}
 STRENGTHS_HELP = "a number, a list of numbers or a range 'start:stop:step'"
 
 
@@ -85,10 +85,14 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
     combine = _combine(mode, loras)
     render = _render(_get(data, "render", {}))
     output = _output(_get(data, "output", "./renders"))
-    catalog = _catalog(data["catalog"], base) if has_catalog else None
+    catalog = parse_catalog(data["catalog"], base) if has_catalog else None
     lora_dir = _lora_dir(_get(data, "lora_dir"), base)
+    tenant = _get(data, "tenant")
+    if tenant is not None and not NAME_RE.fullmatch(_str(tenant, "tenant")):
+        raise SpecError(f"tenant: {show(tenant)} is not a tenant name")
+    presets = parse_preset_weights(_get(data, "preset_weights"), loras, catalog, combine)
     return Spec(job, model, prompts, negative, seeds, loras, combine, render, output,
-                catalog, source, lora_dir)  # fmt: skip
+                catalog, source, lora_dir, tenant, presets)  # fmt: skip
 
 
 def _lora_dir(value: Any, base: Path) -> str | None:
@@ -288,45 +292,6 @@ def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> di
     return extras
 
 
-def _blocks(value: Any, at: str) -> Blocks:
-    try:
-        return parse_blocks(value)
-    except StrengthError as err:
-        raise SpecError(f"{at}: {err}") from None
-
-
-def _schedule(value: Any, at: str) -> tuple[tuple[float, float], ...]:
-    try:
-        return parse_schedule(value)
-    except StrengthError as err:
-        raise SpecError(f"{at}: {err}") from None
-
-
-def _combo_strength(value: Any, at: str) -> Strength:
-    """A combine entry's value: a weight, or {weight | te/unet, blocks, schedule}."""
-    if not isinstance(value, dict):
-        return Strength.plain(_number(value, at, strings=True))
-    _check_keys(value, STRENGTH_KEYS, at)
-    weight = _get(value, "weight")
-    te, unet = _get(value, "te"), _get(value, "unet")
-    if weight is None and te is None and unet is None:
-        raise SpecError(f"{at}: give weight, or te and/or unet")
-    w = _number(weight, f"{at}.weight", strings=True) if weight is not None else None
-    te_w = _number(te, f"{at}.te", strings=True) if te is not None else w
-    unet_w = _number(unet, f"{at}.unet", strings=True) if unet is not None else w
-    if te_w is None or unet_w is None:
-        # A1111's rule: an unset UNet weight follows the text encoder's, and back.
-        te_w = unet_w if te_w is None else te_w
-        unet_w = te_w if unet_w is None else unet_w
-    blocks = _get(value, "blocks")
-    schedule = _get(value, "schedule")
-    return Strength(
-        te_w, unet_w,
-        _blocks(blocks, f"{at}.blocks") if blocks is not None else None,
-        _schedule(schedule, f"{at}.schedule") if schedule is not None else None,
-    )  # fmt: skip
-
-
 def _lora_path(text: str, at: str, base: Path) -> str:
     if text.startswith(DEMO_PREFIX):
         if text[len(DEMO_PREFIX) :] not in DEMO_LORAS:
@@ -447,103 +412,6 @@ def _output(value: Any, field: str = "output") -> str:
     if URL_RE.match(text):
         raise SpecError(f"{field}: {text} — use a local folder or s3://bucket/prefix")
     return text  # kept as written: a local output is relative to where farm runs
-
-
-def _catalog(value: Any, base: Path) -> Catalog:
-    m = _mapping(value, "catalog", "a mapping {path, template, key}")
-    _check_keys(m, ("path", "template", "key"), "catalog")
-    text = _str(_required(m, "path", "a .csv, .jsonl or .parquet file", "catalog"), "catalog.path")
-    template = _str(_required(m, "template", "e.g. '{name}, studio photo'", "catalog"),
-                    "catalog.template")  # fmt: skip
-    key = _str(_required(m, "key", "the column that identifies a row", "catalog"), "catalog.key")
-    if URL_RE.match(text):
-        raise SpecError(f"catalog.path: {text} — a catalog must be a local file")
-    local = _local(text, base)
-    if local.suffix.lower() not in CATALOG_SUFFIXES:
-        raise SpecError(f"catalog.path: {local.name} is not a .csv, .jsonl or .parquet file")
-    if not local.is_file():
-        raise SpecError(f"catalog.path: {local} not found")
-    catalog = Catalog(str(local), template, key)
-    validate_catalog(catalog)
-    return catalog
-
-
-# ---------------------------------------------------------------- small helpers
-
-
-def _get(m: dict, key: str, default: Any = None) -> Any:
-    """m[key], with a YAML null (`key:` and nothing after it) meaning 'not given'."""
-    value = m.get(key)
-    return default if value is None else value
-
-
-def _required(m: dict, key: str, what: str, at: str = "") -> Any:
-    value = m.get(key)
-    if value is None:
-        raise SpecError(f"{_join(at, key)}: required ({what})")
-    return value
-
-
-def _join(at: str, key: Any) -> str:
-    return f"{at}.{key}" if at else str(key)
-
-
-def _check_keys(m: dict, known: Iterable[str], at: str) -> None:
-    known = tuple(known)
-    for key in m:
-        if key in known:
-            continue
-        if (not at and key in LATER_KEYS) or (at.startswith("loras[") and key in LATER_KEYS):
-            raise SpecError(f"{_join(at, key)}: {LATER_KEYS[key]}")
-        hint = suggest(str(key), known)
-        raise SpecError(
-            f"{_join(at, key)}: unknown key{hint or ' (known: ' + ', '.join(known) + ')'}"
-        )
-
-
-def _mapping(value: Any, at: str, what: str = "a mapping") -> dict:
-    if not isinstance(value, dict):
-        raise SpecError(f"{at}: expected {what}, got {show(value)}")
-    return value
-
-
-def _str(value: Any, at: str, empty_ok: bool = False) -> str:
-    if not isinstance(value, str):
-        raise SpecError(f"{at}: expected a string, got {show(value)}")
-    if not empty_ok and not value.strip():
-        raise SpecError(f"{at}: is empty")
-    return value
-
-
-def _int(value: Any, at: str, lo: int, hi: int, what: str = "an integer") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{at}: expected {what}, got {show(value)}")
-    if not lo <= value <= hi:
-        raise SpecError(f"{at}: {value} is out of range ({lo}..{hi})")
-    return value
-
-
-def _number(value: Any, at: str, strings: bool = False) -> float:
-    if isinstance(value, str) and strings:
-        try:
-            x = float(value.strip())
-        except ValueError:
-            raise SpecError(f"{at}: {show(value)} is not a number") from None
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            x = float(value)
-        except OverflowError:
-            raise SpecError(f"{at}: {value} is too large") from None
-    else:
-        raise SpecError(f"{at}: expected a number, got {show(value)}")
-    if not math.isfinite(x):
-        raise SpecError(f"{at}: {show(value)} is not a finite number")
-    return x + 0.0
-
-
-def _local(text: str, base: Path) -> Path:
-    path = Path(text).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
 
 
 def _s3(text: str, at: str) -> str:

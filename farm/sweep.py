@@ -40,6 +40,8 @@ class Item:
     loras: tuple[tuple[str, Strength], ...]  # (adapter name, strength), in prompt order
     alpha: float | None  # the swept strength when exactly one LoRA is swept
     catalog: tuple[tuple[str, str], ...] = ()
+    preset: str | None = None  # the preset its strengths came from
+    name: str | None = None  # a catalog's friendly output name, without the extension
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Source:
     text: str
     tags: tuple[tuple[str, Strength], ...]
     catalog: tuple[tuple[str, str], ...] = ()
+    preset: str | None = None  # a catalog row's preset (preset_by), set in its tags
 
 
 class Combos:
@@ -67,6 +70,15 @@ class Combos:
 
     def __init__(self, spec: Spec):
         self.explicit: tuple | None = None
+        self.labels: tuple[str | None, ...] = ()  # the preset of each explicit combination
+        if spec.presets and not spec.row_presets:
+            names = tuple(x.name for x in spec.loras)
+            self.explicit = tuple(p.bind(names) for p in spec.presets)
+            self.labels = tuple(p.preset for p in spec.presets)
+            self.axes = []
+            self.count = len(self.explicit)
+            self.names = frozenset(n for c in self.explicit for n, _ in c)
+            return
         if not isinstance(spec.combine, str):
             self.explicit = tuple(tuple(c) for c in spec.combine)
             self.axes: list[list[tuple[str, Strength]]] = []
@@ -81,6 +93,12 @@ class Combos:
             self.count = len(self.axes[0]) if self.axes else 1
         else:
             self.count = math.prod(len(axis) for axis in self.axes)
+
+    def labelled(self) -> Iterator[tuple[tuple[tuple[str, Strength], ...], str | None]]:
+        """Each combination with the preset it came from (None without presets)."""
+        if self.labels:
+            return zip(self.explicit, self.labels, strict=True)
+        return ((combo, None) for combo in self)
 
     def __iter__(self) -> Iterator[tuple[tuple[str, Strength], ...]]:
         if self.explicit is not None:
@@ -181,9 +199,28 @@ def make_plan(
                     f"loras[{i}].path: the same file as loras[{j}].path; give it one name"
                 )
     sources = list(_sources(spec, adapters, combos))
+    if spec.row_presets:
+        # Rows of one preset share strengths, so they can share pipeline calls: keep them
+        # together (the order of items never changes their ids).
+        sources.sort(key=lambda s: json.dumps(sorted((n, w.key()) for n, w in s.tags)))
     plan = Plan(spec, fingerprint, adapters, combos, sources)
     _check_size(plan.items, limit)
+    if spec.catalog is not None and spec.catalog.name:
+        _check_names(plan)
     return plan
+
+
+def _check_names(plan: Plan) -> None:
+    """Two images with one friendly name would overwrite each other: refused."""
+    first: dict[str, Item] = {}
+    for item in expand(plan):
+        other = first.setdefault(item.name, item)
+        if other is not item:
+            key = plan.spec.catalog.key
+            a, b = dict(other.catalog).get(key), dict(item.catalog).get(key)
+            raise SpecError(f"catalog.name: rows {a!r} and {b!r} (seed {item.seed}) both get "
+                            f"the name {item.name!r}; add fields that tell them apart, such "
+                            "as {key}, {seed} or {preset}")  # fmt: skip
 
 
 def _check_size(items: int, limit: int) -> None:
@@ -260,6 +297,11 @@ def _sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos) -> Iterat
             text, tags = parse_prompt(prompt)
         except PromptError as err:
             raise SpecError(f"{where}: {err}") from None
+        row_tags, preset = _row_preset(spec, dict(catalog), where)
+        for name, _ in row_tags:
+            if any(t.name == name for t in tags):
+                raise SpecError(f"{where}: {name} is both set by the row's preset and "
+                                "tagged in the prompt; keep one")  # fmt: skip
         for tag in tags:
             if tag.name not in adapters:
                 found = _library_adapter(spec, tag.name, where)
@@ -277,11 +319,29 @@ def _sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos) -> Iterat
                 )
         if len({t.name for t in tags}) != len(tags):
             raise SpecError(f"{where}: a LoRA is tagged twice; merge the tags")
-        key = (text, tuple((t.name, t.strength) for t in tags), catalog)
+        key = (text, tuple((t.name, t.strength) for t in tags) + row_tags, catalog)
         if key in seen:
             raise SpecError(f"{where}: duplicate of an earlier prompt; remove it")
         seen.add(key)
-        yield Source(prompt, text, key[1], catalog)
+        # The row's strengths are shown as tags, as a swept LoRA's are (A1111 reads them).
+        shown = " ".join([prompt, *(lora_tag(n, w) for n, w in row_tags)])
+        yield Source(shown, text, key[1], catalog, preset)
+
+
+def _row_preset(spec: Spec, fields: dict[str, str],
+                where: str) -> tuple[tuple[tuple[str, Strength], ...], str | None]:  # fmt: skip
+    """A catalog row's own strengths and preset label (preset_by, lora_by); none without."""
+    if not spec.row_presets:
+        return (), None
+    c = spec.catalog
+    by_label = {p.preset: p for p in spec.presets}
+    label = c.preset_by.pick(fields) if c.preset_by is not None else spec.presets[0].preset
+    preset = by_label.get(label)
+    if preset is None:
+        raise SpecError(f"{where}: preset {label!r} has no weights")
+    names = (c.lora_by.pick(fields),) if c.lora_by is not None else \
+        tuple(x.name for x in spec.loras)  # fmt: skip
+    return preset.bind(names), label
 
 
 def adapter_key(loras: Iterable[tuple[str, float]]) -> tuple[str, ...]:
@@ -305,7 +365,8 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
         "format": render.format,
     }
     single = len(plan.combos.names) == 1
-    for combo in plan.combos:
+    naming = spec.catalog.name if spec.catalog is not None else None
+    for combo, label in plan.combos.labelled():
         for source in plan.sources:
             loras = combo + source.tags
             if only is not None and adapter_key(loras) != only:
@@ -323,9 +384,43 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
                     negative_prompt=spec.negative_prompt,
                     seed=seed,
                     loras=loras,
-                    alpha=combo[0][1].alpha if single and combo else None,
+                    alpha=_alpha(combo, source, single),
                     catalog=source.catalog,
+                    preset=label or source.preset,
+                    name=friendly_name(
+                        naming, source, seed, label or source.preset, spec.catalog.key
+                    )
+                    if naming
+                    else None,
                 )
+
+
+def _alpha(combo: tuple, source: Source, single: bool) -> float | None:
+    """The swept strength: the one swept LoRA's, or a row preset's single weight."""
+    if single and combo:
+        return combo[0][1].alpha
+    if not combo and source.preset is not None and len(source.tags) == 1:
+        return source.tags[0][1].unet
+    return None
+
+
+def friendly_name(template: str, source: Source, seed: int, preset: str | None,
+                  key_column: str) -> str:  # fmt: skip
+    """A catalog image's friendly key (below `named/`): the template filled from the row,
+    its seed and preset, then checked to stay a plain relative path."""
+    fields = dict(source.catalog)
+    values = {
+        **fields,
+        "seed": str(seed),
+        "preset": preset or "",
+        "key": fields.get(key_column, ""),
+    } | fields  # a column named seed or key wins
+    name = template.format_map(values)
+    for part in name.split("/"):
+        if part in ("", ".", "..") or "\\" in part or any(ord(ch) < 32 for ch in part):
+            raise SpecError(f"catalog.name: {name!r} is not a plain relative name (from "
+                            f"{template!r}); keep each part non-empty, without '..'")  # fmt: skip
+    return name
 
 
 def group_units(items: Iterable[Item], size: int = UNIT_SIZE) -> Iterator[Unit]:

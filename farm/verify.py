@@ -45,7 +45,9 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> V
                 f"{key}: corrupt part ({table}); resume renders its items again"
             )
             continue
-        part_rows = table.select(["item_id", "image_key", "image_sha256"]).to_pylist()
+        columns = ["item_id", "image_key", "image_sha256"]
+        columns += ["named_key"] if "named_key" in table.column_names else []  # later column
+        part_rows = table.select(columns).to_pylist()
         seen.update(r["item_id"] for r in part_rows)
         rows += part_rows
     verdict.rows = len(rows)
@@ -76,12 +78,14 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> V
 
 
 def _check_image(store: Store, row: dict) -> str | None:
-    key = row["image_key"]
-    if not store.exists(key):
-        return f"{key}: missing (item {row['item_id']})"
-    digest = hashlib.sha256(store.get(key)).hexdigest()
-    if digest != row["image_sha256"]:
-        return f"{key}: sha256 {digest[:12]}… does not match its row ({row['image_sha256'][:12]}…)"
+    """The row's image, and its friendly copy if it has one, exist with the row's sha256."""
+    for key in filter(None, (row["image_key"], row.get("named_key"))):
+        if not store.exists(key):
+            return f"{key}: missing (item {row['item_id']})"
+        digest = hashlib.sha256(store.get(key)).hexdigest()
+        if digest != row["image_sha256"]:
+            return (f"{key}: sha256 {digest[:12]}… does not match its row "
+                    f"({row['image_sha256'][:12]}…)")  # fmt: skip
     return None
 
 

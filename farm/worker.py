@@ -66,6 +66,11 @@ def image_key(item: Item, fmt: str) -> str:
     return f"images/{item.item_id}.{EXTENSIONS[fmt]}"
 
 
+def named_key(item: Item, fmt: str) -> str | None:
+    """The friendly copy's key, beside the content-addressed one; None without a name."""
+    return f"named/{item.name}.{EXTENSIONS[fmt]}" if item.name else None
+
+
 class RenderWorker:
     """Holds pipelines and adapters across units; `render(unit)` is the whole story."""
 
@@ -259,13 +264,14 @@ class RenderWorker:
             "unit_id": unit.unit_id, "prompt": item.prompt,
             "negative_prompt": item.negative_prompt, "seed": item.seed, "rng": "cpu",
             "model": ctx.model, "model_hash": ctx.model_hash, "loras": loras,
-            "alpha": item.alpha, "preset": None, "steps": r.steps, "guidance": r.guidance,
+            "alpha": item.alpha, "preset": item.preset, "steps": r.steps, "guidance": r.guidance,
             "scheduler": r.scheduler, "width": r.width, "height": r.height,
             "catalog": catalog_pairs(item.catalog), "image_key": key, "file_name": key,
             "format": r.format, "render_seconds": seconds, "batch_size": batch_size,
             "worker": self.name, "node": self.node, "gpu": self.device.label,
             "threads": torch.get_num_threads(), "attempt": attempt,
             "created_at": datetime.now(UTC), "infotext": infotext,
+            "named_key": named_key(item, r.format),
         }  # fmt: skip
 
     def _write_image(self, store, image, row: dict) -> None:
@@ -274,6 +280,8 @@ class RenderWorker:
             row["image_sha256"] = hashlib.sha256(data).hexdigest()
             row["image_bytes"] = len(data)
             store.put(row["image_key"], data)
+            if row["named_key"]:  # the same bytes: a retried unit rewrites both keys alike
+                store.put(row["named_key"], data)
         finally:
             self.upload_slots.release()
 

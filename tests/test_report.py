@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import FARM, REPO
 from jobrun import farm
 from PIL import Image
@@ -404,3 +405,29 @@ def test_a_report_never_loads_torch_ray_or_diffusers(job, tmp_path):
                           text=True, timeout=300, cwd=REPO)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_presets_suggest_turns_the_sweep_into_ordered_presets(job, tmp_path):
+    from farm.tenants import parse_tenants
+
+    job, _ = job
+    out = farm("presets", "suggest", str(job), "--lora", "neon").stdout
+    block = yaml.safe_load(out)["presets"]
+    weights = {name: block[name]["weight"] for name in ("subtle", "standard", "bold")}
+    measured = sorted(curve_points(job, "neon"))
+    assert measured[0] < weights["subtle"] < weights["standard"] < weights["bold"] <= measured[-1]
+    s = summaries(job)["neon"]
+    # Each rests on the measured response: past the onset, at the knee, below the break.
+    assert s["onset"] <= weights["subtle"] and weights["standard"] == pytest.approx(s["knee"])
+    assert weights["bold"] < s["break_at"]
+    assert f"onset {s['onset']:g}, knee {s['knee']:g}" in out
+    # The block is one a tenants file takes as it is.
+    tenant = {"output": str(tmp_path), "loras": {"neon": "tiny:neon"}}
+    parsed = parse_tenants({"presets": block, "tenants": {"a": tenant}}, source="t.yaml",
+                           base=".")  # fmt: skip
+    assert parsed.tenants["a"].presets["bold"].weight.unet == weights["bold"]
+    # Without --lora, one set per LoRA swept alone.
+    both = yaml.safe_load(farm("presets", "suggest", str(job)).stdout)["presets"]
+    assert {"neon-subtle", "ink-bold"} <= set(both)
+    bad = farm("presets", "suggest", str(job), "--lora", "nope", check=False)
+    assert bad.returncode == 2 and "no curve of nope" in bad.stderr

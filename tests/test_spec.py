@@ -89,12 +89,11 @@ BAD = [
     ("unknown-key", spec(promts=["x"]), "promts: unknown key (did you mean 'prompts'?)"),
     ("unknown-key-far", spec(zzz=1), "zzz: unknown key (known: job, model, prompts"),
     (
-        "tenant",
-        spec(tenant="acme"),
-        "tenant: tenants are not configured on this farm (no tenants.yaml)",
+        "preset",
+        spec(preset="bold"),
+        "preset: presets are defined in a tenants file: give --tenants",
     ),
-    ("preset", spec(preset="bold"), "preset: presets come from a tenant, and tenants are not"),
-    ("presets", spec(presets=["a"]), "presets: presets come from a tenant"),
+    ("presets", spec(presets=["a"]), "presets: presets are defined in a tenants file"),
     # job
     ("job-missing", spec(job=DROP), "job: required (a job name such as 'neon-sweep')"),
     ("job-bad-name", spec(job="Neon City"), "job: 'Neon City' is not a valid job name"),
@@ -216,7 +215,7 @@ BAD = [
     (
         "lora-preset",
         spec(loras=[lora(preset="bold")]),
-        "loras[0].preset: presets come from a tenant",
+        "loras[0].preset: presets are defined in a tenants file",
     ),
     ("lora-not-mapping", spec(loras=["neon"]), "loras[0]: expected a mapping, got 'neon'"),
     ("loras-not-list", spec(loras={"neon": 1}), "loras: expected a list of {name, path, alpha}"),
@@ -325,7 +324,7 @@ BAD = [
     (
         "catalog-dup-key",
         catspec("dup.csv", "{color}"),
-        "catalog: dup.csv row 3: key 'A1' repeats row 1",
+        "catalog: dup.csv row 3: key column 'sku' value 'A1' repeats row 1",
     ),
     ("catalog-empty", catspec("headonly.csv", "{color}"), "catalog: headonly.csv has no rows"),
     ("catalog-wide-row", catspec("wide.csv", "{color}"), "wide.csv line 2: 3 values but 2 columns"),

@@ -1,0 +1,460 @@
+"""tenants.yaml: the tenants of a shared farm, their presets, caps and output prefixes.
+
+```yaml
+presets:                        # global: every tenant has them unless it overrides one
+  subtle: {weight: 0.4}         # the job's LoRA(s) at 0.4, text encoder and UNet
+  bold: {weight: {te: 0.9, unet: 1.1}}
+  style: {slider: {min: 0.2, max: 1.0, step: 0.1, default: 0.6}}
+tenants:
+  acme:
+    output: s3://farm-renders/tenants/acme     # every job of acme's lands below this
+    models: [tiny]                             # the first is the default
+    loras: {house: loras/acme-house.safetensors, neon: "tiny:neon"}
+    presets:
+      bold: {weight: 0.9}                      # overrides the global bold
+      poster: {loras: {house: 0.8, neon: {te: 0.2, unet: 0.4}}}
+    caps: {strength: [0, 1.2], images: 50000, workers: 4, jobs: 2}
+```
+
+A preset sets either `weight` (each LoRA the job names, or a catalog row's LoRA), `loras`
+(a weight per LoRA: te/unet, blocks and schedule allowed) or a `slider` that a spec sets
+with `preset: {name: style, at: 0.7}`. Relative LoRA paths are relative to the tenants
+file's folder; a relative local output prefix, like a spec's output, to where farm runs.
+Validation gives the same one-line errors as a spec, naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from farm.spec_errors import SpecError, show, suggest
+from farm.spec_model import strength_to_spec
+from farm.strength import Strength
+
+ENV = "FARM_TENANTS"  # where the tenants file is when --tenants is not given
+ENV_TENANT = "FARM_TENANT"  # the tenant a command acts for when --tenant is not given
+MAX_TENANTS_BYTES = 4 * 1024 * 1024
+TOP_KEYS = ("presets", "tenants")
+TENANT_KEYS = ("output", "models", "loras", "presets", "caps")
+PRESET_KEYS = ("weight", "loras", "slider", "lora", "description")
+SLIDER_KEYS = ("min", "max", "step", "default")
+CAP_KEYS = ("strength", "images", "workers", "jobs")
+GRID_TOLERANCE = 1e-9  # a slider position counts as on its grid within this
+
+
+@dataclass(frozen=True)
+class Slider:
+    min: float
+    max: float
+    step: float
+    default: float
+
+    def positions(self) -> list[float]:
+        n = math.floor((self.max - self.min) / self.step + GRID_TOLERANCE) + 1
+        return [round(self.min + i * self.step, 10) + 0.0 for i in range(n)]
+
+    def check(self, at: float, where: str) -> float:
+        """`at` if it is a position of the slider, else a SpecError naming the closest."""
+        if not self.min - GRID_TOLERANCE <= at <= self.max + GRID_TOLERANCE:
+            raise SpecError(f"{where}: {at:g} is outside the slider's {self.min:g}..{self.max:g}")
+        steps = (at - self.min) / self.step
+        if abs(steps - round(steps)) > 1e-6:
+            lo = self.min + math.floor(steps) * self.step
+            raise SpecError(f"{where}: {at:g} is not a slider position (steps of {self.step:g} "
+                            f"from {self.min:g}: try {lo:g} or {lo + self.step:g})")  # fmt: skip
+        return round(self.min + round(steps) * self.step, 10) + 0.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    origin: str  # "global" or the tenant that defines it
+    weight: Strength | None = None  # for each LoRA the job names
+    loras: tuple[tuple[str, Strength], ...] = ()  # a weight per named LoRA
+    slider: Slider | None = None
+    lora: str | None = None  # the one LoRA a weight or slider preset applies to, if named
+    description: str = ""
+
+    def resolved(self, at: float | None, where: str) -> dict:
+        """The preset at a slider position (or as it is), as a spec's preset_weights entry."""
+        if self.slider is None:
+            if at is not None:
+                raise SpecError(f"{where}.at: preset {self.name!r} is not a slider")
+            if self.loras:
+                return {"preset": self.name,
+                        "loras": {n: strength_to_spec(w) for n, w in self.loras}}  # fmt: skip
+            out: dict[str, Any] = {"preset": self.name, "weight": strength_to_spec(self.weight)}
+        else:
+            value = self.slider.default if at is None else self.slider.check(at, f"{where}.at")
+            out = {"preset": self.name, "weight": value, "at": value}
+        if self.lora:
+            out["lora"] = self.lora
+        return out
+
+    def describe(self) -> dict:
+        """What `farm presets show --json` prints."""
+        d: dict[str, Any] = {"name": self.name, "origin": self.origin}
+        if self.description:
+            d["description"] = self.description
+        if self.lora:
+            d["lora"] = self.lora
+        if self.slider is not None:
+            s = self.slider
+            d["slider"] = {"min": s.min, "max": s.max, "step": s.step, "default": s.default,
+                           "positions": s.positions()}  # fmt: skip
+        elif self.loras:
+            d["loras"] = {n: _strength_dict(w) for n, w in self.loras}
+        else:
+            d["weight"] = _strength_dict(self.weight)
+        return d
+
+
+def _strength_dict(w: Strength) -> dict:
+    d: dict[str, Any] = {"te": w.te, "unet": w.unet}
+    if w.blocks is not None:
+        d["blocks"] = w.blocks.source
+    if w.schedule is not None:
+        from farm.strength import schedule_text
+
+        d["schedule"] = schedule_text(w.schedule)
+    return d
+
+
+@dataclass(frozen=True)
+class Caps:
+    strength: tuple[float, float] | None = None
+    images: int | None = None
+    workers: int | None = None
+    jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    output: str  # the prefix every job of the tenant lands below
+    models: tuple[str, ...]
+    loras: dict[str, str] = field(default_factory=dict)  # registry: name -> resolved path
+    presets: dict[str, Preset] = field(default_factory=dict)  # global ones merged in
+    caps: Caps = Caps()
+
+    def preset(self, name: object, where: str) -> Preset:
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f"{where}: expected a preset name, got {show(name)}")
+        if name not in self.presets:
+            raise SpecError(f"{where}: unknown preset {name!r} for tenant {self.name}"
+                            f"{suggest(name, self.presets)} (presets: "
+                            f"{', '.join(sorted(self.presets)) or 'none'})")  # fmt: skip
+        return self.presets[name]
+
+
+@dataclass(frozen=True)
+class Tenants:
+    source: str
+    presets: dict[str, Preset]  # the global ones
+    tenants: dict[str, Tenant]
+
+    def tenant(self, name: object, where: str = "tenant") -> Tenant:
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f"{where}: expected a tenant name, got {show(name)}")
+        if name not in self.tenants:
+            known = ", ".join(sorted(self.tenants))
+            raise SpecError(f"{where}: unknown tenant {name!r}{suggest(name, self.tenants)} "
+                            f"(tenants in {self.source}: {known})")  # fmt: skip
+        return self.tenants[name]
+
+    def owner(self, url: str) -> Tenant | None:
+        """The tenant whose output prefix holds `url`, if any."""
+        return next((t for t in self.tenants.values() if inside(url, t.output)), None)
+
+    def presets_of(self, tenant: str | None) -> dict[str, Preset]:
+        return self.tenant(tenant, "--tenant").presets if tenant else self.presets
+
+
+# ---------------------------------------------------------------- where a URL lies
+
+
+def inside(url: str, prefix: str) -> bool:
+    """Whether `url` is `prefix` or below it, segment by segment: s3://b/acme2 is not below
+    s3://b/acme. A URL with `.` or `..` segments is refused, never normalised away."""
+    mine, theirs = _segments(url), _segments(prefix)
+    return mine[: len(theirs)] == theirs
+
+
+def _segments(url: str) -> tuple[str, ...]:
+    if url.startswith("s3://"):
+        parts = [p for p in url[len("s3://") :].split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise SpecError(f"{url}: '.' and '..' are not allowed in an s3:// URL")
+        return ("s3", *parts)
+    return ("file", *Path(url).expanduser().resolve().parts)
+
+
+def check_job_url(url: str, tenants: Tenants | None, tenant: str | None) -> None:
+    """A command on a job URL acting for `tenant` reaches only that tenant's prefix."""
+    if tenant is None:
+        return
+    if tenants is None:
+        raise SpecError(f"--tenant {tenant}: no tenants file (give --tenants or set {ENV})")
+    mine = tenants.tenant(tenant, "--tenant")
+    if not inside(url, mine.output):
+        raise SpecError(f"{url}: outside tenant {tenant}'s output prefix {mine.output}; a "
+                        "tenant reaches only its own jobs")  # fmt: skip
+
+
+def check_job_tenant(doc: dict, url: str, tenant: str | None) -> None:
+    """The job at `url` belongs to `tenant` (job.json says whose it is)."""
+    owner = doc.get("spec", {}).get("tenant") if isinstance(doc.get("spec"), dict) else None
+    if tenant is not None and owner != tenant:
+        raise SpecError(f"{url}: not a job of tenant {tenant}; a tenant reaches only its own jobs")
+
+
+# ---------------------------------------------------------------- reading the file
+
+
+def tenants_ref(option: str | None) -> str | None:
+    """The tenants file to use: --tenants, else FARM_TENANTS, else none."""
+    if option is not None:
+        if not option.strip():
+            raise SpecError("--tenants: is empty; give a tenants.yaml path or s3:// URL")
+        return option
+    return os.environ.get(ENV) or None
+
+
+def load_tenants(ref: str) -> Tenants:
+    """Read and validate a tenants file, local or s3://; SpecError naming the field."""
+    import yaml
+
+    from farm.spec_yaml import _Loader  # the spec's YAML rules: 1.2 numbers, no repeated keys
+
+    if ref.startswith("s3://"):
+        from farm.fetch import fetch_file
+        from farm.store import StoreError
+
+        try:
+            path = fetch_file(ref)
+        except StoreError as err:
+            raise SpecError(f"tenants: {err}") from None
+        base: str = ref.rsplit("/", 1)[0]
+    else:
+        path = Path(ref).expanduser()
+        base = str(path.absolute().parent)
+    name = Path(ref).name if not ref.startswith("s3://") else ref
+    try:
+        if path.stat().st_size > MAX_TENANTS_BYTES:
+            raise SpecError(f"{name}: larger than {MAX_TENANTS_BYTES // 2**20} MiB")
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SpecError(f"--tenants: {ref}: file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"--tenants: {ref}: is a folder, not a tenants.yaml") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{name}: not UTF-8 text") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{name}: invalid YAML{where}: {e.problem or e.context}") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise SpecError(f"{name}: invalid YAML: {e}") from None
+    return parse_tenants(data, source=name, base=base)
+
+
+def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
+    from farm.spec_fields import NAME_RE, _check_keys, _mapping
+
+    def err(at: str, what: str) -> SpecError:
+        return SpecError(f"{source}: {at}: {what}")
+
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the top level must be a mapping (presets, tenants)")
+    try:
+        _check_keys(data, TOP_KEYS, "")
+        global_presets = _presets(data.get("presets") or {}, "presets", "global")
+        raw = _mapping(data.get("tenants"), "tenants", "a mapping {tenant name: settings}")
+        if not raw:
+            raise SpecError("tenants: is empty (define at least one tenant)")
+        tenants: dict[str, Tenant] = {}
+        for tname, settings in raw.items():
+            at = f"tenants.{tname}"
+            if not isinstance(tname, str) or not NAME_RE.fullmatch(tname):
+                raise SpecError(f"{at}: a tenant name uses letters, digits, '_', '.', '-'")
+            tenants[tname] = _tenant(tname, _mapping(settings, at), at, base, global_presets)
+    except SpecError as e:
+        raise err(*str(e).split(": ", 1)) from None
+    prefixes = sorted(tenants.values(), key=lambda t: len(_segments(t.output)))
+    for i, a in enumerate(prefixes):
+        for b in prefixes[i + 1 :]:
+            if inside(b.output, a.output):
+                raise err(f"tenants.{b.name}.output", f"{b.output} is inside tenant "
+                          f"{a.name}'s prefix {a.output}; give each tenant its own")  # fmt: skip
+    return Tenants(source, global_presets, tenants)
+
+
+def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Tenant:
+    from farm.spec_parse import NAME_RE, _check_keys, _lora_path, _mapping, _model, _output, _str
+
+    _check_keys(m, TENANT_KEYS, at)
+    if m.get("output") is None:
+        raise SpecError(f"{at}.output: required (the prefix every job of {name} lands below)")
+    # A local prefix is relative to where farm runs, as a spec's output is.
+    output = _output(m["output"], f"{at}.output").rstrip("/") or "/"
+    models_raw = m.get("models", ["tiny"])
+    if isinstance(models_raw, str):
+        models_raw = [models_raw]
+    if not isinstance(models_raw, list) or not models_raw:
+        raise SpecError(f"{at}.models: expected a list of models (the first is the default)")
+    local_base = Path(base) if not base.startswith("s3://") else Path.cwd()
+    models = tuple(_model(_str(v, f"{at}.models[{i}]"), local_base)
+                   for i, v in enumerate(models_raw))  # fmt: skip
+    loras: dict[str, str] = {}
+    for lname, ref in _mapping(m.get("loras") or {}, f"{at}.loras").items():
+        where = f"{at}.loras.{lname}"
+        if not isinstance(lname, str) or not NAME_RE.fullmatch(lname):
+            raise SpecError(f"{where}: a LoRA name uses letters, digits, '_', '.', '-'")
+        text = _str(ref, where)
+        if base.startswith("s3://") and not (text.startswith(("s3://", "tiny:", "/"))):
+            text = f"{base}/{text}"  # relative to an s3:// tenants file: beside it
+        loras[lname] = _lora_path(text, where, local_base)
+    own = _presets(m.get("presets") or {}, f"{at}.presets", name)
+    presets = {**global_presets, **own}
+    for pname, preset in presets.items():
+        named = [n for n, _ in preset.loras] + ([preset.lora] if preset.lora else [])
+        for lname in named:
+            if lname not in loras:
+                where = f"{at}.presets.{pname}" if pname in own else f"presets.{pname}"
+                raise SpecError(f"{where}: LoRA {lname!r} is not in {at}.loras"
+                                f"{suggest(lname, loras)}")  # fmt: skip
+    caps = _caps(_mapping(m.get("caps") or {}, f"{at}.caps"), f"{at}.caps")
+    if caps.strength is not None:
+        for pname, preset in presets.items():
+            for lname, w in preset_strengths(preset):
+                check_strength(w, caps, f"{at}.presets.{pname}" + (f".{lname}" if lname else ""))
+    return Tenant(name, output, models, loras, presets, caps)
+
+
+def _presets(value: Any, at: str, origin: str) -> dict[str, Preset]:
+    from farm.spec_fields import NAME_RE, _mapping
+
+    out = {}
+    for name, body in _mapping(value, at, "a mapping {preset name: setting}").items():
+        where = f"{at}.{name}"
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise SpecError(f"{where}: a preset name uses letters, digits, '_', '.', '-'")
+        out[name] = _preset(name, body, where, origin)
+    return out
+
+
+def _preset(name: str, body: Any, at: str, origin: str) -> Preset:
+    from farm.spec_fields import NAME_RE, _check_keys, _combo_strength, _mapping, _number, _str
+
+    if isinstance(body, int | float | str) and not isinstance(body, bool):
+        return Preset(name, origin, weight=_combo_strength(body, at))
+    m = _mapping(body, at, "a mapping with weight, loras or slider")
+    _check_keys(m, PRESET_KEYS, at)
+    kinds = [k for k in ("weight", "loras", "slider") if m.get(k) is not None]
+    if len(kinds) != 1:
+        raise SpecError(f"{at}: give exactly one of weight, loras or slider"
+                        + (f" (got {', '.join(kinds)})" if kinds else ""))  # fmt: skip
+    lora = m.get("lora")
+    if lora is not None:
+        lora = _str(lora, f"{at}.lora")
+        if not NAME_RE.fullmatch(lora):
+            raise SpecError(f"{at}.lora: {show(lora)} is not a LoRA name")
+        if kinds == ["loras"]:
+            raise SpecError(f"{at}.lora: a loras preset names its LoRAs already")
+    description = _str(m.get("description", ""), f"{at}.description", empty_ok=True)
+    if kinds == ["weight"]:
+        return Preset(name, origin, weight=_combo_strength(m["weight"], f"{at}.weight"),
+                      lora=lora, description=description)  # fmt: skip
+    if kinds == ["loras"]:
+        per = _mapping(m["loras"], f"{at}.loras", "a mapping {lora name: weight}")
+        if not per:
+            raise SpecError(f"{at}.loras: is empty (give at least one lora name: weight)")
+        pairs = []
+        for lname, w in per.items():
+            if not isinstance(lname, str) or not NAME_RE.fullmatch(lname):
+                raise SpecError(f"{at}.loras: {show(lname)} is not a LoRA name")
+            pairs.append((lname, _combo_strength(w, f"{at}.loras.{lname}")))
+        return Preset(name, origin, loras=tuple(pairs), description=description)
+    s = _mapping(m["slider"], f"{at}.slider", "a mapping {min, max, step, default}")
+    _check_keys(s, SLIDER_KEYS, f"{at}.slider")
+    values = {}
+    for key in SLIDER_KEYS:
+        if s.get(key) is None:
+            raise SpecError(f"{at}.slider.{key}: required")
+        values[key] = _number(s[key], f"{at}.slider.{key}", strings=True)
+    if values["step"] <= 0:
+        raise SpecError(f"{at}.slider.step: {values['step']:g} must be more than 0")
+    if values["min"] > values["max"]:
+        raise SpecError(f"{at}.slider: min {values['min']:g} is above max {values['max']:g}")
+    if (values["max"] - values["min"]) / values["step"] > 10_000:
+        raise SpecError(f"{at}.slider.step: more than 10,000 positions (use a larger step)")
+    slider = Slider(values["min"], values["max"], values["step"], values["default"])
+    slider_default = slider.check(values["default"], f"{at}.slider.default")
+    slider = Slider(slider.min, slider.max, slider.step, slider_default)
+    return Preset(name, origin, slider=slider, lora=lora, description=description)
+
+
+def _caps(m: dict, at: str) -> Caps:
+    from farm.spec_fields import _check_keys, _int, _number
+
+    _check_keys(m, CAP_KEYS, at)
+    strength = m.get("strength")
+    if strength is not None:
+        if not isinstance(strength, list) or len(strength) != 2:
+            raise SpecError(f"{at}.strength: expected [lowest, highest], e.g. [0, 1.2]")
+        lo, hi = (_number(v, f"{at}.strength[{i}]", strings=True) for i, v in enumerate(strength))
+        if lo > hi:
+            raise SpecError(f"{at}.strength: {lo:g} is above {hi:g}")
+        strength = (lo, hi)
+
+    def count(key: str) -> int | None:
+        v = m.get(key)
+        return None if v is None else _int(v, f"{at}.{key}", 1, 10**12)
+
+    return Caps(strength, count("images"), count("workers"), count("jobs"))
+
+
+# ---------------------------------------------------------------- caps
+
+
+def preset_strengths(preset: Preset) -> list[tuple[str, Strength]]:
+    if preset.loras:
+        return list(preset.loras)
+    if preset.slider is not None:
+        s = preset.slider
+        return [("", Strength.plain(s.min)), ("", Strength.plain(s.max))]
+    return [("", preset.weight)]
+
+
+def check_strength(w: Strength, caps: Caps, where: str) -> None:
+    """A strength inside the caps: te, UNet and every block or schedule value times them."""
+    if caps.strength is None:
+        return
+    lo, hi = caps.strength
+    values = [w.te, w.unet]
+    if w.blocks is not None:
+        values += [w.unet * v for _, v in w.blocks.pairs] + [w.te * w.blocks.te()]
+    if w.schedule is not None:
+        values += [w.unet * v for _, v in w.schedule]
+    for v in values:
+        if not lo - 1e-9 <= v <= hi + 1e-9:
+            raise SpecError(f"{where}: strength {v:g} is outside the tenant's cap "
+                            f"{lo:g}..{hi:g}")  # fmt: skip
+
+
+def check_strengths(pairs: Iterable[tuple[str, Strength]], caps: Caps, where: str) -> None:
+    for name, w in pairs:
+        check_strength(w, caps, f"{where}.{name}" if name else where)
+
+
+def local_path(text: str) -> bool:
+    """Whether a LoRA reference is a path rather than a registry name."""
+    return ("/" in text or "\\" in text or text.startswith(("~", ".")) or
+            PurePosixPath(text).suffix.lower() == ".safetensors")  # fmt: skip

@@ -1,0 +1,152 @@
+"""Catalog jobs in a house style: rows filtered, a preset per category, friendly names,
+and one-line errors that name the row and the column."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from jobrun import farm
+
+from farm.spec import SpecError, parse_spec
+
+RENDER = {"steps": 4, "width": 64, "height": 64, "batch": 8}
+CATEGORIES = {"jewellery": "subtle", "sneakers": "bold", "bags": "standard"}
+
+
+def write_catalog(path: Path, rows: int) -> list[dict]:
+    shapes = ["circle", "square", "triangle", "star", "ring", "cross"]
+    out = [{"sku": f"S{i:04d}", "category": list(CATEGORIES)[i % 3], "shape": shapes[i % 6],
+            "colour": ["red", "blue", "green", "purple"][i % 4]} for i in range(rows)]  # fmt: skip
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(out[0]))
+        writer.writeheader()
+        writer.writerows(out)
+    return out
+
+
+def tenants_file(folder: Path) -> Path:
+    path = folder / "tenants.yaml"
+    path.write_text(yaml.safe_dump({
+        "presets": {"subtle": {"weight": 0.3}, "standard": {"weight": 0.6},
+                    "bold": {"weight": 1.0}},
+        "tenants": {"shop": {"output": str(folder / "renders" / "shop"),
+                             "loras": {"house": "tiny:neon"}}},
+    }))  # fmt: skip
+    return path
+
+
+def catalog_spec(folder: Path, job: str, **catalog) -> Path:
+    spec = {"job": job, "tenant": "shop", "loras": ["house"], "seeds": [0], "render": RENDER,
+            "catalog": {"path": "products.csv", "key": "sku",
+                        "template": "a {colour} {shape} on a white background",
+                        "preset_by": {"column": "category", "map": CATEGORIES}}
+            | catalog}  # fmt: skip
+    path = folder / f"{job}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_a_200_row_catalog_renders_each_row_in_its_categorys_preset(tmp_path, tiny_dir):
+    products = write_catalog(tmp_path / "products.csv", 200)
+    tenants = tenants_file(tmp_path)
+    spec = catalog_spec(tmp_path, "catalog", name="{sku}/{preset}-{seed}")
+    farm("run", str(spec), "--tenants", str(tenants))
+    job = tmp_path / "renders" / "shop" / "catalog"
+    table = pq.read_table(job / "metadata.parquet").to_pylist()
+    assert len(table) == 200
+    weights = {"subtle": 0.3, "standard": 0.6, "bold": 1.0}
+    category = {p["sku"]: p["category"] for p in products}
+    for row in table:
+        sku = dict((p["key"], p["value"]) for p in row["catalog"])["sku"]
+        preset = CATEGORIES[category[sku]]
+        assert row["preset"] == preset and row["loras"][0]["weight"] == weights[preset]
+        assert row["named_key"] == f"named/{sku}/{preset}-0.png"
+        assert (job / row["named_key"]).read_bytes() == (job / row["image_key"]).read_bytes()
+    assert len(list((job / "named").rglob("*.png"))) == 200
+    assert "ok: 200 planned items, 200 rows, 200 images" in farm("verify", str(job)).stdout
+    # A friendly copy that went missing is a problem verify names.
+    (job / table[0]["named_key"]).unlink()
+    proc = farm("verify", str(job), check=False)
+    assert proc.returncode == 1 and f"{table[0]['named_key']}: missing" in proc.stdout
+    (job / table[0]["named_key"]).write_bytes((job / table[0]["image_key"]).read_bytes())
+    # Run again: nothing renders, nothing is rewritten.
+    again = farm("run", str(spec), "--tenants", str(tenants)).stdout
+    assert "200 already rendered" in again and "nothing to render" in again
+
+
+def test_friendly_names_that_collide_are_refused_at_plan_time(tmp_path):
+    write_catalog(tmp_path / "products.csv", 12)
+    spec = catalog_spec(tmp_path, "clash", name="{category}/{preset}-{seed}")
+    proc = farm("run", str(spec), "--tenants", str(tenants_file(tmp_path)), check=False)
+    assert proc.returncode == 2
+    assert "catalog.name: rows 'S0000' and 'S0003' (seed 0) both get the name " \
+        "'jewellery/subtle-0'" in proc.stderr  # fmt: skip
+    assert not (tmp_path / "renders").exists()
+
+
+def test_a_filter_keeps_matching_rows(tmp_path):
+    write_catalog(tmp_path / "products.csv", 30)
+    spec = catalog_spec(tmp_path, "filtered", filter={"category": ["bags", "sneakers"],
+                                                      "colour": "red"})  # fmt: skip
+    out = farm("plan", str(spec), "--tenants", str(tenants_file(tmp_path)), "--json").stdout
+    import json
+
+    # Red is every 4th row, bags and sneakers two rows in three: rows 4, 8, 16, 20, 28.
+    assert json.loads(out)["items"] == 5
+
+
+def catalog(folder: Path, text: bytes | str, file: str = "p.csv", **extra) -> dict:
+    path = folder / file
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return {"job": "c", "seeds": [0], "catalog": {"path": str(path), "key": "sku",
+            "template": "a {colour} box"} | extra}  # fmt: skip
+
+
+BAD = [
+    ("missing-field", "sku,colour\nA,red\nB\n", {}, "p.csv row 2: template field {colour} missing"),
+    ("encoding", b"sku,colour\nA,red\nB,r\xe9d\n", {}, "p.csv line 3: not UTF-8 text"),
+    ("empty", "", {}, "p.csv is empty (expected a header row)"),
+    ("duplicate-key", "sku,colour\nA,red\nA,blue\n", {},
+     "p.csv row 2: key column 'sku' value 'A' repeats row 1"),
+    ("filter-column", "sku,colour\nA,red\n", {"filter": {"color": "red"}},
+     "catalog.filter.color: 'color' is not a column of p.csv (did you mean 'colour'?)"),
+    ("filter-none", "sku,colour\nA,red\n", {"filter": {"colour": "blue"}},
+     "catalog.filter: no row of p.csv passes the filter"),
+    ("preset-by-column", "sku,colour\nA,red\n",
+     {"preset_by": {"column": "kind", "map": {"x": "bold"}}},
+     "catalog.preset_by.column: 'kind' is not a column of p.csv"),
+    ("preset-by-unmapped", "sku,colour,kind\nA,red,x\nB,blue,y\n",
+     {"preset_by": {"column": "kind", "map": {"x": "bold"}}},
+     "p.csv row 2: column 'kind' is 'y', which catalog.preset_by.map does not list"),
+    ("name-column", "sku,colour\nA,red\n", {"name": "{sku}/{size}"},
+     "catalog.name: 'size' is not a column of p.csv"),
+    ("name-constant", "sku,colour\nA,red\n", {"name": "all"},
+     "catalog.name: uses no column, so every image would get the same name"),
+    ("jsonl-missing", '{"sku": "A", "colour": "red"}\n{"sku": "B"}\n', {},
+     "p.jsonl row 2: template field {colour} missing"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "extra", "expected"),
+                         [pytest.param(t, x, e, id=i) for i, t, x, e in BAD])  # fmt: skip
+def test_catalog_errors_name_the_row_and_column(tmp_path, text, extra, expected):
+    name = "p.jsonl" if "jsonl" in expected else "p.csv"
+    with pytest.raises(SpecError) as info:
+        parse_spec(catalog(tmp_path, text, name, **extra), base_dir=tmp_path)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_preset_by_without_a_tenants_file_says_what_to_give(tmp_path):
+    data = catalog(tmp_path, "sku,colour,kind\nA,red,x\n",
+                   preset_by={"column": "kind", "map": {"x": "bold"}})  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = farm("plan", str(path), check=False, env={**__import__("os").environ,
+                                                     "FARM_TENANTS": ""})  # fmt: skip
+    assert proc.returncode == 2 and "give --tenants" in proc.stderr
