@@ -295,9 +295,13 @@ def plan(spec_path: str, as_json: bool, max_items: int | None, tenants_file: str
     if as_json:
         click.echo(json.dumps({"job": spec.job, "output": spec.output, **counts}, indent=2))
         return
-    click.echo(f"job {spec.job} → {spec.output}/{spec.job}")
+    click.echo(f"job {spec.job} → {spec.output}/{spec.job}"
+               + (f" (tenant {spec.tenant})" if spec.tenant else ""))  # fmt: skip
     for key in ("prompts", "seeds", "loras", "combos"):
         click.echo(f"  {key:<15}{counts[key]:>10}")
+    if spec.presets:
+        labels = sorted({p.preset for p in spec.presets})
+        click.echo(f"  {'presets':<15}{len(labels):>10}  {', '.join(labels)}")
     click.echo(f"  {'items':<15}{counts['items']:>10}")
     click.echo(f"  {'units':<15}{counts['units']:>10}")
     click.echo(f"  {'adapter groups':<15}{counts['adapter_groups']:>10}")

@@ -57,7 +57,10 @@ def plan_fingerprint(plan: Plan) -> str:
     spec["loras"] = [{k: v for k, v in x.items() if k != "path"} for x in spec["loras"]]
     adapters = sorted((a.name, a.sha256) for a in plan.adapters.values())
     sources = [(s.prompt, s.catalog) for s in plan.sources]
-    return content_id([spec, plan.model_fingerprint, adapters, sources])
+    parts = [spec, plan.model_fingerprint, adapters, sources]
+    if plan.spec.catalog is not None and plan.spec.catalog.name:
+        parts.append(plan.spec.catalog.name)  # friendly names are outputs too
+    return content_id(parts)
 
 
 def job_store(spec: Spec) -> Store:

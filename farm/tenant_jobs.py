@@ -24,7 +24,7 @@ STALE = 120.0  # four missed heartbeats
 
 
 def running_jobs(tenant: Tenant, now: float | None = None) -> dict[str, float]:
-    """{job_id: last heartbeat} of the tenant's jobs whose lease is fresh."""
+    """{job_id: start time} of the tenant's jobs whose lease is fresh."""
     store = open_store(tenant.output)
     now = time.time() if now is None else now
     live = {}
@@ -32,7 +32,7 @@ def running_jobs(tenant: Tenant, now: float | None = None) -> dict[str, float]:
         with contextlib.suppress(Exception):  # a lease deleted or half-read meanwhile
             doc = json.loads(store.get(key))
             if now - float(doc["heartbeat"]) < STALE:
-                live[str(doc["job_id"])] = float(doc["heartbeat"])
+                live[str(doc["job_id"])] = float(doc["started"])
     return live
 
 
@@ -46,7 +46,7 @@ def job_slot(tenant: Tenant, job_id: str) -> Iterator[None]:
         return
     store = open_store(tenant.output)
     key = f"{LEASES}{job_id}.json"
-    others = {j: t for j, t in running_jobs(tenant).items()}
+    others = running_jobs(tenant)
     if job_id in others:
         raise SpecError(f"job {job_id} of tenant {tenant.name} is already running; wait for it "
                         f"(a killed run's lease lapses after {STALE:g} s)")  # fmt: skip
@@ -62,7 +62,7 @@ def job_slot(tenant: Tenant, job_id: str) -> Iterator[None]:
     beat()
     # Two jobs starting at once both pass the count above; the later lease gives way.
     live = running_jobs(tenant)
-    ranked = sorted(live, key=lambda j: (live[j] if j != job_id else started, j))
+    ranked = sorted(live, key=lambda j: (live[j], j))  # the earliest starts keep their slots
     if job_id in live and ranked.index(job_id) >= cap:
         store.delete(key)
         raise SpecError(f"tenant {tenant.name} already runs {cap} jobs, its cap; wait for one "

@@ -45,7 +45,8 @@ def resolve(data: Any, tenants: Tenants | None, acting: str | None = None) -> An
     if name is None and not uses_tenants(data):
         return data
     if tenants is None:
-        field = "tenant" if name is not None else ("preset" if "preset" in data else "presets")
+        field = next((k for k in ("tenant", "preset", "presets") if data.get(k) is not None),
+                     "catalog.preset_by")  # fmt: skip
         raise SpecError(f"{field}: needs a tenants file (give --tenants tenants.yaml or set "
                         "FARM_TENANTS)")  # fmt: skip
     tenant = tenants.tenant(name) if name is not None else None
@@ -171,17 +172,17 @@ def _add_preset_loras(out: dict, resolved: list[dict], tenant: Tenant) -> None:
     listed = {e.get("name") for e in out["loras"] if isinstance(e, dict)}
     catalog = out.get("catalog")
     by = catalog.get("lora_by") if isinstance(catalog, dict) else None
-    names = [n for r in resolved for n in (r.get("loras") or {})]
-    names += [r["lora"] for r in resolved if r.get("lora")]
+    names = [(f"preset {r['preset']!r}", n) for r in resolved for n in (r.get("loras") or {})]
+    names += [(f"preset {r['preset']!r}", r["lora"]) for r in resolved if r.get("lora")]
     if isinstance(by, dict) and isinstance(by.get("map"), dict):
-        names += [v for v in by["map"].values() if isinstance(v, str)]
+        names += [("catalog.lora_by", v) for v in by["map"].values() if isinstance(v, str)]
         if isinstance(by.get("default"), str):
-            names.append(by["default"])
-    for name in names:
+            names.append(("catalog.lora_by.default", by["default"]))
+    for where, name in names:
         if name in listed:
             continue
         if name not in tenant.loras:
-            raise SpecError(f"catalog.lora_by: {name!r} is not a LoRA of tenant {tenant.name}"
+            raise SpecError(f"{where}: LoRA {name!r} is not a LoRA of tenant {tenant.name}"
                             f"{suggest(name, tenant.loras)}")  # fmt: skip
         out["loras"].append({"name": name, "path": tenant.loras[name]})
         listed.add(name)

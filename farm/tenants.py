@@ -323,18 +323,17 @@ def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Ten
         loras[lname] = _lora_path(text, where, local_base)
     own = _presets(m.get("presets") or {}, f"{at}.presets", name)
     presets = {**global_presets, **own}
-    for pname, preset in presets.items():
+    caps = _caps(_mapping(m.get("caps") or {}, f"{at}.caps"), f"{at}.caps")
+    # A tenant's own presets must fit it; a global one that names a LoRA the tenant lacks
+    # or goes past its cap is refused only where a job of the tenant picks it.
+    for pname, preset in own.items():
         named = [n for n, _ in preset.loras] + ([preset.lora] if preset.lora else [])
         for lname in named:
             if lname not in loras:
-                where = f"{at}.presets.{pname}" if pname in own else f"presets.{pname}"
-                raise SpecError(f"{where}: LoRA {lname!r} is not in {at}.loras"
+                raise SpecError(f"{at}.presets.{pname}: LoRA {lname!r} is not in {at}.loras"
                                 f"{suggest(lname, loras)}")  # fmt: skip
-    caps = _caps(_mapping(m.get("caps") or {}, f"{at}.caps"), f"{at}.caps")
-    if caps.strength is not None:
-        for pname, preset in presets.items():
-            for lname, w in preset_strengths(preset):
-                check_strength(w, caps, f"{at}.presets.{pname}" + (f".{lname}" if lname else ""))
+        for lname, w in preset_strengths(preset):
+            check_strength(w, caps, f"{at}.presets.{pname}" + (f".{lname}" if lname else ""))
     return Tenant(name, output, models, loras, presets, caps)
 
 

@@ -150,3 +150,42 @@ def test_preset_by_without_a_tenants_file_says_what_to_give(tmp_path):
     proc = farm("plan", str(path), check=False, env={**__import__("os").environ,
                                                      "FARM_TENANTS": ""})  # fmt: skip
     assert proc.returncode == 2 and "give --tenants" in proc.stderr
+
+
+def test_lora_by_gives_each_row_its_lora_at_the_preset_weight(tmp_path):
+    from farm.spec import load_spec
+    from farm.sweep import expand, make_plan
+    from farm.tenants import load_tenants
+
+    (tmp_path / "p.csv").write_text("sku,colour,brand\nA,red,neon\nB,blue,ink\nC,green,other\n")
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(yaml.safe_dump({
+        "presets": {"subtle": {"weight": 0.3}, "wide": {"loras": {"elsewhere": 1}}},
+        "tenants": {"shop": {"output": str(tmp_path / "out"),
+                             "loras": {"n": "tiny:neon", "i": "tiny:ink"}}}}))  # fmt: skip
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "job": "by-brand", "tenant": "shop", "seeds": [0], "preset": "subtle",
+        "catalog": {"path": "p.csv", "key": "sku", "template": "a {colour} box",
+                    "lora_by": {"column": "brand", "map": {"neon": "n", "ink": "i"},
+                                "default": "n"}}}))  # fmt: skip
+    plan = make_plan(load_spec(spec_path, load_tenants(str(tenants))))
+    got = {dict(i.catalog)["sku"]: [(n, w.unet) for n, w in i.loras] for i in expand(plan)}
+    assert got == {"A": [("n", 0.3)], "B": [("i", 0.3)], "C": [("n", 0.3)]}
+    assert {i.preset for i in expand(plan)} == {"subtle"}
+    # A global preset naming a LoRA this tenant lacks is refused where it is picked.
+    data = yaml.safe_load(spec_path.read_text())
+    data.pop("catalog")
+    spec_path.write_text(yaml.safe_dump(data | {"prompts": ["a box"], "preset": "wide"}))
+    proc = farm("plan", str(spec_path), "--tenants", str(tenants), check=False)
+    assert proc.returncode == 2
+    assert "preset 'wide': LoRA 'elsewhere' is not a LoRA of tenant shop" in proc.stderr
+
+
+@pytest.mark.parametrize("sku", ["../evil", "/etc/x", "a//b", "a/./b"])
+def test_a_friendly_name_never_climbs_out_of_named(tmp_path, sku):
+    (tmp_path / "products.csv").write_text(f"sku,colour,shape,category\n{sku},red,ring,bags\n")
+    spec = catalog_spec(tmp_path, "climb", name="{sku}-{seed}")
+    proc = farm("plan", str(spec), "--tenants", str(tenants_file(tmp_path)), check=False)
+    assert proc.returncode == 2
+    assert "is not a plain relative name" in proc.stderr and "Traceback" not in proc.stderr

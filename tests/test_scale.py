@@ -168,3 +168,19 @@ def test_submit_refuses_what_cannot_reach_the_cluster(ray_head, tmp_path, tiny_d
     proc = farm("logs", "farm-nope", "--address", ray_head.jobs_url, env=ray_head.env,
                 check=False)  # fmt: skip
     assert proc.returncode == 2 and "farm-nope: no such job" in proc.stderr
+
+
+def test_a_tenants_worker_cap_holds_on_a_cluster_with_room_for_more(ray_head, tmp_path):
+    # Four GPUs would get four workers; the tenant may use two, replacements included.
+    import yaml
+
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(yaml.safe_dump({"tenants": {"acme": {
+        "output": str(tmp_path / "out"), "loras": {"neon": "tiny:neon", "ink": "tiny:ink"},
+        "caps": {"workers": 2}}}}))  # fmt: skip
+    spec = write_spec(tmp_path, "capped", tenant="acme",
+                      loras=[{"name": "neon"}, {"name": "ink"}])  # fmt: skip
+    run = farm("run", str(spec), "--address", ray_head.address, "--tenants", str(tenants),
+               env=ray_head.env)  # fmt: skip
+    assert "on 2 workers (1.0 GPU each)" in run.stdout
+    assert job_doc(tmp_path / "out" / "capped")["runs"][0]["counters"]["workers"] == 2

@@ -310,6 +310,7 @@ def row(item_id: str = "i1", **over) -> dict:
         "created_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
         "infotext": "a cat <lora:neon:0.2>\nSteps: 20, Seed: 3, Size: 128x64",
         "flags": ["saturated"],
+        "named_key": f"named/A-1/{item_id}.png",
     }
     assert set(base) == set(SCHEMA.names)
     return base | over

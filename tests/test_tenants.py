@@ -8,6 +8,7 @@ is tried through the CLI, with the bucket listed before and after.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -289,7 +290,8 @@ def test_a_bad_tenants_file_is_one_line_from_the_cli(tmp_path):
         "(1..1000000000000)"  # fmt: skip
     proc = farm("presets", "list", "--tenants", str(tmp_path / "none.yaml"), check=False)
     assert proc.returncode == 2 and "file not found" in proc.stderr
-    proc = farm("presets", "list", check=False, env=None)
+    env = {k: v for k, v in os.environ.items() if k != "FARM_TENANTS"}
+    proc = farm("presets", "list", check=False, env=env)
     assert proc.returncode == 2 and "no tenants file" in proc.stderr
 
 
@@ -336,3 +338,22 @@ def _csv(path: Path) -> list[dict]:
 
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_the_tenants_file_can_live_in_s3(shared, s3):
+    _, tenants = shared
+    doc = yaml.safe_load(tenants.read_text())
+    # A relative registry path in an s3:// tenants file names an object beside it.
+    doc["tenants"]["globex"]["loras"]["extra"] = "loras/extra.safetensors"
+    s3.client().put_object(Bucket=s3.bucket, Key="config/tenants.yaml",
+                           Body=yaml.safe_dump(doc).encode())  # fmt: skip
+    url = s3.url("config/tenants.yaml")
+    shown = json.loads(farm("presets", "show", "bold", "--tenant", "acme", "--tenants", url,
+                            "--json").stdout)  # fmt: skip
+    assert shown["weight"]["unet"] == 0.9
+    from farm.tenants import load_tenants
+
+    assert load_tenants(url).tenants["globex"].loras["extra"] == s3.url(
+        "config/loras/extra.safetensors")  # fmt: skip
+    missing = farm("presets", "list", "--tenants", s3.url("config/none.yaml"), check=False)
+    assert missing.returncode == 2 and "none.yaml" in missing.stderr
