@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from farm.presets import Preset
 from farm.spec_errors import SpecError, show, suggest
 from farm.spec_model import Spec
 from farm.tenants import (
-    Preset,
     Tenant,
     Tenants,
     check_strength,
