@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm.spec_errors import SpecError, show
-from farm.spec_model import strength_to_spec
+from farm.spec_model import strength_fields, strength_to_spec
 from farm.strength import Strength
 
 PRESET_KEYS = ("weight", "loras", "slider", "lora", "description")
@@ -82,21 +82,10 @@ class Preset:
             d["slider"] = {"min": s.min, "max": s.max, "step": s.step, "default": s.default,
                            "positions": s.positions()}  # fmt: skip
         elif self.loras:
-            d["loras"] = {n: _strength_dict(w) for n, w in self.loras}
+            d["loras"] = {n: strength_fields(w) for n, w in self.loras}
         else:
-            d["weight"] = _strength_dict(self.weight)
+            d["weight"] = strength_fields(self.weight)
         return d
-
-
-def _strength_dict(w: Strength) -> dict:
-    d: dict[str, Any] = {"te": w.te, "unet": w.unet}
-    if w.blocks is not None:
-        d["blocks"] = w.blocks.source
-    if w.schedule is not None:
-        from farm.strength import schedule_text
-
-        d["schedule"] = schedule_text(w.schedule)
-    return d
 
 
 def parse_presets(value: Any, at: str, origin: str) -> dict[str, Preset]:

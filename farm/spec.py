@@ -11,13 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from farm.limits import MAX_SPEC_BYTES
 from farm.spec_errors import SpecError
 from farm.spec_model import Catalog, Combos, LoraAxis, Render, Spec, strength_to_spec
 from farm.spec_parse import parse_spec, parse_strengths, with_output
-from farm.spec_yaml import _Loader
+from farm.spec_yaml import load_yaml
 
 __all__ = [
     "Catalog",
@@ -67,14 +65,7 @@ def load_spec(path: str | Path, tenants=None, tenant: str | None = None) -> Spec
         except RecursionError:
             raise SpecError(f"{name}: invalid JSON: nested too deeply") from None
     else:
-        try:
-            data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise SpecError(f"{name}: invalid YAML{where}: {e.problem or e.context}") from None
-        except (yaml.YAMLError, RecursionError) as e:
-            raise SpecError(f"{name}: invalid YAML: {e}") from None
+        data = load_yaml(text, name)
     if tenants is not None or tenant is not None:
         from farm.tenant_specs import resolve
 

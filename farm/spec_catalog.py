@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from farm.catalog import _text as cell_text  # values spelled as the reader spells cells
 from farm.catalog import name_fields, validate_catalog
 from farm.spec_errors import SpecError, show
 from farm.spec_model import ByColumn, Catalog
@@ -58,16 +59,9 @@ def _filter(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
         for v in values:
             if isinstance(v, dict | list) or v is None:
                 raise SpecError(f"{at}: expected a value or a list of values, got {show(v)}")
-            texts.append(_cell(v))
+            texts.append(cell_text(v))
         out.append((str(column), tuple(texts)))
     return tuple(out)
-
-
-def _cell(value: Any) -> str:
-    """A filter or map value as the catalog reader spells a cell (farm/catalog.py _text)."""
-    from farm.catalog import _text
-
-    return _text(value)
 
 
 def _by(value: Any, at: str, what: str) -> ByColumn | None:
@@ -87,7 +81,7 @@ def _by(value: Any, at: str, what: str) -> ByColumn | None:
         name = _str(target, f"{at}.map.{v}")
         if not NAME_RE.fullmatch(name):
             raise SpecError(f"{at}.map.{v}: {show(name)} is not a {what} name")
-        pairs.append((_cell(v), name))
+        pairs.append((cell_text(v), name))
     default = m.get("default")
     if default is not None:
         default = _str(default, f"{at}.default")

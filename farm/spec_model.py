@@ -197,8 +197,11 @@ class Spec:
 
 def strength_to_spec(strength: Strength) -> Any:
     """A combine entry's value as written back to job.json (parse gives it back)."""
-    if strength.is_plain:
-        return strength.unet
+    return strength.unet if strength.is_plain else strength_fields(strength)
+
+
+def strength_fields(strength: Strength) -> dict:
+    """A strength as {te, unet[, blocks][, schedule]}, as a spec writes it."""
     d: dict[str, Any] = {"te": strength.te, "unet": strength.unet}
     if strength.blocks is not None:
         d["blocks"] = strength.blocks.source

@@ -4,8 +4,11 @@ like `0:1:0.2` stays a string, and no silently repeated keys."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import yaml
+
+from farm.spec_errors import SpecError
 
 # libyaml's parser when PyYAML has it: the pure-Python one spends 20 s on a 4 MiB spec.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -53,3 +56,15 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+def load_yaml(text: str, name: str) -> Any:
+    """Parse a farm YAML file's text; a SpecError naming the file (and line) if it is bad."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{name}: invalid YAML{where}: {e.problem or e.context}") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise SpecError(f"{name}: invalid YAML: {e}") from None

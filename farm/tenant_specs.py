@@ -242,11 +242,11 @@ def enforce_plan(plan, tenant: Tenant | None, workers: int | None = None) -> Non
     if caps.workers is not None and workers is not None and workers > caps.workers:
         raise SpecError(f"--workers {workers}: tenant {tenant.name} may use at most "
                         f"{caps.workers} workers")  # fmt: skip
-    registry = set(tenant.loras)
+    paths = set(tenant.loras.values())
     for source in plan.sources:
         for name, w in source.tags:
             adapter = plan.adapters.get(name)
-            if adapter is not None and adapter.path not in set(tenant.loras.values()):
+            if adapter is not None and adapter.path not in paths:
                 raise SpecError(f"<lora:{name}:…>: not a LoRA of tenant {tenant.name} "
-                                f"(registry: {', '.join(sorted(registry))})")  # fmt: skip
+                                f"(registry: {', '.join(sorted(tenant.loras))})")  # fmt: skip
             check_strength(w, caps, f"<lora:{name}:…> in {source.prompt[:40]!r}")

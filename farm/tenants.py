@@ -144,9 +144,7 @@ def tenants_ref(option: str | None) -> str | None:
 
 def load_tenants(ref: str) -> Tenants:
     """Read and validate a tenants file, local or s3://; SpecError naming the field."""
-    import yaml
-
-    from farm.spec_yaml import _Loader  # the spec's YAML rules: 1.2 numbers, no repeated keys
+    from farm.spec_yaml import load_yaml  # the spec's YAML rules: 1.2 numbers, no repeats
 
     if ref.startswith("s3://"):
         from farm.fetch import fetch_file
@@ -171,15 +169,7 @@ def load_tenants(ref: str) -> Tenants:
         raise SpecError(f"--tenants: {ref}: is a folder, not a tenants.yaml") from None
     except UnicodeDecodeError:
         raise SpecError(f"{name}: not UTF-8 text") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{name}: invalid YAML{where}: {e.problem or e.context}") from None
-    except (yaml.YAMLError, RecursionError) as e:
-        raise SpecError(f"{name}: invalid YAML: {e}") from None
-    return parse_tenants(data, source=name, base=base)
+    return parse_tenants(load_yaml(text, name), source=name, base=base)
 
 
 def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
