@@ -2,14 +2,26 @@
 
 The pipeline has SD 1.5's exact configs (UNet 320-640-1280-1280, CLIP-L-sized text
 encoder, KL VAE) with random weights: the same compute as the real model, and nothing to
-download. A random rank-16 LoRA on every attention projection is swept over strengths.
-Both sides render the same items at 512x512, 25 Euler steps, fp16, CPU-seeded noise:
+download. A random rank-16 LoRA on every attention projection is swept over 11 strengths
+(0, 0.1, …, 1) × 2 prompts × 4 seeds. Everything renders at 512×512, 25 Euler steps, fp16,
+CPU-seeded noise, and writes a PNG per image:
 
-- baseline: the bare diffusers loop (set_adapters, then one pipeline call per batch);
-- farm: RenderWorker.render over the sweep's units (two in flight, as on a Ray actor),
-  which adds PNG encoding with infotext, sha256, writes and Parquet parts.
+- the bare diffusers loop at batch 1 and at its best batch (set_adapters, then one call
+  per batch of equal strengths: one weight per adapter is all set_adapters holds);
+- farm unbatched (batch 1), farm with batched grids (gradient units: one prompt and seed,
+  every strength, in one call) per batch size, and with torch.compile: RenderWorker.render
+  over the units, two in flight as on a Ray actor, with PNG and infotext, sha256, writes
+  and Parquet parts;
+- a time breakdown per stage (text encoder, denoising, VAE decode, PNG encode, write) in
+  a pass of its own, as timing a stage needs a device sync.
 
-    python bench/gpu_throughput.py [--images 48] [--batch 1 4]
+One call of the device tool: built to finish in under 8 minutes on an H100-class GPU
+(`--deadline` skips what is left, and prints what it measured). `--cpu` smoke-tests the
+script itself on a CPU with small settings.
+
+    python bench/gpu_throughput.py [--seeds 4] [--batches 4 8 16]
+    python bench/gpu_throughput.py --cpu --size 64 --steps 2 --seeds 1 --batches 2 \
+        --batch1-images 2 --no-compile
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ TEXT = {
     "projection_dim": 768,
 }
 PROMPTS = ["cyberpunk cityscape with neon lights", "portrait of a knight in a castle"]
-STRENGTHS = [0.0, 0.5, 1.0]
+STRENGTHS = [round(0.1 * i, 1) for i in range(11)]
 
 
 def build_model(root: Path) -> tuple[Path, Path]:
@@ -84,83 +96,245 @@ def build_model(root: Path) -> tuple[Path, Path]:
     return model, path
 
 
-def bare_loop(model: Path, lora: Path, seeds: list[int], batch: int) -> tuple[float, int]:
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float16).to("cuda")
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(lora), adapter_name="x")
-    jobs = [(w, p, s) for w in STRENGTHS for p in PROMPTS for s in seeds]
-    pipe(PROMPTS[0], num_inference_steps=2)  # warm-up: kernels, allocator
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(0, len(jobs), batch):
-        chunk = jobs[i : i + batch]
-        pipe.set_adapters(["x"], [chunk[0][0]])
-        pipe(
-            [p for _, p, _ in chunk],
-            num_inference_steps=25,
-            guidance_scale=7.5,
-            width=512,
-            height=512,
-            generator=[torch.Generator("cpu").manual_seed(s) for _, _, s in chunk],
-        )
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, len(jobs)
-
-
-def farm_worker(
-    model: Path, lora: Path, seeds: list[int], batch: int, out: Path
+def bare_loop(
+    pipe, seeds: list[int], batch: int, device: str, steps: int, size: int, limit: int | None = None
 ) -> tuple[float, int]:
+    """The loop a user writes: set_adapters per batch of equal strengths, one call, PNGs."""
     import torch
 
+    jobs = [(w, p, s) for w in STRENGTHS for p in PROMPTS for s in seeds][:limit]
+    # Equal strengths only share a call: set_adapters holds one weight per adapter.
+    chunks = [[j for j in jobs if j[0] == w] for w in STRENGTHS]
+    chunks = [c[i : i + batch] for c in chunks for i in range(0, len(c), batch) if c]
+    sync(device)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        for i, chunk in enumerate(chunks):
+            pipe.set_adapters(["x"], [chunk[0][0]])
+            images = pipe(
+                [p for _, p, _ in chunk],
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                width=size,
+                height=size,
+                generator=[torch.Generator("cpu").manual_seed(s) for _, _, s in chunk],
+            ).images
+            for k, image in enumerate(images):
+                image.save(Path(out) / f"{i}-{k}.png")
+        sync(device)
+        return time.perf_counter() - start, len(jobs)
+
+
+def farm_worker(worker, model: Path, lora: Path, seeds: list[int], batch: int, out: Path,
+                steps: int, size: int, compile_: bool = False,
+                limit: int | None = None) -> tuple[float, int]:  # fmt: skip
+    """RenderWorker.render over the sweep's units, two in flight as on a Ray actor."""
     from farm.job import job_context
     from farm.spec import parse_spec
     from farm.store import LocalStore
     from farm.sweep import expand, group_units, make_plan
-    from farm.worker import RenderWorker
 
+    name = f"bench-b{batch}{'-compiled' if compile_ else ''}-{len(list(out.iterdir()))}"
     spec = parse_spec({
-        "job": f"bench-b{batch}", "model": str(model), "prompts": PROMPTS, "seeds": seeds,
+        "job": name, "model": str(model), "prompts": PROMPTS, "seeds": seeds,
         "loras": [{"name": "x", "path": str(lora), "alpha": STRENGTHS}],
-        "render": {"steps": 25, "width": 512, "height": 512, "batch": batch},
+        "render": {"steps": steps, "width": size, "height": size, "batch": batch,
+                   "compile": compile_},
     })  # fmt: skip
     plan = make_plan(spec)
-    store = LocalStore(out / spec.job)
-    ctx = job_context(plan, store)
-    worker = RenderWorker()
-    units = list(group_units(expand(plan)))
-    warm = worker.pipelines.get(ctx.model_path, ctx.model_fingerprint)
-    warm.pipe(PROMPTS[0], num_inference_steps=2)  # warm-up
-    torch.cuda.synchronize()
+    ctx = job_context(plan, LocalStore(out / name))
+    # Gradient units: one prompt and seed, strengths side by side, as in a strength sheet.
+    items = sorted(expand(plan), key=lambda i: (i.text, i.seed))[:limit]
+    units = list(group_units(items, plan.unit_size))
+    sync(worker.device.name)
     start = time.perf_counter()
-    # Two units in flight, as the executor keeps on each Ray actor.
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda u: worker.render(u, ctx), units))
-    torch.cuda.synchronize()
+    sync(worker.device.name)
     return time.perf_counter() - start, sum(r.images for r in reports)
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Stages:
+    """Seconds per stage of the farm worker: forward hooks time the text encoder, the
+    denoiser and the VAE decoder (with a device sync, so only in a pass of its own), and
+    wrappers time PNG encoding and writes."""
+
+    def __init__(self, pipe, device: str):
+        import farm.worker as worker_module
+
+        self.seconds: dict[str, float] = {}
+        self.device = device
+        self._undo = []
+        for stage, module in (("text encoder", pipe.text_encoder), ("denoising", pipe.unet),
+                              ("VAE decode", pipe.vae.decoder)):  # fmt: skip
+            self._hook(stage, module)
+        encode = worker_module.encode_image
+
+        def timed_encode(*args):
+            t0 = time.perf_counter()
+            try:
+                return encode(*args)
+            finally:
+                self._add("PNG encode", time.perf_counter() - t0)
+
+        worker_module.encode_image = timed_encode
+        self._undo.append(lambda: setattr(worker_module, "encode_image", encode))
+        from farm.store import LocalStore
+
+        put = LocalStore.put
+
+        def timed_put(store, key, data):
+            t0 = time.perf_counter()
+            try:
+                return put(store, key, data)
+            finally:
+                self._add("write", time.perf_counter() - t0)
+
+        LocalStore.put = timed_put
+        self._undo.append(lambda: setattr(LocalStore, "put", put))
+
+    def _add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def _hook(self, stage: str, module) -> None:
+        starts = []
+
+        def before(*_):
+            sync(self.device)
+            starts.append(time.perf_counter())
+
+        def after(*_):
+            sync(self.device)
+            self._add(stage, time.perf_counter() - starts.pop())
+
+        handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+        self._undo.extend(h.remove for h in handles)
+
+    def close(self) -> None:
+        for undo in self._undo:
+            undo()
 
 
 def main() -> None:
     import torch
+    from diffusers import StableDiffusionPipeline
+
+    from farm.render.pipelines import quiet_libraries
+    from farm.worker import RenderWorker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48, help="images per measurement")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--seeds", type=int, default=4, help="seeds: images = 11 × 2 × seeds")
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--batch1-images",
+        type=int,
+        default=12,
+        help="images for the batch-1 runs (slow: kept short)",
+    )
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=440.0,
+        help="seconds after which remaining variants are skipped",
+    )
+    parser.add_argument("--cpu", action="store_true", help="smoke-test the script on a CPU")
     args = parser.parse_args()
-    seeds = list(range(max(1, args.images // (len(PROMPTS) * len(STRENGTHS)))))
+    t_start = time.perf_counter()
+    quiet_libraries()
+    device = "cpu" if args.cpu else "cuda"
+    dtype = torch.float32 if args.cpu else torch.float16
+    seeds = list(range(args.seeds))
+    results: list[tuple[str, float, int]] = []
+
+    def record(label: str, seconds: float, images: int) -> None:
+        results.append((label, images / seconds, images))
+        print(f"{label}: {images / seconds:.2f} images/s ({images} in {seconds:.1f} s)",
+              flush=True)  # fmt: skip
+
+    def time_left() -> bool:
+        left = args.deadline - (time.perf_counter() - t_start)
+        if left < 0:
+            print(f"deadline of {args.deadline:g} s reached: skipping the rest", flush=True)
+        return left >= 0
+
     with tempfile.TemporaryDirectory() as tmp:
-        model, lora = build_model(Path(tmp))
-        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-        print("| batch | bare diffusers img/s | farm worker img/s | farm / bare |")
-        print("| --- | --- | --- | --- |")
-        for batch in args.batch:
-            bare_s, n = bare_loop(model, lora, seeds, batch)
-            farm_s, m = farm_worker(model, lora, seeds, batch, Path(tmp))
-            assert n == m, (n, m)
-            bare, farm = n / bare_s, m / farm_s
-            print(f"| {batch} | {bare:.2f} | {farm:.2f} | {farm / bare:.3f} |", flush=True)
+        root = Path(tmp)
+        model, lora = build_model(root)
+        out = root / "jobs"
+        out.mkdir()
+        name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+        print(
+            f"device: {name}, torch {torch.__version__}, {args.size}², {args.steps} steps, "
+            f"{dtype}, model built in {time.perf_counter() - t_start:.0f} s",
+            flush=True,
+        )
+        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(str(lora), adapter_name="x")
+        pipe(PROMPTS[0], num_inference_steps=2, width=args.size, height=args.size)  # warm-up
+        kw = {"device": device, "steps": args.steps, "size": args.size}
+        record("bare loop, batch 1", *bare_loop(pipe, seeds, 1, limit=args.batch1_images, **kw))
+        best = (1, results[-1][1])
+        for b in (b for b in args.batches if b <= len(PROMPTS) * len(seeds)):
+            if not time_left():
+                break
+            record(f"bare loop, batch {b}", *bare_loop(pipe, seeds, b, **kw))
+            best = max(best, (b, results[-1][1]), key=lambda x: x[1])
+        del pipe
+        torch.cuda.empty_cache() if device == "cuda" else None
+        worker = RenderWorker(device)
+        farm_kw = {"steps": args.steps, "size": args.size}
+        farm_worker(worker, model, lora, seeds, 1, out, limit=2, **farm_kw)  # load, warm up
+        record("farm, batch 1 (unbatched)",
+               *farm_worker(worker, model, lora, seeds, 1, out, limit=args.batch1_images,
+                            **farm_kw))  # fmt: skip
+        for b in args.batches:
+            if not time_left():
+                break
+            record(
+                f"farm, batched grids, batch {b}",
+                *farm_worker(worker, model, lora, seeds, b, out, **farm_kw),
+            )
+        grid = max((r for r in results if r[0].startswith("farm, batched")),
+                   key=lambda r: r[1], default=None)  # fmt: skip
+        grid_batch = int(grid[0].rsplit(" ", 1)[1]) if grid else 8
+        if time_left():  # the stage breakdown, with syncs: a pass of its own
+            stages = Stages(worker.pipelines.get(str(model)).pipe, device)
+            try:
+                seconds, images = farm_worker(worker, model, lora, seeds, grid_batch, out,
+                                              **farm_kw)  # fmt: skip
+            finally:
+                stages.close()
+            print(
+                f"\nstages at batch {grid_batch}, {images} images, {seconds:.1f} s wall "
+                "(PNG encode and write run on I/O threads, beside denoising):"
+            )
+            for stage, total in stages.seconds.items():
+                print(f"  {stage}: {1000 * total / images:.1f} ms/image", flush=True)
+        if not args.no_compile and time_left():
+            t0 = time.perf_counter()
+            farm_worker(worker, model, lora, seeds, grid_batch, out, compile_=True, limit=1,
+                        **farm_kw)  # the compile itself, once  # fmt: skip
+            print(f"torch.compile warm-up: {time.perf_counter() - t0:.0f} s", flush=True)
+            record(f"farm, batched grids + torch.compile, batch {grid_batch}",
+                   *farm_worker(worker, model, lora, seeds, grid_batch, out, compile_=True,
+                                **farm_kw))  # fmt: skip
+    bare1 = results[0][1]
+    print(f"\n| variant | images/s | / bare batch 1 | / bare best (batch {best[0]}) |")
+    print("| --- | --- | --- | --- |")
+    for label, rate, _ in results:
+        print(f"| {label} | {rate:.2f} | {rate / bare1:.2f} | {rate / best[1]:.2f} |")
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -383,7 +383,7 @@ def rerender(job_url: str, item_id: str, out: Path | None, device: str | None,
         return
     click.echo(
         f"differs: {item_id} stored sha256 {result.stored_sha256}, now {result.new_sha256} "
-        f"(now {result.device} at batch 1; stored {result.original})"
+        f"(now {result.device} at batch {result.batch}; stored {result.original})"
     )
     sys.exit(EXIT_FAILED)
 

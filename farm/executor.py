@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from farm.cluster import first_line, start_ray, worker_layout
 from farm.progress import Progress
-from farm.sweep import UNIT_SIZE, Unit, UnitStream
+from farm.sweep import Unit, UnitStream
 from farm.worker import JobContext, UnitReport
 
 IN_FLIGHT = 2
@@ -147,7 +147,7 @@ def execute(
 
     pool = Pool([new_slot() for _ in range(count)], new_slot, max_replacements=2 * count + 2)
     echo(f"rendering {total} images on {count} workers ({_describe(resources)})")
-    queue = [Stream(s.adapters, iter(s.units), -(-s.items // UNIT_SIZE)) for s in streams]
+    queue = [Stream(s.adapters, iter(s.units), -(-s.items // s.size)) for s in streams]
     run = Dispatcher(pool, queue, ctx, progress or Progress(total, echo), echo,
                      count, _describe(resources), worker_wait)  # fmt: skip
     t0 = time.perf_counter()

@@ -62,10 +62,11 @@ SCHEMA = pa.schema(
         ("infotext", pa.string()),
         ("flags", pa.list_(pa.string())),  # nonfinite, saturated, flat
         ("named_key", pa.string()),  # a catalog's friendly copy: named/{catalog.name}.{ext}
+        ("batch_items", pa.list_(pa.string())),  # the item_ids of its pipeline call, in order
     ]
 )
 # Added after the first release: parts written before them are read with nulls there.
-LATER_COLUMNS = {"flags", "threads", "named_key"}
+LATER_COLUMNS = {"flags", "threads", "named_key", "batch_items"}
 PARTS = "parts/"
 METADATA = "metadata.parquet"
 

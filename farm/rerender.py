@@ -2,9 +2,11 @@
 
 The item comes back from job.json (spec, model and LoRA files, all checked against the
 job's fingerprint) and renders in this process, into a scratch folder: the job itself is
-never touched. Bytes match when the device and batch size match the original's and, on
-CPU, the torch thread count: the row records it and the rerender uses it. Across GPU
-kinds, batch sizes or thread counts kernels differ slightly, and the report says so.
+never touched. It renders again inside its original pipeline call: the items the row
+lists in `batch_items`, in their order. Bytes match when the device matches the
+original's and, on CPU, the torch thread count (the row records it and the rerender uses
+it). Across GPU kinds, thread counts or a compiled denoiser, kernels differ slightly,
+and the report says so.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Rerender:
     original: str  # where and how the stored image was rendered
     image: bytes
     threads: int  # torch threads the rerender ran with
+    batch: int = 1  # items in the call it rendered in again
 
 
 def rerender(store: Store, item_id: str, device: str | None = None) -> Rerender:
@@ -47,27 +50,33 @@ def rerender(store: Store, item_id: str, device: str | None = None) -> Rerender:
             f"{store.url}: the model or LoRA files differ from the job's; rerender needs "
             "the files the job rendered with"
         )
-    item = next((i for i in expand(plan) if i.item_id == item_id), None)
-    if item is None:
+    # The whole pipeline call the image came from, in its order: a batched call
+    # reproduces single ones only up to kernel numerics, and itself bit for bit.
+    call_ids = list(row.get("batch_items") or [item_id])
+    found = {i.item_id: i for i in expand(plan) if i.item_id in set(call_ids)}
+    if item_id not in found:
         raise JobError(f"{store.url}: item {item_id} is not in the job's plan")
+    item = found[item_id]
+    call = tuple(found[i] for i in call_ids if i in found)
     from farm.worker import RenderWorker
 
     worker = RenderWorker(device)
     with tempfile.TemporaryDirectory(prefix="farm-rerender-") as scratch:
         target = LocalStore(Path(scratch))
         ctx = dataclasses.replace(job_context(plan, store), store_url=target.url)
-        # The original batch size: batched calls reproduce single ones only up to kernels.
-        ctx = dataclasses.replace(ctx, render=dataclasses.replace(ctx.render, batch=1))
-        unit = Unit(f"rerender-{item_id}", tuple(sorted(n for n, _ in item.loras)), (item,))
+        render = dataclasses.replace(ctx.render, batch=len(call), compile=False)
+        ctx = dataclasses.replace(ctx, render=render)
+        unit = Unit(f"rerender-{item_id}", tuple(sorted(n for n, _ in item.loras)), call)
         # On CPU the last bit of a pixel depends on the torch thread count: use the row's.
         with worker.cpu_threads(row["threads"]):
             worker.render(unit, ctx, attempt=row["attempt"] or 1)
         image = target.get(row["image_key"])
-        (again,) = decode_part(target.get(part_key(unit.unit_id)), ["threads"]).to_pylist()
+        rows = decode_part(target.get(part_key(unit.unit_id)), ["item_id", "threads"])
+        again = next(r for r in rows.to_pylist() if r["item_id"] == item_id)
     new = hashlib.sha256(image).hexdigest()
     original = f"{row['gpu'] or 'cpu'} at batch {row['batch_size']} on {row['worker']}"
     if row["threads"]:
         original += f" with {row['threads']} thread" + ("s" if row["threads"] > 1 else "")
     return Rerender(item_id, new == row["image_sha256"], row["image_sha256"], new,
                     worker.device.label or worker.device.name, original, image,
-                    again["threads"])  # fmt: skip
+                    again["threads"], len(call))  # fmt: skip

@@ -55,6 +55,8 @@ class Render:
     scheduler: str = "euler"
     format: str = "png"
     batch: int | None = None  # None means "auto"
+    # torch.compile the denoiser: strengths then travel as tensors, calls padded to `batch`.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,8 @@ class Spec:
         d["render"] = {"steps": r.steps, "guidance": r.guidance, "width": r.width,
                        "height": r.height, "scheduler": r.scheduler, "format": r.format,
                        "batch": "auto" if r.batch is None else r.batch}  # fmt: skip
+        if r.compile:
+            d["render"]["compile"] = True
         d["output"] = self.output
         if self.lora_dir is not None:
             d["lora_dir"] = self.lora_dir

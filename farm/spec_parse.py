@@ -50,7 +50,8 @@ MAX_STRENGTHS = 10_000
 FORMATS = ("png", "jpeg", "webp")
 TOP_KEYS = ("job", "model", "prompts", "catalog", "negative_prompt", "seeds", "loras",
             "combine", "render", "output", "lora_dir", "tenant", "preset_weights")  # fmt: skip
-RENDER_KEYS = ("steps", "guidance", "width", "height", "scheduler", "format", "batch")
+RENDER_KEYS = ("steps", "guidance", "width", "height", "scheduler", "format", "batch",
+               "compile")  # fmt: skip
 LORA_KEYS = ("name", "path", "alpha", "te", "unet", "blocks", "schedule")
 STRENGTHS_HELP = "a number, a list of numbers or a range 'start:stop:step'"
 
@@ -394,8 +395,11 @@ def _render(value: Any) -> Render:
     batch = _get(m, "batch", "auto")
     if batch != "auto":
         batch = _int(batch, "render.batch", 1, 64, "an integer or 'auto'")
+    compile_ = _get(m, "compile", False)
+    if not isinstance(compile_, bool):
+        raise SpecError(f"render.compile: {compile_!r} is not true or false")
     return Render(steps, guidance, size["width"], size["height"], scheduler, fmt,
-                  None if batch == "auto" else batch)  # fmt: skip
+                  None if batch == "auto" else batch, compile_)  # fmt: skip
 
 
 def with_output(spec: Spec, output: str, field: str = "output") -> Spec:

@@ -129,6 +129,14 @@ class Strength:
             args.append(f"sched={schedule_text(self.schedule)}")
         return args
 
+    def layer_scale(self, part: str, module: str, layers_per_block: int) -> float:
+        """A LoRA layer's scale before any schedule: its part's weight (te or unet) times
+        the multiplier of the block the module sits in."""
+        if part == "te":
+            return self.te * (self.blocks.te() if self.blocks else 1.0)
+        block = self.blocks.unet(module, layers_per_block) if self.blocks else 1.0
+        return self.unet * block
+
     def unet_at(self, step: int, steps: int) -> float:
         """The schedule's multiplier at a denoising step (1 without a schedule)."""
         if not self.schedule:

@@ -150,8 +150,14 @@ class Plan:
         return len(self.groups())
 
     @property
+    def unit_size(self) -> int:
+        """Items per unit: UNIT_SIZE, or the spec's batch where larger, so that no
+        pipeline call is cut short by the unit it belongs to."""
+        return max(UNIT_SIZE, self.spec.render.batch or 0)
+
+    @property
     def units(self) -> int:
-        return sum(-(-n // UNIT_SIZE) for _, n in self.groups())
+        return sum(-(-n // self.unit_size) for _, n in self.groups())
 
     def counts(self) -> dict:
         return {
@@ -437,15 +443,18 @@ class UnitStream:
     adapters: tuple[str, ...]
     units: Iterator[Unit]
     items: int
+    size: int = UNIT_SIZE  # items per unit
 
 
 def unit_streams(plan: Plan, done: Set[str] = frozenset()) -> list[UnitStream]:
     """One stream of not-yet-rendered units per adapter set, so the executor can keep
     each adapter set on few workers instead of loading every LoRA everywhere."""
+    size = plan.unit_size
     return [
-        UnitStream(key, group_units(i for i in expand(plan, key) if i.item_id not in done), n)
+        UnitStream(key, group_units((i for i in expand(plan, key) if i.item_id not in done),
+                                    size), n, size)
         for key, n in plan.groups()
-    ]
+    ]  # fmt: skip
 
 
 def content_id(payload: object) -> str:

@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from farm.schedulers import SAMPLERS
 from farm.spec import Render
 from farm.stores import open_store
 from farm.strength import schedule_text
-from farm.sweep import Adapter, Item, Unit
+from farm.sweep import UNIT_SIZE, Adapter, Item, Unit
 
 UPLOAD_THREADS = 4
 UPLOAD_QUEUE = 16  # images encoded or uploading at once, per worker
@@ -31,6 +32,11 @@ FLAT_STD = 2.0  # pixel standard deviation (of 255) below which an image is flat
 # gives real pictures unit variance) above which an image is overdriven. The tiny model's
 # own renders stay under 1.4; its LoRAs at 4× land between 3 and 7.
 OVERDRIVEN_STD = 2.5
+# `render.batch: auto` on a CPU: the tiny model's measured sweet spot (bench/batched_grids.py,
+# BENCHMARKS.md: 8 renders about twice as fast as 1, 16 only some 15% faster than 8, in
+# calls twice as coarse). On a GPU auto is the largest call that fits, up to the unit size.
+CPU_BATCH = 8
+GPU_BATCH_MAX = UNIT_SIZE
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,11 @@ def named_key(item: Item, fmt: str) -> str | None:
 class RenderWorker:
     """Holds pipelines and adapters across units; `render(unit)` is the whole story."""
 
-    def __init__(self, device: str | None = None, threads: int | None = None):
+    def __init__(self, device: str | None = None, threads: int | None = None, *,
+                 mixed: bool = True, pipelined: bool = True):  # fmt: skip
+        """`mixed` lets items of different strengths share a call; `pipelined` encodes and
+        writes images on I/O threads while the next call renders. Both are on in a job;
+        bench/batched_grids.py turns them off to measure what each is worth."""
         import torch
 
         from farm.render.pipelines import PipelineCache, pick_device, quiet_libraries
@@ -95,6 +105,7 @@ class RenderWorker:
         self.upload_slots = threading.BoundedSemaphore(UPLOAD_QUEUE)
         # The pipeline serves one call at a time; a second unit may wait on its uploads.
         self.render_lock = threading.Lock()
+        self.mixed, self.pipelined = mixed, pipelined
 
     @contextlib.contextmanager
     def cpu_threads(self, count: int | None):
@@ -159,43 +170,56 @@ class RenderWorker:
         )
 
     def _render_images(self, unit: Unit, ctx: JobContext, store, attempt: int):
-        # 2. Pipeline from the cache, with the unit's sampler.
+        # 2. Pipeline from the cache, with the unit's sampler (compiled if the job asks).
+        render = ctx.render
         loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint)
-        loaded.use_scheduler(ctx.render.scheduler)
+        loaded.use_scheduler(render.scheduler)
         # 3. Adapters: what is missing made local (tiny:NAME written, s3:// fetched), then loaded.
         adapters = loaded.adapters
         missing = adapters.missing([ctx.adapters[name] for name in unit.adapters])
         new = adapters.ensure([replace(a, path=local_lora_path(a)) for a in missing])
+        size = self.batch_size(loaded, render)
+        if render.compile:  # after auto's probe, which would compile for its own shape
+            loaded.compile()
+        # Items of any strengths share a call when every LoRA layer takes per-sample scales;
+        # a compiled denoiser always takes them, so strengths never become Python floats.
+        mixed = bool(unit.adapters) and (size > 1 or render.compile) and adapters.can_mix()
+        mixed = mixed and (self.mixed or render.compile)
         rows: list[dict] = []
         pending: list[Future] = []
-        for batch in self._batches(unit, ctx.render.batch):
-            # 4. Strengths for this batch, then one pipeline call.
-            on_step = adapters.activate(
-                [(ctx.adapters[n], w) for n, w in batch[0].loras], ctx.render.steps
-            )
+        for batch in batches(unit.items, size, mixed):
+            # 4. Strengths for this call (padded to the batch size when compiled, so the
+            # shapes never change), then one pipeline call.
+            call = batch + [batch[-1]] * (size - len(batch)) if render.compile else batch
+            weights = [[(ctx.adapters[n], w) for n, w in item.loras] for item in call]
+            if mixed:
+                on_step = adapters.activate_per_sample(weights, render.steps)
+            else:
+                on_step = adapters.activate(weights[0], render.steps)
             t0 = time.perf_counter()
-            images, flags = self._call(loaded.pipe, batch, ctx.render, on_step)
-            seconds = (time.perf_counter() - t0) / len(batch)
+            images, flags = self._call(loaded.pipe, call, render, on_step)
+            seconds = (time.perf_counter() - t0) / len(call)
+            shared = [item.item_id for item in batch]
             # 5. One row per image; encoding and upload go to the I/O threads.
-            for item, image, image_flags in zip(batch, images, flags, strict=True):
-                row = self._row(item, unit, ctx, attempt, seconds, len(batch))
+            for item, image, image_flags in zip(batch, images, flags, strict=False):
+                row = self._row(item, unit, ctx, attempt, seconds, len(call))
                 row["flags"] = image_flags
+                row["batch_items"] = shared
                 self.upload_slots.acquire()
-                pending.append(self.io.submit(self._write_image, store, image, row))
+                if self.pipelined:
+                    pending.append(self.io.submit(self._write_image, store, image, row))
+                else:
+                    self._write_image(store, image, row)
                 rows.append(row)
         return rows, pending, tuple(a.name for a in new)
 
-    def _batches(self, unit: Unit, requested: int | None) -> list[list[Item]]:
-        # Only items with identical strengths share a pipeline call.
-        size = unit_batch_size(self.device.name, requested)
-        batches: list[list[Item]] = []
-        for item in unit.items:
-            last = batches[-1] if batches else None
-            if last and last[0].loras == item.loras and len(last) < size:
-                last.append(item)
-            else:
-                batches.append([item])
-        return batches
+    def batch_size(self, loaded, render: Render) -> int:
+        """The call size for this pipeline and render: the spec's, else `auto`'s pick."""
+        if render.batch:
+            return render.batch
+        if self.device.name == "cpu":
+            return CPU_BATCH
+        return loaded.fitting_batch(render, GPU_BATCH_MAX)
 
     def _call(self, pipe, batch: list[Item], render: Render, on_step=None) -> tuple[list, list]:
         import torch
@@ -344,8 +368,14 @@ def image_flags(array, latent_std: float | None = None) -> list[str]:
     return flags
 
 
-def unit_batch_size(device: str, requested: int | None = None) -> int:
-    """`batch: auto` is 1 on CPU (exact parity with single calls), 4 on a GPU."""
-    if requested:
-        return requested
-    return 1 if device == "cpu" else 4
+def batches(items: Sequence[Item], size: int, mixed: bool) -> list[list[Item]]:
+    """Cut a unit's items into pipeline calls of at most `size`: in order when strengths
+    can differ within a call (`mixed`), else only items of identical strengths together."""
+    out: list[list[Item]] = []
+    for item in items:
+        last = out[-1] if out else None
+        if last and len(last) < size and (mixed or last[0].loras == item.loras):
+            last.append(item)
+        else:
+            out.append([item])
+    return out

@@ -23,7 +23,8 @@ from farm.strength import LBW_PRESETS, Strength, StrengthError, parse_blocks, pa
 from farm.sweep import Adapter, expand, make_plan, unit_streams
 from farm.worker import image_flags
 
-RENDER = {"steps": 6, "guidance": 7.5, "width": 64, "height": 64}
+# Batch 1: these compare images bit for bit (tests/test_batched.py checks mixed calls).
+RENDER = {"steps": 6, "guidance": 7.5, "width": 64, "height": 64, "batch": 1}
 NEON = {"name": "neon", "path": "tiny:neon"}
 INK = {"name": "ink", "path": "tiny:ink"}
 

@@ -23,6 +23,7 @@ class AdapterSet:
         self.enabled = True
         self._layers: list | None = None
         self._layers_at = -1
+        self.per_sample = None  # SampleScales, made on the first mixed call
 
     def missing(self, adapters: Sequence[Adapter]) -> list[Adapter]:
         """The adapters the pipeline lacks, in order."""
@@ -53,6 +54,8 @@ class AdapterSet:
         scheduled strengths set each LoRA layer's scale themselves. Returns a step-end
         callback for the pipeline when a schedule changes the scales while denoising.
         """
+        if self.per_sample is not None and self.per_sample.installed:
+            self.per_sample.remove()
         if not weights:
             if self.loaded and self.enabled:
                 self.pipe.disable_lora()
@@ -78,6 +81,41 @@ class AdapterSet:
 
         return on_step_end
 
+    def can_mix(self) -> bool:
+        """Whether one call can give each sample its own strengths (every LoRA layer is
+        plain LoRA; DoRA and other peft variants scale inside peft)."""
+        from farm.render.sample_scales import unsupported
+
+        return unsupported(self._lora_layers()) is None
+
+    def activate_per_sample(self, samples: Sequence[Sequence[tuple[Adapter, Strength]]],
+                            steps: int = 1) -> Callable | None:  # fmt: skip
+        """Make these adapters active with a strength per sample of one call; every sample
+        names the same adapters (a unit's). Returns a step-end callback for schedules.
+
+        Raises BatchingUnsupported for LoRA layers per-sample scales cannot drive; the
+        caller then renders equal strengths together instead.
+        """
+        import torch
+
+        from farm.render.sample_scales import SampleScales
+
+        if not self.enabled:
+            self.pipe.enable_lora()
+            self.enabled = True
+        names = list(dict.fromkeys(adapter_name(a) for sample in samples for a, _ in sample))
+        # peft's floats stay at weight 1: the strengths live in the table alone.
+        self.pipe.set_adapters(names, [1.0] * len(names))
+        if self.per_sample is None:
+            unet = self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe.transformer
+            self.per_sample = SampleScales(unet.dtype, unet.device)
+        layers = self._lora_layers()
+        if len(self.per_sample.rows) != sum(len(m.lora_B) for _, _, m in layers):
+            self.per_sample.install(layers)
+        table = [{adapter_name(a): w for a, w in sample} for sample in samples]
+        with torch.no_grad():
+            return self.per_sample.set(table, steps, _layers_per_block(self.pipe))
+
     def _scale(self, settings: list[tuple[str, Strength]], *, step: int, steps: int,
                text: bool) -> None:  # fmt: skip
         per_block = _layers_per_block(self.pipe)
@@ -85,11 +123,9 @@ class AdapterSet:
             if part == "te" and not text:
                 continue
             for adapter, strength in settings:
-                if part == "te":
-                    scale = strength.te * (strength.blocks.te() if strength.blocks else 1.0)
-                else:
-                    block = strength.blocks.unet(name, per_block) if strength.blocks else 1.0
-                    scale = strength.unet * block * strength.unet_at(step, steps)
+                scale = strength.layer_scale(part, name, per_block)
+                if part == "unet":
+                    scale *= strength.unet_at(step, steps)
                 module.set_scale(adapter, scale)
 
     def _lora_layers(self) -> list[tuple[str, str, object]]:

@@ -52,6 +52,28 @@ class Loaded:
         self.adapters = AdapterSet(pipe)
         self.base_scheduler = pipe.scheduler
         self.schedulers: dict[str, object] = {}
+        self.compiled = False
+        self._fits: dict[tuple[int, int, float], int] = {}
+
+    def compile(self) -> None:
+        """torch.compile the denoiser once. In place (`Module.compile`): replacing
+        `pipe.unet` with a compiled wrapper makes set_adapters skip the UNet."""
+        if not self.compiled:
+            denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+            denoiser.compile()
+            self.compiled = True
+
+    def fitting_batch(self, render, most: int) -> int:
+        """The largest call (up to `most`) whose peak memory fits in what the GPU has free,
+        from one probe per size: a one-step call of one item, then its VAE decode."""
+        key = (render.width, render.height, render.guidance)
+        if key not in self._fits:
+            if self.adapters.per_sample is not None:
+                self.adapters.per_sample.remove()  # its table is sized for other calls
+            per_item = probe_item_bytes(self.pipe, render)
+            free = free_memory_now(self.pipe.device)
+            self._fits[key] = max(1, min(most, int(0.8 * free / max(per_item, 1))))
+        return self._fits[key]
 
     def use_scheduler(self, name: str) -> None:
         if name not in self.schedulers:
@@ -148,6 +170,36 @@ def free_memory(device: Device) -> int:
     import psutil
 
     return psutil.virtual_memory().available
+
+
+def probe_item_bytes(pipe, render) -> int:
+    """Peak GPU bytes one item adds to a call at this size: a one-step render, then the
+    VAE decode of its latents (the decoder's activations are the largest at high sizes)."""
+    import torch
+
+    device = pipe.device
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        latents = pipe(
+            prompt=["probe"],
+            num_inference_steps=1,
+            guidance_scale=render.guidance,
+            width=render.width,
+            height=render.height,
+            output_type="latent",
+        ).images
+        pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def free_memory_now(device) -> int:
+    import torch
+
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info(device)[0]
 
 
 def _free_memory() -> None:

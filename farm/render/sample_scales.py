@@ -1,0 +1,165 @@
+"""Per-sample LoRA scales: one pipeline call renders its items at different strengths.
+
+diffusers and peft scale a LoRA layer by one float per adapter, shared by the whole batch.
+Here each LoRA layer's branch, the output of its `lora_B` (peft then multiplies it by the
+adapter's alpha/rank and adds it to the base layer's output), is multiplied by a value per
+sample read from one preallocated tensor, `table[row, sample]`: one row per (layer,
+adapter), one column per item of the call.
+
+- The batch is the first dimension of every LoRA branch: (B, N, C) for attention
+  projections, (B, C, H, W) for convolutions, (B, C) for the time embedding.
+- Classifier-free guidance runs the UNet on [uncond; cond], twice the items: a branch
+  whose batch is k times the table's width takes the column vector repeated k times,
+  the same order diffusers concatenates in. The text encoder sees the prompts and the
+  negative prompts B at a time, so each prompt's embedding is made at its own item's
+  text-encoder strength.
+- Block multipliers are per row; a schedule rewrites the UNet rows between steps.
+- The values change only by `copy_` into the same tensor, and peft's own float scaling
+  stays at weight 1: under torch.compile a new strength is new data, not a new graph.
+
+Multiplying by exactly 1.0 or 0.0 is exact, so strength 0 in a mixed batch is the base
+model's output for that sample, and strength 1 is what set_adapters(…, 1.0) computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from farm.strength import Strength
+
+
+class BatchingUnsupported(Exception):
+    """A LoRA layer that per-sample scales cannot drive (a DoRA or other peft variant)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    part: str  # te | unet
+    module: str  # the LoRA layer's module name in its component
+    adapter: str
+
+
+def unsupported(layers: Sequence[tuple[str, str, object]]) -> str | None:
+    """The first LoRA layer per-sample scales cannot drive, said as `name (kind)`."""
+    for _, name, module in layers:
+        if getattr(module, "lora_variant", None):  # DoRA and its kin scale inside peft
+            return f"{name} ({', '.join(sorted(module.lora_variant))}: a LoRA variant)"
+    return None
+
+
+class _ScaleOutput:
+    """Forward hook on one `lora_B`: the branch output times its row, per sample."""
+
+    def __init__(self, owner: SampleScales, row: int):
+        self.owner, self.row = owner, row
+
+    def __call__(self, module, args, output):
+        scale = self.owner.table[self.row]
+        n = output.shape[0]
+        if n != scale.shape[0]:
+            if n % scale.shape[0]:
+                raise RuntimeError(
+                    f"a LoRA layer saw a batch of {n} for a call of {scale.shape[0]} items"
+                )
+            scale = scale.repeat(n // scale.shape[0])  # [uncond; cond] under guidance
+        return output * scale.view(n, *([1] * (output.dim() - 1)))
+
+
+class SampleScales:
+    """The per-sample scale table of one pipeline and the hooks that read it."""
+
+    def __init__(self, dtype, device):
+        self.dtype, self.device = dtype, device
+        self.rows: list[Row] = []
+        self.adapters: list[str] = []  # in order of first row
+        self._index: dict[tuple[int, str], int] = {}
+        self._handles: list = []
+        self._base: dict[tuple[Strength | None, str], object] = {}
+        self.table = None  # torch tensor (rows, width), allocated by set()
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def install(self, layers: Sequence[tuple[str, str, object]]) -> None:
+        """Hook every adapter of every LoRA layer (part, name, module) not hooked yet."""
+        if name := unsupported(layers):
+            raise BatchingUnsupported(name)
+        for part, name, module in layers:
+            for adapter, branch in module.lora_B.items():
+                key = (id(module), adapter)
+                if key in self._index:
+                    continue
+                row = self._index[key] = len(self.rows)
+                self.rows.append(Row(part, name, adapter))
+                self._handles.append(branch.register_forward_hook(_ScaleOutput(self, row)))
+                if adapter not in self.adapters:
+                    self.adapters.append(adapter)
+        self._base.clear()
+
+    def remove(self) -> None:
+        """Unhook every layer: plain calls go back to peft's float scaling alone."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._index.clear()
+        self.rows.clear()
+        self.adapters.clear()
+        self._base.clear()
+        self.table = None
+
+    def set(self, samples: Sequence[dict[str, Strength]], steps: int,
+            layers_per_block: int) -> Callable | None:  # fmt: skip
+        """Write the scales of one call, a {adapter: strength} per sample (an adapter a
+        sample lacks is 0 there). Returns a step-end callback for the pipeline when a
+        schedule changes the UNet's scales while denoising, else None."""
+        import torch
+
+        shape = (len(self.rows), len(samples))
+        if self.table is None or tuple(self.table.shape) != shape:
+            self.table = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        base = torch.stack([self._column(s, layers_per_block) for s in samples], dim=1)
+        if not any(w.schedule for s in samples for w in s.values()):
+            self.table.copy_(base)
+            return None
+        # Each sample's schedule per adapter and step, spread to that adapter's UNet rows.
+        at = torch.tensor([
+            [[1.0 if (w := s.get(a)) is None else w.unet_at(step, steps) for s in samples]
+             for a in self.adapters]
+            for step in range(steps)
+        ])  # fmt: skip  # (steps, adapters, width)
+        of_row = torch.tensor([self.adapters.index(r.adapter) for r in self.rows])
+        unet = torch.tensor([r.part == "unet" for r in self.rows])[None, :, None]
+        values = torch.where(unet, base[None] * at[:, of_row], base[None]).to(self.dtype)
+        self.table.copy_(values[0])
+
+        def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            # Runs after step `step`: the scales the next step denoises with.
+            if step + 1 < steps:
+                self.table.copy_(values[step + 1])
+            return tensors
+
+        return on_step_end
+
+    def _column(self, sample: dict[str, Strength], layers_per_block: int):
+        """One sample's scale for every row before any schedule (float32, on the CPU);
+        each (strength, adapter) is worked out once, as sweeps repeat strengths."""
+        import torch
+
+        column = torch.zeros(len(self.rows), dtype=torch.float32)
+        for adapter in self.adapters:
+            strength = sample.get(adapter)
+            key = (strength, adapter)
+            if key not in self._base:
+                if len(self._base) > 4096:  # a long-lived worker sweeps many strengths
+                    self._base.clear()
+                rows = [i for i, r in enumerate(self.rows) if r.adapter == adapter]
+                values = [0.0 if strength is None
+                          else strength.layer_scale(self.rows[i].part, self.rows[i].module,
+                                                    layers_per_block)
+                          for i in rows]  # fmt: skip
+                self._base[key] = (torch.tensor(rows), torch.tensor(values))
+            rows, values = self._base[key]
+            column[rows] = values
+        return column
