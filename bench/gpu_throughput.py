@@ -13,7 +13,12 @@ CPU-seeded noise, and writes a PNG per image:
   over the units, two in flight as on a Ray actor, with PNG and infotext, sha256, writes
   and Parquet parts;
 - a time breakdown per stage (text encoder, denoising, VAE decode, PNG encode, write) in
-  a pass of its own, as timing a stage needs a device sync.
+  a pass of its own, as timing a stage needs a device sync;
+- the worst pixel difference between a batched gradient and the same items one call
+  each, in float16 and in bfloat16.
+
+On the device machine farm's own light dependencies (pyarrow, click, PyYAML, rich) may
+be missing: they can travel as wheels (see the device tool's notes).
 
 One call of the device tool: built to finish in under 8 minutes on an H100-class GPU
 (`--deadline` skips what is left, and prints what it measured). `--cpu` smoke-tests the
@@ -27,6 +32,7 @@ script itself on a CPU with small settings.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -152,6 +158,29 @@ def farm_worker(worker, model: Path, lora: Path, seeds: list[int], batch: int, o
         reports = list(pool.map(lambda u: worker.render(u, ctx), units))
     sync(worker.device.name)
     return time.perf_counter() - start, sum(r.images for r in reports)
+
+
+def tolerance(worker, model: Path, lora: Path, out: Path, steps: int, size: int,
+              batch: int) -> int:  # fmt: skip
+    """Worst pixel difference (of 255) between a gradient rendered in calls of `batch`
+    and the same items one call each, in the worker's dtype."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from farm.store import LocalStore
+
+    images = []
+    for b in (1, batch):
+        before = set(out.iterdir())
+        farm_worker(worker, model, lora, [0], b, out, steps, size, limit=len(STRENGTHS))
+        (job,) = set(out.iterdir()) - before
+        store = LocalStore(job)
+        images.append({k: np.asarray(Image.open(io.BytesIO(store.get(k))).convert("RGB"))
+                       for k in store.list("images/")})  # fmt: skip
+    one, many = images
+    return max(int(np.abs(one[k].astype(int) - many[k].astype(int)).max()) for k in one)
 
 
 def sync(device: str) -> None:
@@ -321,6 +350,19 @@ def main() -> None:
             )
             for stage, total in stages.seconds.items():
                 print(f"  {stage}: {1000 * total / images:.1f} ms/image", flush=True)
+        if time_left():  # batched against one call each, per half-precision dtype
+            for dtype_name in ("float16", "bfloat16"):
+                if device == "cpu" or not time_left():
+                    break
+                os.environ["FARM_DTYPE"] = dtype_name
+                w = worker if dtype_name == "float16" else RenderWorker(device)
+                worst = tolerance(w, model, lora, out, args.steps, args.size, grid_batch)
+                print(f"{dtype_name}: batch {grid_batch} against batch 1, worst pixel "
+                      f"difference {worst}/255", flush=True)  # fmt: skip
+                if w is not worker:
+                    del w
+                    torch.cuda.empty_cache()
+            os.environ.pop("FARM_DTYPE", None)
         if not args.no_compile and time_left():
             t0 = time.perf_counter()
             farm_worker(worker, model, lora, seeds, grid_batch, out, compile_=True, limit=1,

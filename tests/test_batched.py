@@ -246,21 +246,60 @@ def test_a_bad_compile_setting_names_the_field(value, message):
         parse_spec({"job": "c", "prompts": ["a"], "seeds": [1], "render": {"compile": value}})
 
 
-def test_a_compiled_denoiser_does_not_recompile_for_new_strengths(tiny_dir, tmp_path):
+def micro_model(root):
+    """A diffusers folder with the tiny model's text encoder and VAE and a one-block UNet,
+    and a random LoRA for it: inductor compiles it in about half the tiny UNet's time."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from farm.render.tiny import ensure_tiny
+
+    pipe = StableDiffusionPipeline.from_pretrained(ensure_tiny())
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(
+        sample_size=8, layers_per_block=1, block_out_channels=[32], norm_num_groups=8,
+        down_block_types=["CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D"],
+        cross_attention_dim=pipe.text_encoder.config.hidden_size, attention_head_dim=8,
+    )  # fmt: skip
+    pipe.save_pretrained(root / "micro", safe_serialization=True)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets,
+                                     init_lora_weights=False))  # fmt: skip
+    StableDiffusionPipeline.save_lora_weights(
+        root / "lora", unet_lora_layers=get_peft_model_state_dict(pipe.unet)
+    )
+    return root / "micro", root / "lora" / "pytorch_lora_weights.safetensors"
+
+
+def test_a_compiled_denoiser_does_not_recompile_for_new_strengths(tmp_path):
     """CPU inductor: the first call compiles; later strengths (and a short last call,
     padded to the batch) reuse the graph, and the images match eager ones."""
+    model, lora = micro_model(tmp_path)
     worker = RenderWorker("cpu")
-    spec = {"loras": [{**NEON, "alpha": [0, 0.5, 1, 1.5, 0.25, 0.75, 2]}],
+    x = {"name": "x", "path": str(lora)}
+    spec = {"model": str(model), "loras": [{**x, "alpha": [0, 0.5, 1, 1.5, 0.25, 0.75, 2]}],
             "render": {"steps": 2, "width": 32, "height": 32, "compile": True}}  # fmt: skip
     eager = render(
         worker, tmp_path, "eager", 4, **{**spec, "render": {**spec["render"], "compile": False}}
     )
-    first = render(worker, tmp_path, "warm", 4, **{**spec, "loras": [{**NEON, "alpha": [0.1]}]})
+    first = render(worker, tmp_path, "warm", 4, **{**spec, "loras": [{**x, "alpha": [0.1]}]})
     assert {row["batch_size"] for row, _ in first.values()} == {4}  # 1 item, padded to 4
+    loaded = worker.pipelines.get(str(model))
+    assert loaded.compiled
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = render(worker, tmp_path, "compiled", 4, **spec)
+        # The guard is live: a strength set as peft's float instead would recompile.
+        (adapter,) = {a for a in job_context(make_plan(parse_spec(
+            {"job": "g", "prompts": ["a"], "seeds": [1], **spec}, base_dir=tmp_path)),
+            LocalStore(tmp_path / "g")).adapters.values()}  # fmt: skip
+        loaded.adapters.activate([(adapter, Strength.plain(0.3))])
+        with pytest.raises(Exception, match="[Rr]ecompil"):
+            loaded.pipe(["a"] * 4, num_inference_steps=2, width=32, height=32)
     assert worst(eager, compiled) <= TOLERANCE
     assert sorted(len(row["batch_items"]) for row, _ in compiled.values()) == [3] * 3 + [4] * 4
+    strengths = [image for _, image in eager.values()]
+    assert np.abs(strengths[0] - strengths[-1]).mean() > 1  # the LoRA acts
 
 
 def test_rerender_renders_the_whole_call_again_and_matches(cpu_worker, tmp_path):

@@ -311,6 +311,7 @@ def row(item_id: str = "i1", **over) -> dict:
         "infotext": "a cat <lora:neon:0.2>\nSteps: 20, Seed: 3, Size: 128x64",
         "flags": ["saturated"],
         "named_key": f"named/A-1/{item_id}.png",
+        "batch_items": [item_id, "i9"],
     }
     assert set(base) == set(SCHEMA.names)
     return base | over
