@@ -53,7 +53,8 @@ def rerender(store: Store, item_id: str, device: str | None = None) -> Rerender:
     # The whole pipeline call the image came from, in its order: a batched call
     # reproduces single ones only up to kernel numerics, and itself bit for bit.
     call_ids = list(row.get("batch_items") or [item_id])
-    found = {i.item_id: i for i in expand(plan) if i.item_id in set(call_ids)}
+    wanted = set(call_ids)
+    found = {i.item_id: i for i in expand(plan) if i.item_id in wanted}
     if item_id not in found:
         raise JobError(f"{store.url}: item {item_id} is not in the job's plan")
     item = found[item_id]

@@ -183,8 +183,8 @@ class RenderWorker:
             loaded.compile()
         # Items of any strengths share a call when every LoRA layer takes per-sample scales;
         # a compiled denoiser always takes them, so strengths never become Python floats.
-        mixed = bool(unit.adapters) and (size > 1 or render.compile) and adapters.can_mix()
-        mixed = mixed and (self.mixed or render.compile)
+        mixed = (bool(unit.adapters) and (render.compile or (self.mixed and size > 1))
+                 and adapters.can_mix())  # fmt: skip
         rows: list[dict] = []
         pending: list[Future] = []
         for batch in batches(unit.items, size, mixed):

@@ -93,8 +93,8 @@ class AdapterSet:
         """Make these adapters active with a strength per sample of one call; every sample
         names the same adapters (a unit's). Returns a step-end callback for schedules.
 
-        Raises BatchingUnsupported for LoRA layers per-sample scales cannot drive; the
-        caller then renders equal strengths together instead.
+        Callers check can_mix() first: a DoRA or other variant layer raises
+        BatchingUnsupported here.
         """
         import torch
 
@@ -107,11 +107,9 @@ class AdapterSet:
         # peft's floats stay at weight 1: the strengths live in the table alone.
         self.pipe.set_adapters(names, [1.0] * len(names))
         if self.per_sample is None:
-            unet = self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe.transformer
-            self.per_sample = SampleScales(unet.dtype, unet.device)
-        layers = self._lora_layers()
-        if len(self.per_sample.rows) != sum(len(m.lora_B) for _, _, m in layers):
-            self.per_sample.install(layers)
+            model = denoiser(self.pipe)
+            self.per_sample = SampleScales(model.dtype, model.device)
+        self.per_sample.install(self._lora_layers())
         table = [{adapter_name(a): w for a, w in sample} for sample in samples]
         with torch.no_grad():
             return self.per_sample.set(table, steps, _layers_per_block(self.pipe))
@@ -143,6 +141,11 @@ class AdapterSet:
                         layers.append((part, name, module))
             self._layers, self._layers_at = layers, self.loads
         return self._layers
+
+
+def denoiser(pipe):
+    """The pipeline's denoising model: a UNet (SD 1.x, SDXL) or a transformer (SD3, Flux)."""
+    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
 def _layers_per_block(pipe) -> int:

@@ -45,10 +45,10 @@ def quiet_libraries() -> None:
 class Loaded:
     """A pipeline with the adapters loaded into it and its samplers, made once each."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, device: Device):
         from farm.render.adapters import AdapterSet
 
-        self.pipe = pipe
+        self.pipe, self.device = pipe, device
         self.adapters = AdapterSet(pipe)
         self.base_scheduler = pipe.scheduler
         self.schedulers: dict[str, object] = {}
@@ -58,9 +58,10 @@ class Loaded:
     def compile(self) -> None:
         """torch.compile the denoiser once. In place (`Module.compile`): replacing
         `pipe.unet` with a compiled wrapper makes set_adapters skip the UNet."""
+        from farm.render.adapters import denoiser
+
         if not self.compiled:
-            denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
-            denoiser.compile()
+            denoiser(self.pipe).compile()
             self.compiled = True
 
     def fitting_batch(self, render, most: int) -> int:
@@ -71,7 +72,8 @@ class Loaded:
             if self.adapters.per_sample is not None:
                 self.adapters.per_sample.remove()  # its table is sized for other calls
             per_item = probe_item_bytes(self.pipe, render)
-            free = free_memory_now(self.pipe.device)
+            _free_memory()
+            free = free_memory(self.device)
             self._fits[key] = max(1, min(most, int(0.8 * free / max(per_item, 1))))
         return self._fits[key]
 
@@ -130,7 +132,7 @@ class PipelineCache:
             self._evicted_adapter_loads += old.adapters.loads
             del old
             _free_memory()
-        loaded = Loaded(load_pipeline(path, self.device))
+        loaded = Loaded(load_pipeline(path, self.device), self.device)
         self.pipelines[model] = loaded
         self.loads += 1
         return loaded
@@ -193,13 +195,6 @@ def probe_item_bytes(pipe, render) -> int:
         pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
-
-
-def free_memory_now(device) -> int:
-    import torch
-
-    torch.cuda.empty_cache()
-    return torch.cuda.mem_get_info(device)[0]
 
 
 def _free_memory() -> None:

@@ -76,6 +76,7 @@ class SampleScales:
         self._index: dict[tuple[int, str], int] = {}
         self._handles: list = []
         self._base: dict[tuple[Strength | None, str], object] = {}
+        self._hooked = None  # the layer list install() last hooked
         self.table = None  # torch tensor (rows, width), allocated by set()
 
     @property
@@ -83,7 +84,10 @@ class SampleScales:
         return bool(self._handles)
 
     def install(self, layers: Sequence[tuple[str, str, object]]) -> None:
-        """Hook every adapter of every LoRA layer (part, name, module) not hooked yet."""
+        """Hook every adapter of every LoRA layer (part, name, module) not hooked yet. The
+        list is AdapterSet's, made anew when adapters load: the same list is hooked once."""
+        if layers is self._hooked:
+            return
         if name := unsupported(layers):
             raise BatchingUnsupported(name)
         for part, name, module in layers:
@@ -96,6 +100,7 @@ class SampleScales:
                 self._handles.append(branch.register_forward_hook(_ScaleOutput(self, row)))
                 if adapter not in self.adapters:
                     self.adapters.append(adapter)
+        self._hooked = layers
         self._base.clear()
 
     def remove(self) -> None:
@@ -107,6 +112,7 @@ class SampleScales:
         self.rows.clear()
         self.adapters.clear()
         self._base.clear()
+        self._hooked = None
         self.table = None
 
     def set(self, samples: Sequence[dict[str, Strength]], steps: int,
