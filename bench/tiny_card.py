@@ -6,7 +6,8 @@ farm itself.
 It times one render on one CPU thread, then runs three farm jobs on the embedded tiny
 model at 128×128, 20 steps:
 1. every colour × shape prompt on every background, at `--seeds` seeds;
-2. each demo LoRA from 0 to 1 in steps of 0.2 and overdriven at 2, 3 and 4;
+2. each demo LoRA from 0 to 1 in steps of 0.2 and overdriven at 2, 3 and 4, with
+   `--report`, to count the images marked (the worker's flags or the report's collapse);
 then reads the images back with the numpy probe (farm/training/probe.py), prints the
 card's tables as Markdown and writes docs/tiny-{neon,ink}-strip.png.
 """
@@ -43,14 +44,23 @@ STRIP_PROMPTS = {
 }
 
 
-def run_job(spec: dict, folder: Path) -> list[dict]:
+def run_job(spec: dict, folder: Path, report: bool = False) -> list[dict]:
+    """The job's rows with their pixels; with `report`, each row's `marked` says whether
+    the worker flagged it or the report marked it collapsed."""
     path = folder / f"{spec['job']}.yaml"
     path.write_text(yaml.safe_dump(spec | {"output": str(folder), "model": "tiny"}))
-    subprocess.run([sys.executable, "-m", "farm", "run", str(path)], check=True, cwd=REPO)
+    command = [sys.executable, "-m", "farm", "run", str(path)] + (["--report"] if report else [])
+    subprocess.run(command, check=True, cwd=REPO)
     job = folder / spec["job"]
     rows = pq.read_table(job / "metadata.parquet").to_pylist()
+    marked = set()
+    if report:
+        response = pq.read_table(job / "report" / "response.parquet").to_pylist()
+        marked = {r["item_id"] for r in response if r["kind"] == "strength"
+                  and (r["flags"] or r["report_flags"])}  # fmt: skip
     for row in rows:
         row["pixels"] = np.asarray(Image.open(job / row["image_key"]).convert("RGB"))
+        row["marked"] = row["item_id"] in marked or bool(row["flags"])
     return rows
 
 
@@ -81,17 +91,23 @@ def style_curve(lora: str, rows: list[dict]) -> str:
     score = STYLE_SCORES[lora]
     by_weight = defaultdict(list)
     flagged = defaultdict(int)
+    marked = defaultdict(int)
     for row in rows:
         weight = row["loras"][0]["weight"]
         by_weight[weight].append(score(row["pixels"]))
         flagged[weight] += bool(row["flags"])
+        marked[weight] += row["marked"]
     head = "| strength | " + " | ".join(f"{w:g}" for w in sorted(by_weight)) + " |"
     rule = "| --- " * (len(by_weight) + 1) + "|"
     values = "| style score | " + " | ".join(f"{np.mean(by_weight[w]):.2f}"
                                              for w in sorted(by_weight)) + " |"  # fmt: skip
-    flags = "| flagged | " + " | ".join(f"{flagged[w]}/{len(by_weight[w])}"
-                                       for w in sorted(by_weight)) + " |"  # fmt: skip
-    return "\n".join([head, rule, values, flags])
+
+    def counts(label: str, count: dict) -> str:
+        cells = [f"{count[w]}/{len(by_weight[w])}" for w in sorted(by_weight)]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    return "\n".join([head, rule, values, counts("flagged by the worker", flagged),
+                      counts("marked (flagged or collapsed)", marked)])  # fmt: skip
 
 
 def strip(lora: str, rows: list[dict], path: Path) -> None:
@@ -169,7 +185,7 @@ def main() -> None:
         spec = {"job": f"strip-{lora}", "prompts": texts, "seeds": {"start": 0, "count": 4},
                 "loras": [{"name": lora, "path": f"tiny:{lora}", "alpha": STRIP_STRENGTHS}],
                 "render": CARD | {"batch": BATCH}}  # fmt: skip
-        rows = run_job(spec, args.out)
+        rows = run_job(spec, args.out, report=True)
         print(f"\n## {lora}\n")
         print(style_curve(lora, rows))
         strip(lora, rows, REPO / "docs" / f"tiny-{lora}-strip.png")

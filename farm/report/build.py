@@ -22,7 +22,7 @@ from farm.report.animate import strength_animation
 from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
 from farm.report.measure import decode, measure
-from farm.report.response import Summary, collapsed, summarize
+from farm.report.response import Summary, collapsed, curve_spans, summarize
 from farm.report.series import Series, series_of, swept_loras
 from farm.report.sheets import DEFAULT_MAX_PIXELS, Axis, SheetCell, layout, sheet_pages
 from farm.report.shots import JobShots, Shot, detail_row, read_shots, row_tables, shot_from_row
@@ -85,7 +85,7 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     d0: dict[str, float] = {}
     curves: dict[tuple[str, str], list[dict]] = {}
     numbers = itertools.count()
-    marks: dict[str, list[str]] = {}  # item_id → what the report found wrong with it
+    measured_series: list[list[dict]] = []
     for lora in loras:
         series = series_of(shots, lora)
         echo(f"measuring {lora}: {len(series)} series")
@@ -96,12 +96,8 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
                 r["curve"] = one.curve
                 if not math.isnan(r["d0_pixel"]):
                     d0.setdefault(r["item_id"], r["d0_pixel"])
-                if collapsed(r, measured):
-                    r["report_flags"] = ["collapsed"]
-                    found = marks.setdefault(r["item_id"], [])
-                    if "collapsed" not in found:  # an image can be in two series
-                        found.append("collapsed")
             rows += measured
+            measured_series.append(measured)
             # A curve averages only series that start at strength 0: a blend swept from
             # 0.5 up measures from 0.5, which would drag another series' curve off zero.
             if one.shots[0][0] == 0.0:
@@ -114,6 +110,7 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
                 # renders enlarged to a sheet's cell would only make the file bigger.
                 side = min(cell_px, max(128, *frames[0][1].size))
                 put(_animation_key(one, n), strength_animation(frames, cell_px=side))
+    marks = _mark_collapsed(measured_series, curve_spans(rows))
     report.summaries = [summarize(lora, rows_, curve) for (lora, curve), rows_ in curves.items()]
     put(RESPONSE, response_table(rows, report.summaries))
     put(CURVES, curves_png(report.summaries))
@@ -141,6 +138,22 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
         if key not in written:  # left by an earlier report of this job
             store.delete(key)
     return report
+
+
+def _mark_collapsed(series: list[list[dict]], spans: dict[str, float]) -> dict[str, list[str]]:
+    """Mark each series' collapsed rows (report_flags) and return item_id → the report's
+    marks, for the sheets and the gallery. A series whose curve has no series from 0 to 1
+    is measured against its own distance from its reference to 1."""
+    marks: dict[str, list[str]] = {}
+    for rows in series:
+        full = next((r for r in rows if r["strength"] == 1.0), None)
+        own = full["d0_structure"] if full else math.nan
+        for r in collapsed(rows, spans.get(rows[0]["curve"], own)):
+            r["report_flags"] = ["collapsed"]
+            found = marks.setdefault(r["item_id"], [])
+            if "collapsed" not in found:  # an image can be in two series
+                found.append("collapsed")
+    return marks
 
 
 def _notes(job: JobShots) -> list[str]:

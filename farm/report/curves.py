@@ -35,7 +35,7 @@ def curves_png(summaries: list[Summary]) -> bytes:
 def _plot(ax, summary: Summary) -> None:
     xs = [p.strength for p in summary.points]
     lines = (("pixel distance from 0", [p.pixel for p in summary.points], "-o"),
-             ("structural distance (1 − SSIM)", [p.structure for p in summary.points], "-s"),
+             ("structure (weighted 1 − SSIM)", [p.structure for p in summary.points], "-s"),
              ("changed pixels (> 20/255)", [p.changed for p in summary.points], "--^"))  # fmt: skip
     for label, ys, style in lines:
         ax.plot(xs, ys, style, label=label, markersize=4)

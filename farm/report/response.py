@@ -19,7 +19,11 @@ ONSET_SHARE = 0.10  # onset: the distance from 0 reaches this share of full stre
 ONSET_CHANGED = 0.01  # ... and at least this share of pixels changed
 FLAGGED_BREAK = 0.25  # break: at least this share of a strength's images flagged
 JUMP_BREAK = 2.0  # break: a neighbour step this many times the median step up to full
-COLLAPSE_BREAK = 0.75  # break: past full strength, this far from full strength's structure
+COLLAPSE_BREAK = 0.70  # break: past full strength, this far from full strength's structure
+# How much a window with no contrast in either image counts in the structural distance,
+# against a window of one gray level of local contrast: a little, so two flat images of
+# different brightness still compare, but far less than the subject.
+FLAT_WEIGHT = 1.0
 MONOTONE_TOLERANCE = 0.02  # a dip in distance from 0 smaller than this is noise
 NAN = {"pixel": math.nan, "structure": math.nan, "changed": math.nan}  # nothing to compare
 
@@ -39,23 +43,39 @@ def gray_small(rgb: np.ndarray) -> np.ndarray:
 def distances(a: np.ndarray, b: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> dict:
     """Pixel, structural and changed-pixel distance of two RGB uint8 images (and their
     gray_small copies). Each is 0 for equal images and at most 1."""
-    from skimage.metrics import structural_similarity
-
     if a.shape != b.shape:
         return dict(NAN)
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    side = min(ga.shape)
-    if side >= 7:
-        win = 7
-        similarity = structural_similarity(ga, gb, data_range=255.0, win_size=win)
-        structure = float(np.clip(1.0 - similarity, 0.0, 1.0))
-    else:  # too small for a 7-pixel window: fall back to the pixel measure
-        structure = float(diff.mean() / 255.0)
+    # Too small for a 7-pixel window: the pixel measure stands in for the structure.
+    structure = _structure(ga, gb) if min(ga.shape) >= 7 else float(diff.mean() / 255.0)
     return {
         "pixel": float(diff.mean() / 255.0),
         "structure": structure,
         "changed": float((diff.max(axis=2) > CHANGED_AT).mean()),
     }
+
+
+def _structure(ga: np.ndarray, gb: np.ndarray, win: int = 7) -> float:
+    """1 − SSIM, averaged with each window weighted by the two images' local contrast.
+
+    A plain mean lets the background vote: a subject that fills a fifth of the frame and
+    is gone would count as four-fifths the same, because both images have the same flat
+    background there. Weighted, the windows that hold the subject in either image decide.
+    """
+    from scipy import ndimage
+    from skimage.metrics import structural_similarity
+
+    _, similarity = structural_similarity(ga, gb, data_range=255.0, win_size=win, full=True)
+
+    def contrast(g: np.ndarray) -> np.ndarray:
+        mean = ndimage.uniform_filter(g, win)
+        return np.sqrt(np.maximum(ndimage.uniform_filter(g * g, win) - mean * mean, 0.0))
+
+    pad = (win - 1) // 2  # as structural_similarity: windows that fit inside the image
+    inner = (slice(pad, -pad), slice(pad, -pad))
+    weight = contrast(ga)[inner] + contrast(gb)[inner] + FLAT_WEIGHT
+    distance = np.sum((1.0 - similarity[inner]) * weight) / np.sum(weight)
+    return float(np.clip(distance, 0.0, 1.0))
 
 
 @dataclass
@@ -121,14 +141,31 @@ def summarize(lora: str, rows: list[dict], curve: str | None = None) -> Summary:
     return summary
 
 
-def collapsed(row: dict, series_rows: list[dict]) -> bool:
-    """Whether one image past full strength has left the full-strength picture's structure
-    (the collapse rule of the break, applied to a single series)."""
-    if not row["strength"] > 1 or math.isnan(row["from_full"]):
-        return False
-    full = next((r for r in series_rows if r["strength"] == 1.0), None)
-    span = full["d0_structure"] if full else math.nan
-    return span > 0 and row["from_full"] > COLLAPSE_BREAK * span
+def curve_spans(rows: list[dict]) -> dict[str, float]:
+    """Each curve's structural distance from strength 0 to strength 1, averaged over its
+    series that start at 0: the yardstick of the collapse rule. One series' own distance
+    is noisy (a shape on black moves further to paper-white ink than one on white does);
+    the curve's mean is what the break rule compares with too."""
+    spans: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["strength"] == 1.0 and r["reference"] == 0.0 and not math.isnan(r["d0_structure"]):
+            spans[r["curve"]].append(r["d0_structure"])
+    return {curve: float(np.mean(values)) for curve, values in spans.items()}
+
+
+def collapsed(series_rows: list[dict], span: float) -> list[dict]:
+    """The rows of one series (in strength order) whose image has collapsed: past full
+    strength, and as far from this series' strength-1 picture as COLLAPSE_BREAK of `span`,
+    or past a strength that has. Overdrive does not heal: a picture that happens to land
+    near the full-strength one again, beyond a collapsed one, is still past the break."""
+    if not span > 0:
+        return []
+    found: list[dict] = []
+    for r in series_rows:
+        past = r["from_full"] > COLLAPSE_BREAK * span  # NaN (not rendered) compares false
+        if r["strength"] > 1 and r["rendered"] and (found or past):
+            found.append(r)
+    return found
 
 
 def _point(strength: float, rows: list[dict]) -> Point:
