@@ -31,6 +31,11 @@ def write_report(job_url: str, *, max_pixels: int, cell_px: int) -> None:
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(summary_table(report))
+    if report.collapsed:
+        click.echo(
+            f"collapsed: {report.collapsed} images past full strength have lost the "
+            "full-strength picture (framed on the sheets, flagged in the gallery)"
+        )
     click.echo(f"report:   {job_url}/{INDEX}")
     click.echo(f"          {len(report.sheets)} contact sheets, {len(report.animations)} "
                f"animations, curves.png, response.parquet")  # fmt: skip

@@ -69,6 +69,8 @@ def test_run_report_writes_every_part(job):
     with Image.open(animations[0]) as anim:
         assert anim.format == "WEBP" and anim.n_frames > 1
     assert "report:" in proc.stdout and "index.html" in proc.stdout
+    # 2, 3 and 4 of both LoRAs collapse: 2 prompts x 2 seeds x 3 strengths x 2 LoRAs.
+    assert "collapsed: 24 images past full strength" in proc.stdout
     header = next(line for line in proc.stdout.splitlines() if line.startswith("curve"))
     assert header.split()[:5] == ["curve", "series", "onset", "knee", "break"]
     for curve in ("neon", "ink"):

@@ -47,6 +47,7 @@ class Report:
     summaries: list[Summary]
     keys: list[str] = field(default_factory=list)  # every file written, under the job
     notes: list[str] = field(default_factory=list)
+    collapsed: int = 0  # images the report marked collapsed
 
     @property
     def sheets(self) -> list[str]:
@@ -111,6 +112,7 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
                 side = min(cell_px, max(128, *frames[0][1].size))
                 put(_animation_key(one, n), strength_animation(frames, cell_px=side))
     marks = _mark_collapsed(measured_series, curve_spans(rows))
+    report.collapsed = len(marks)
     report.summaries = [summarize(lora, rows_, curve) for (lora, curve), rows_ in curves.items()]
     put(RESPONSE, response_table(rows, report.summaries))
     put(CURVES, curves_png(report.summaries))
