@@ -17,6 +17,8 @@ import datetime as dt
 import io
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +27,7 @@ from uuid import uuid4
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
 
 import farm.s3store
 from farm.job import job_context, open_job
@@ -474,6 +477,22 @@ def test_local_writes_files_under_its_root(local, tmp_path):
     assert (tmp_path / "out" / "images" / "x" / "y.png").read_bytes() == b"png"
     assert local.url == str((tmp_path / "out").resolve())
     assert list(LocalStore(local.root / "never-made").list()) == []
+
+
+@pytest.mark.parametrize(
+    "umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)], ids=["022", "027", "077"]
+)
+def test_local_files_get_the_umask_mode_not_mkstemps_0600(tmp_path, umask, mode):
+    """Images and reports are served and shared as plain files: they get what open()
+    would give under the writer's umask, not mkstemp's private 0600."""
+    script = (
+        "import sys; from farm.store import LocalStore; s = LocalStore(sys.argv[1]); "
+        "s.put('images/a.png', b'x'); s.put_if_absent('parts/u.parquet', b'y')"
+    )
+    subprocess.run(["sh", "-c", f"umask {umask:03o} && exec {sys.executable} -c \"{script}\" "
+                    f"{tmp_path}"], check=True, cwd=REPO)  # fmt: skip
+    for key in ("images/a.png", "parts/u.parquet"):
+        assert (tmp_path / key).stat().st_mode & 0o777 == mode, key
 
 
 def test_local_list_never_shows_hidden_temp_files(local):
