@@ -8,30 +8,12 @@ farm.stores.open_store picks the store for a URL.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from farm.urls import redact
-
-
-def _file_mode() -> int:
-    """The mode open() gives a new file here: 0o666 less the umask. mkstemp makes its
-    files 0600, which would leave a job's images and report unreadable to the web server
-    or teammates the folder is shared with."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    # Elsewhere, read it by setting it: at import, before any writer thread starts.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-FILE_MODE = _file_mode()
 
 
 class StoreError(RuntimeError):
@@ -107,8 +89,10 @@ class LocalStore(Store):
 
     def _write_temp(self, path: Path, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.fchmod(fd, FILE_MODE)
+        # Created as open() creates files (0o666 less the umask), not mkstemp's 0600: a
+        # job's images and report are served by web servers and shared with teammates.
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
