@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.limits import MAX_PROMPT_CHARS
 from farm.spec_errors import SpecError, show, suggest
 from farm.spec_model import Catalog
 
@@ -36,7 +37,7 @@ def template_fields(template: str) -> tuple[str, ...]:
     except ValueError as e:
         raise SpecError(f"catalog.template: {e} (write {{{{ or }}}} for a literal brace)") from None
     names: list[str] = []
-    for _, name, spec, _ in parsed:
+    for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if name == "" or name.isdigit():
@@ -44,6 +45,11 @@ def template_fields(template: str) -> tuple[str, ...]:
         if "." in name or "[" in name or (spec and "{" in spec):
             # Attribute, index and nested fields mean nothing on string values.
             raise SpecError(f"catalog.template: {{{name}}}: use a plain column name")
+        if spec or conversion:
+            # A width pads without bound ({name:>50000000}): a row's text is used as it is.
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise SpecError(f"catalog.template: {{{shown}}}: formats and conversions are not "
+                            f"supported; write {{{name}}}")  # fmt: skip
         if name not in names:
             names.append(name)
     if not names:
@@ -127,6 +133,9 @@ def _make_row(catalog: Catalog, where: str, fields: dict[str, str], names: tuple
         raise SpecError(f"{where}: cannot fill the template: {e}") from None
     if not prompt.strip():
         raise SpecError(f"{where}: the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise SpecError(f"{where}: the prompt is {len(prompt):,} characters, more than "
+                        f"{MAX_PROMPT_CHARS:,}; shorten the row's text")  # fmt: skip
     return CatalogRow(key, prompt, fields)
 
 

@@ -137,20 +137,14 @@ def resume(job_url: str, address: str | None, workers: int | None,
            max_pixels: int, cell_px: int, tenants_file: str | None,
            tenant: str | None) -> None:  # fmt: skip
     """Finish the job at JOB_URL from its stored job.json."""
-    import dataclasses
-
-    from farm.job import read_job, spec_from_job
-    from farm.store import split_job_url
+    from farm.job import stored_policy
     from farm.stores import open_store
-    from farm.tenant_specs import enforce
 
     config = guard_job(job_url, tenants_file, tenant)
-    output, _ = split_job_url(job_url)
-    doc = read_job(open_store(job_url))
-    spec = dataclasses.replace(spec_from_job(doc, job_url), output=output)
-    # A tenant's job is held to the tenant's caps as they are now.
-    policy = enforce(spec, config)
-    # The job was accepted when it started: its size needs no second permission.
+    # A tenant can rewrite its own job.json: the job is held to the tenant's policy as it
+    # is now, on what job.json says (run_job checks the plan too).
+    doc, spec, policy = stored_policy(open_store(job_url), config)
+    # The job was accepted when it started: its size needs no second --max-items.
     sheets = {"max_pixels": max_pixels, "cell_px": cell_px} if with_report else None
     _run(spec, sheets, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
          worker_wait=worker_wait, max_items=doc["plan"]["items"], tenant=policy)  # fmt: skip
@@ -370,13 +364,23 @@ def verify(job_url: str, no_images: bool, tenants_file: str | None, tenant: str 
 def rerender(job_url: str, item_id: str, out: Path | None, device: str | None,
              tenants_file: str | None, tenant: str | None) -> None:  # fmt: skip
     """Render ITEM_ID of the job at JOB_URL again and report whether the bytes match."""
+    from farm.job import stored_policy
     from farm.rerender import rerender as run_again
     from farm.stores import open_store
+    from farm.tenants import check_out_path
 
-    guard_job(job_url, tenants_file, tenant)
-    result = run_again(open_store(job_url), item_id, device)
+    config = guard_job(job_url, tenants_file, tenant)
+    store = open_store(job_url)
+    # What renders is held to the tenant's policy, whatever job.json says.
+    _, _, policy = stored_policy(store, config)
+    if out is not None:
+        if tenant is not None:
+            check_out_path(out, config.tenant(tenant, "--tenant"))
+        if not out.parent.absolute().is_dir():
+            raise click.BadParameter(f"{out.parent} is not a folder", param_hint="'--out'")
+    result = run_again(store, item_id, device, tenant=policy)
     if out:
-        out.write_bytes(result.image)
+        _write_out(out, result.image)
         click.echo(f"image: {out}")
     if result.match:
         click.echo(f"match: {item_id} renders to the same bytes (sha256 {result.new_sha256})")
@@ -386,6 +390,17 @@ def rerender(job_url: str, item_id: str, out: Path | None, device: str | None,
         f"(now {result.device} at batch {result.batch}; stored {result.original})"
     )
     sys.exit(EXIT_FAILED)
+
+
+def _write_out(path: Path, data: bytes) -> None:
+    """Write beside the target, then rename over it: a link planted at the path is
+    replaced, never written through."""
+    import os
+    import secrets
+
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 main.add_command(report_command)

@@ -155,25 +155,65 @@ def stored_plan(store: Store, doc: dict) -> Plan:
     return make_plan(spec, frozen=(doc["model"]["fingerprint"], frozen))
 
 
-def open_job(plan: Plan, store: Store, echo=print) -> tuple[dict, set[str]]:
-    """Write job.json for a new job, or check that an existing one is this plan.
+@dataclass
+class Inspected:
+    """What a job folder holds, read before anything is written to it."""
 
-    Returns the job document and the item_ids already rendered. Corrupt parts are
-    removed, so their items count as missing and render again.
-    """
-    fingerprint = plan_fingerprint(plan)
-    now = _now()
+    doc: dict | None  # job.json, or None for a new job
+    done: set[str]  # item_ids with a row in parts/
+    corrupt: list[str]  # parts that cannot be read
+
+
+def inspect_job(plan: Plan, store: Store) -> Inspected:
+    """Read the job folder without writing: its links stay inside it, an existing
+    job.json is this plan's, and parts/ is readable. A refusal here leaves nothing behind."""
+    store.probe()
+    store.check_links()
+    doc = None
     if store.exists(JOB_JSON):
-        doc = _load_job(store)  # store.check() has just probed the store
-        if doc.get("fingerprint") != fingerprint:
+        doc = _load_job(store)
+        if doc.get("fingerprint") != plan_fingerprint(plan):
             raise JobError(
                 f"{store.url}: job {plan.spec.job!r} exists with a different spec, model or "
                 "LoRA files; give the new sweep its own `job:` name"
             )
-    else:
+    done, corrupt = scan_parts(store)
+    return Inspected(doc, done, corrupt)
+
+
+def stored_policy(store: Store, tenants) -> tuple[dict, Spec, object]:
+    """A stored job's job.json, the spec it renders, and its tenant (farm.tenants.Tenant,
+    or None) with the policy checked on what job.json says now: a tenant can rewrite its
+    own job.json, so its paths are checked before anything they name is read, then the
+    spec. The plan's own checks (farm.tenant_specs.enforce_plan) come where the plan
+    is made."""
+    import dataclasses
+
+    from farm.store import split_job_url
+    from farm.tenant_specs import check_stored, enforce
+
+    doc = read_job(store)
+    check_stored(doc, tenants)
+    output, _ = split_job_url(store.url)
+    spec = dataclasses.replace(spec_from_job(doc, store.url), output=output)
+    return doc, spec, enforce(spec, tenants)
+
+
+def open_job(plan: Plan, store: Store, echo=print,
+             inspected: Inspected | None = None) -> tuple[dict, set[str]]:  # fmt: skip
+    """Write job.json for a new job, or mark an existing one (this plan's) running.
+
+    Returns the job document and the item_ids already rendered. Corrupt parts are
+    removed, so their items count as missing and render again. `inspected` is the folder
+    as inspect_job read it; without it, it is read here first.
+    """
+    seen = inspected if inspected is not None else inspect_job(plan, store)
+    now = _now()
+    doc = seen.doc
+    if doc is None:
         doc = {
             "job_id": plan.spec.job,
-            "fingerprint": fingerprint,
+            "fingerprint": plan_fingerprint(plan),
             "spec": plan.spec.to_dict(),
             "plan": plan.counts(),
             "model": {
@@ -192,11 +232,10 @@ def open_job(plan: Plan, store: Store, echo=print) -> tuple[dict, set[str]]:
         }
     doc.update(status="running", updated_at=now)
     write_job(store, doc)
-    done, corrupt = scan_parts(store)
-    for key in corrupt:
+    for key in seen.corrupt:
         echo(f"removing corrupt part {key}: its items render again")
         store.delete(key)
-    return doc, done
+    return doc, seen.done
 
 
 def write_job(store: Store, doc: dict) -> None:
@@ -222,22 +261,24 @@ def run_job(
 
     plan = make_plan(spec, max_items=max_items)
     enforce_plan(plan, tenant, workers)
+    store = job_store(spec)
+    # Everything that can refuse the job does so before anything is written: the job
+    # folder is read, the cluster joined and the worker layout checked first.
+    seen = inspect_job(plan, store)
+    _start_ray(address, workers, gpus_per_worker)
     if tenant is None:
-        return _run_plan(plan, workers, gpus_per_worker, address, worker_wait, echo)
+        return _run_plan(plan, store, seen, workers, gpus_per_worker, address, worker_wait,
+                         echo)  # fmt: skip
     from farm.tenant_jobs import job_slot
 
     with job_slot(tenant, spec.job):
-        return _run_plan(plan, workers, gpus_per_worker, address, worker_wait, echo,
-                         max_workers=tenant.caps.workers)  # fmt: skip
+        return _run_plan(plan, store, seen, workers, gpus_per_worker, address, worker_wait,
+                         echo, max_workers=tenant.caps.workers)  # fmt: skip
 
 
-def _run_plan(plan: Plan, workers, gpus_per_worker, address, worker_wait, echo,
-              max_workers: int | None = None) -> RunResult:  # fmt: skip
+def _start_ray(address: str | None, workers: int | None, gpus_per_worker: float | None) -> None:
     from farm.cluster import check_layout, start_ray
-    from farm.executor import WORKER_WAIT, execute
 
-    spec = plan.spec
-    store = job_store(spec)
     if address:
         # A cluster that can't be joined is bad input: find out before writing anything.
         start_ray(address)
@@ -245,8 +286,15 @@ def _run_plan(plan: Plan, workers, gpus_per_worker, address, worker_wait, echo,
         # So is asking this machine for workers it can never place.
         start_ray(None)
         check_layout(workers, gpus_per_worker)
+
+
+def _run_plan(plan: Plan, store: Store, seen: Inspected, workers, gpus_per_worker, address,
+              worker_wait, echo, max_workers: int | None = None) -> RunResult:  # fmt: skip
+    from farm.executor import WORKER_WAIT, execute
+
+    spec = plan.spec
     store.check()
-    doc, done = open_job(plan, store, echo)
+    doc, done = open_job(plan, store, echo, seen)
     result = RunResult(store.url, plan.items, len(done))
     echo(
         f"job {spec.job}: {plan.items} items in {plan.units} units, "

@@ -10,3 +10,6 @@ MAX_SPEC_BYTES = 4 * 1024 * 1024
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl"})
 # A contact sheet page's pixels (`farm report --max-pixels`): a bigger grid is paged.
 SHEET_MAX_PIXELS = 16_000_000
+# One prompt's characters, as written or filled from a catalog row: text encoders read a
+# few hundred tokens, so a longer prompt is a mistake (or a memory attack on a shared farm).
+MAX_PROMPT_CHARS = 20_000

@@ -21,6 +21,8 @@ from farm.job import JobError, job_context, plan_fingerprint, read_job, spec_fro
 from farm.records import decode_part, part_key, read_rows
 from farm.store import LocalStore, Store
 from farm.sweep import Unit, expand, make_plan
+from farm.tenant_specs import enforce_plan
+from farm.tenants import Tenant
 
 
 @dataclass
@@ -36,15 +38,20 @@ class Rerender:
     batch: int = 1  # items in the call it rendered in again
 
 
-def rerender(store: Store, item_id: str, device: str | None = None) -> Rerender:
-    """Render `item_id` of the job in `store` again; compare with the stored image."""
+def rerender(store: Store, item_id: str, device: str | None = None,
+             tenant: Tenant | None = None) -> Rerender:  # fmt: skip
+    """Render `item_id` of the job in `store` again; compare with the stored image. A
+    tenant's job (`tenant`, from farm.tenant_jobs.stored_policy) renders only inside the
+    tenant's caps."""
     doc = read_job(store)
+    spec = spec_from_job(doc, store.url)
+    plan = make_plan(spec)
+    # A tenant can rewrite its own job.json: what renders is held to the policy as it is.
+    enforce_plan(plan, tenant)
     matches = [r for r in read_rows(store).to_pylist() if r["item_id"] == item_id]
     if not matches:
         raise JobError(f"{store.url}: no row for item {item_id}; `farm status` lists the job")
     (row,) = matches
-    spec = spec_from_job(doc, store.url)
-    plan = make_plan(spec)
     if plan_fingerprint(plan) != doc.get("fingerprint"):
         raise JobError(
             f"{store.url}: the model or LoRA files differ from the job's; rerender needs "

@@ -80,7 +80,9 @@ class S3Store(Store):
         if "@" in bucket:
             raise StoreError(f"{url}: credentials do not go in an S3 URL; set AWS_ACCESS_KEY_ID "
                              "and AWS_SECRET_ACCESS_KEY or AWS_PROFILE")  # fmt: skip
-        if not bucket or any(c in bucket for c in " \\?#") or ".." in prefix.split("/"):
+        segments = prefix.strip("/").split("/")
+        if not bucket or any(c in bucket for c in " \\?#") or ".." in segments or (
+                prefix.strip("/") and "" in segments):  # fmt: skip
             raise StoreError(f"{url}: malformed S3 URL; expected s3://bucket/prefix")
         return cls(bucket, prefix, endpoint)
 

@@ -66,10 +66,15 @@ def load_spec(path: str | Path, tenants=None, tenant: str | None = None) -> Spec
             raise SpecError(f"{name}: invalid JSON: nested too deeply") from None
     else:
         data = load_yaml(text, name)
+    if isinstance(data, dict) and "preset_weights" in data:
+        # Resolved weights are farm's to write, from the tenants file: a spec that wrote
+        # them would skip the presets' own checks (a slider's range and steps).
+        raise SpecError("preset_weights: farm writes this from the tenants file; pick "
+                        "presets with preset: or presets:")  # fmt: skip
     if tenants is not None or tenant is not None:
         from farm.tenant_specs import resolve
 
-        data = resolve(data, tenants, tenant)
+        data = resolve(data, tenants, tenant, path.absolute().parent)
     return parse_spec(data, source=name, base_dir=path.absolute().parent)
 
 

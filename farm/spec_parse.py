@@ -15,7 +15,7 @@ from typing import Any
 
 from farm.demo_loras import DEMO_LORAS
 from farm.demo_loras import PREFIX as DEMO_PREFIX
-from farm.limits import PICKLE_SUFFIXES
+from farm.limits import MAX_PROMPT_CHARS, PICKLE_SUFFIXES
 from farm.schedulers import SAMPLERS
 from farm.spec_catalog import parse_catalog
 from farm.spec_errors import SpecError, show, suggest
@@ -190,6 +190,9 @@ def _prompts(value: Any) -> tuple[str, ...]:
             raise SpecError(f"prompts[{i}]: expected a string, got {show(prompt)}")
         if not prompt.strip():
             raise SpecError(f"prompts[{i}]: the prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise SpecError(f"prompts[{i}]: {len(prompt):,} characters, more than "
+                            f"{MAX_PROMPT_CHARS:,}; shorten it")  # fmt: skip
         if prompt in seen:  # the same prompt twice would plan the same images twice
             raise SpecError(f"prompts[{i}]: same as prompts[{seen[prompt]}] (give each once)")
         seen[prompt] = i
@@ -421,4 +424,7 @@ def _output(value: Any, field: str = "output") -> str:
 def _s3(text: str, at: str) -> str:
     if not S3_RE.fullmatch(text):
         raise SpecError(f"{at}: {text!r} is not an s3:// URL (write s3://bucket/key)")
+    if "//" in text[len("s3://") :].rstrip("/"):
+        # S3 keeps an empty segment as part of the key: `a//b` is not `a/b`.
+        raise SpecError(f"{at}: {text!r} has an empty segment ('//'); write each once")
     return text

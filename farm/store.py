@@ -72,6 +72,9 @@ class Store:
     def probe(self) -> object:
         """Fail, with a StoreError, when the store cannot be read; writes nothing."""
 
+    def check_links(self) -> None:
+        """Fail, with a StoreError, when a link planted in the store leads out of it."""
+
 
 class LocalStore(Store):
     """A folder. Every write goes to a temp file first, then an atomic rename."""
@@ -88,11 +91,18 @@ class LocalStore(Store):
         return path
 
     def _write_temp(self, path: Path, data: bytes) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Created as open() creates files (0o666 less the umask), not mkstemp's 0600: a
         # job's images and report are served by web servers and shared with teammates.
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        for attempt in range(3):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileNotFoundError:
+                # A delete pruned the folder, empty, between the mkdir and the open.
+                if attempt == 2:
+                    raise
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -122,7 +132,40 @@ class LocalStore(Store):
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # A folder holds keys and nothing else, as an S3 prefix does: one left empty goes
+        # too (a lease's `.running/` once its last lease is deleted, say).
+        for folder in path.parents:
+            if folder == self.root or self.root not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or already gone): so are the folders above
+
+    def check_links(self) -> None:
+        # Keys are written below the root's own entries and the nested folders of
+        # named/ and report/; a link among them may lead anywhere. images/ and parts/
+        # are flat, so their entries need no walk (a file link is replaced, not
+        # written through).
+        if not self.root.is_dir():
+            return
+        nested = []
+        for entry in os.scandir(self.root):
+            self._inside(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False) and entry.name in ("named", "report"):
+                nested.append(entry.path)
+        for top in nested:
+            for dirpath, dirnames, _ in os.walk(top):
+                for name in dirnames:
+                    self._inside(Path(dirpath, name))
+
+    def _inside(self, path: Path) -> None:
+        real = path.resolve()
+        if real != self.root and self.root not in real.parents:
+            raise StoreError(f"{path}: a link that leads out of {self.root}; remove it "
+                             "(farm writes only inside the job's folder)")  # fmt: skip
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root

@@ -137,6 +137,29 @@ class Strength:
         block = self.blocks.unet(module, layers_per_block) if self.blocks else 1.0
         return self.unet * block
 
+    def scales(self) -> list[tuple[float, str]]:
+        """Every scale the render may give a LoRA layer, each with the factors that make
+        it: the weights themselves, te times the text encoder's block multiplier, and
+        unet times each block multiplier (1 outside named blocks) times each schedule
+        value. A cap on strength bounds all of them, since the render multiplies."""
+        out = [(self.te, f"te {format_number(self.te)}"),
+               (self.unet, f"unet {format_number(self.unet)}")]  # fmt: skip
+        blocks = [(1.0, "")]
+        if self.blocks is not None:
+            te_block = self.blocks.te()
+            te_text = f"te {format_number(self.te)} × block te {format_number(te_block)}"
+            out.append((self.te * te_block, te_text))
+            blocks += [(v, f" × block {k} {format_number(v)}") for k, v in self.blocks.pairs
+                       if k != "te"]  # fmt: skip
+        steps = [(1.0, "")]
+        if self.schedule is not None:
+            steps = [(v, f" × schedule {format_number(v)}@{format_number(at)}")
+                     for at, v in self.schedule]  # fmt: skip
+        for b, b_text in blocks:
+            for s, s_text in steps:
+                out.append((self.unet * b * s, f"unet {format_number(self.unet)}{b_text}{s_text}"))
+        return out
+
     def unet_at(self, step: int, steps: int) -> float:
         """The schedule's multiplier at a denoising step (1 without a schedule)."""
         if not self.schedule:

@@ -8,17 +8,22 @@ refusal is a SpecError: one line, exit 2, nothing written.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from farm.presets import Preset
 from farm.spec_errors import SpecError, show, suggest
 from farm.spec_model import Spec
+from farm.strength import Strength
 from farm.tenants import (
     Tenant,
     Tenants,
+    check_catalog,
     check_strength,
     check_strengths,
     inside,
+    links_out,
     local_path,
 )
 
@@ -31,22 +36,28 @@ def uses_tenants(data: Any) -> bool:
     return any(data.get(k) is not None for k in ("tenant", "preset", "presets")) or by_row
 
 
-def resolve(data: Any, tenants: Tenants | None, acting: str | None = None) -> Any:
+def resolve(
+    data: Any, tenants: Tenants | None, acting: str | None = None, base: Path | None = None
+) -> Any:
     """The spec mapping with its tenant's defaults and registry paths filled in and its
-    preset names turned into `preset_weights`; unchanged for a spec that uses neither."""
+    preset names turned into `preset_weights`; unchanged for a spec that uses neither.
+    `base` is the spec's folder, which its relative paths start from."""
     if not isinstance(data, dict):
         return data
     name = data.get("tenant")
     if acting is not None:
         if name is not None and name != acting:
-            raise SpecError(f"tenant: the spec is tenant {show(name)}'s and --tenant is "
+            raise SpecError(f"tenant: the spec is for tenant {show(name)} and --tenant is "
                             f"{acting!r}; a tenant runs only its own jobs")  # fmt: skip
         name = acting
     if name is None and not uses_tenants(data):
         return data
     if tenants is None:
-        field = next((k for k in ("tenant", "preset", "presets") if data.get(k) is not None),
-                     "catalog.preset_by")  # fmt: skip
+        if acting is not None:
+            field = f"--tenant {acting}"
+        else:
+            field = next((k for k in ("tenant", "preset", "presets")
+                          if data.get(k) is not None), "catalog.preset_by")  # fmt: skip
         raise SpecError(f"{field}: needs a tenants file (give --tenants tenants.yaml or set "
                         "FARM_TENANTS)")  # fmt: skip
     tenant = tenants.tenant(name) if name is not None else None
@@ -57,9 +68,7 @@ def resolve(data: Any, tenants: Tenants | None, acting: str | None = None) -> An
             out["model"] = tenant.models[0]
         if out.get("output") is None:
             out["output"] = tenant.output
-        if out.get("lora_dir") is not None:
-            raise SpecError(f"lora_dir: a job of tenant {tenant.name} names its LoRAs from "
-                            "the tenant's registry, not a folder")  # fmt: skip
+        check_stored_paths(out, tenant, base or Path.cwd())
         out["loras"] = _registry_loras(out.get("loras") or [], tenant)
     presets = tenant.presets if tenant is not None else tenants.presets
     entries = _preset_entries(out)
@@ -191,6 +200,28 @@ def _add_preset_loras(out: dict, resolved: list[dict], tenant: Tenant) -> None:
 # ---------------------------------------------------------------- enforcement
 
 
+def check_stored_paths(data: dict, tenant: Tenant, base: Path) -> None:
+    """The paths of a spec mapping (a spec file's, or job.json's) that are read before
+    validation checks anything: a tenant's job names no LoRA folder, and its catalog
+    lies in the tenant's own folders. Run before the catalog is opened, so a refusal
+    says nothing of what exists elsewhere."""
+    if data.get("lora_dir") is not None:
+        raise SpecError(f"lora_dir: a job of tenant {tenant.name} names its LoRAs from "
+                        "the tenant's registry, not a folder")  # fmt: skip
+    catalog = data.get("catalog")
+    if isinstance(catalog, dict) and isinstance(catalog.get("path"), str):
+        check_catalog(catalog["path"], base, tenant)
+
+
+def check_stored(doc: dict, tenants: Tenants | None) -> None:
+    """job.json's spec, before it is parsed: a tenant's job reads only the tenant's
+    files. A tenant can rewrite its own job.json, so nothing in it is trusted."""
+    spec = doc.get("spec")
+    if tenants is None or not isinstance(spec, dict) or spec.get("tenant") is None:
+        return
+    check_stored_paths(spec, tenants.tenant(spec["tenant"]), Path.cwd())
+
+
 def enforce(spec: Spec, tenants: Tenants | None) -> Tenant | None:
     """The spec's tenant, with its output, model and LoRAs checked; for a job of no
     tenant, that its output is in no tenant's prefix."""
@@ -208,12 +239,22 @@ def enforce(spec: Spec, tenants: Tenants | None) -> Tenant | None:
                             f"{owner.name})")  # fmt: skip
         return None
     tenant = tenants.tenant(spec.tenant)
-    if not inside(job_url, tenant.output):
+    try:
+        ok = inside(job_url, tenant.output)
+    except SpecError as err:
+        raise SpecError(f"output: {err}") from None
+    if not ok:
+        if links_out(job_url, tenant.output):
+            raise SpecError(f"output: {job_url} is a link that leads out of tenant "
+                            f"{tenant.name}'s prefix {tenant.output}; remove the link")  # fmt: skip
         raise SpecError(f"output: {spec.output} is outside tenant {tenant.name}'s prefix "
                         f"{tenant.output}; leave output out or write below the prefix")  # fmt: skip
     if spec.model not in tenant.models:
         raise SpecError(f"model: {spec.model} is not allowed for tenant {tenant.name} "
                         f"(allowed: {', '.join(tenant.models)})")  # fmt: skip
+    check_stored_paths({"lora_dir": spec.lora_dir,
+                        "catalog": {"path": spec.catalog.path} if spec.catalog else None},
+                       tenant, Path.cwd())  # fmt: skip
     registry = set(tenant.loras.values())
     for i, lora in enumerate(spec.loras):
         if lora.path not in registry:
@@ -243,10 +284,33 @@ def enforce_plan(plan, tenant: Tenant | None, workers: int | None = None) -> Non
         raise SpecError(f"--workers {workers}: tenant {tenant.name} may use at most "
                         f"{caps.workers} workers")  # fmt: skip
     paths = set(tenant.loras.values())
+    registry = ", ".join(sorted(tenant.loras))
+    for name, adapter in plan.adapters.items():
+        if adapter.path not in paths:
+            raise SpecError(f"<lora:{name}:…>: not a LoRA of tenant {tenant.name} "
+                            f"(registry: {registry})")  # fmt: skip
+    seen: set[tuple[str, Strength]] = set()
+    for where, name, w in plan_strengths(plan):
+        if (name, w) not in seen:
+            seen.add((name, w))
+            check_strength(w, caps, where)
+
+
+def plan_strengths(plan) -> Iterator[tuple[str, str, Strength]]:
+    """(where, LoRA, strength) for every strength the plan's items render with: the
+    swept axes, combinations and presets, and every prompt's or catalog row's tags."""
+    combos, spec = plan.combos, plan.spec
+    index = {x.name: i for i, x in enumerate(spec.loras)}
+    if combos.explicit is not None:
+        for i, combo in enumerate(combos.explicit):
+            label = combos.labels[i] if combos.labels else None
+            where = f"preset {label!r}" if label else f"combine[{i}]"
+            for name, w in combo:
+                yield f"{where}.{name}", name, w
+    else:
+        for axis in combos.axes:
+            for name, w in axis:
+                yield f"loras[{index.get(name, '?')}]", name, w
     for source in plan.sources:
         for name, w in source.tags:
-            adapter = plan.adapters.get(name)
-            if adapter is not None and adapter.path not in paths:
-                raise SpecError(f"<lora:{name}:…>: not a LoRA of tenant {tenant.name} "
-                                f"(registry: {', '.join(sorted(tenant.loras))})")  # fmt: skip
-            check_strength(w, caps, f"<lora:{name}:…> in {source.prompt[:40]!r}")
+            yield f"<lora:{name}:…> in {source.prompt[:40]!r}", name, w

@@ -38,7 +38,7 @@ ENV = "FARM_TENANTS"  # where the tenants file is when --tenants is not given
 ENV_TENANT = "FARM_TENANT"  # the tenant a command acts for when --tenant is not given
 MAX_TENANTS_BYTES = 4 * 1024 * 1024
 TOP_KEYS = ("presets", "tenants")
-TENANT_KEYS = ("output", "models", "loras", "presets", "caps")
+TENANT_KEYS = ("output", "models", "loras", "catalogs", "presets", "caps")
 CAP_KEYS = ("strength", "images", "workers", "jobs")
 
 
@@ -58,6 +58,13 @@ class Tenant:
     loras: dict[str, str] = field(default_factory=dict)  # registry: name -> resolved path
     presets: dict[str, Preset] = field(default_factory=dict)  # global ones merged in
     caps: Caps = Caps()
+    # Local folders the tenant's catalogs may be read from, beside a local prefix.
+    catalogs: tuple[str, ...] = ()
+
+    def catalog_roots(self) -> tuple[str, ...]:
+        """Where a catalog of this tenant may lie: its own local prefix and `catalogs`."""
+        own = () if self.output.startswith("s3://") else (self.output,)
+        return own + self.catalogs
 
     def preset(self, name: object, where: str) -> Preset:
         if not isinstance(name, str) or not name.strip():
@@ -86,7 +93,11 @@ class Tenants:
 
     def owner(self, url: str) -> Tenant | None:
         """The tenant whose output prefix holds `url`, if any."""
-        return next((t for t in self.tenants.values() if inside(url, t.output)), None)
+        # A local job of no tenant may climb with '..' (its store resolves it): compare
+        # where it resolves to, so that no spelling of a tenant's prefix gets past.
+        mine = _segments(url, strict=False)
+        return next((t for t in self.tenants.values()
+                     if mine[: len(theirs := _segments(t.output))] == theirs), None)  # fmt: skip
 
     def presets_of(self, tenant: str | None) -> dict[str, Preset]:
         return self.tenant(tenant, "--tenant").presets if tenant else self.presets
@@ -97,18 +108,40 @@ class Tenants:
 
 def inside(url: str, prefix: str) -> bool:
     """Whether `url` is `prefix` or below it, segment by segment: s3://b/acme2 is not below
-    s3://b/acme. A URL with `.` or `..` segments is refused, never normalised away."""
+    s3://b/acme. A local URL is compared where its links lead. A URL with `..` (or an
+    s3:// one with an empty segment, which the store would keep) is refused, never
+    normalised away: what is compared is what the store writes."""
     mine, theirs = _segments(url), _segments(prefix)
     return mine[: len(theirs)] == theirs
 
 
-def _segments(url: str) -> tuple[str, ...]:
+def _segments(url: str, strict: bool = True) -> tuple[str, ...]:
     if url.startswith("s3://"):
-        parts = [p for p in url[len("s3://") :].split("/") if p]
+        parts = url[len("s3://") :].rstrip("/").split("/")
         if any(p in (".", "..") for p in parts):
             raise SpecError(f"{url}: '.' and '..' are not allowed in an s3:// URL")
+        if "" in parts:
+            raise SpecError(f"{url}: an empty segment ('//') is not allowed in an s3:// URL")
         return ("s3", *parts)
-    return ("file", *Path(url).expanduser().resolve().parts)
+    path = _local(url) if strict else Path(url).expanduser()
+    return ("file", *path.resolve().parts)
+
+
+def _local(url: str) -> Path:
+    path = Path(url).expanduser()
+    if ".." in path.parts:
+        raise SpecError(f"{url}: '..' is not allowed in a path a tenant's prefix is checked "
+                        "against; write the path without it")  # fmt: skip
+    return path
+
+
+def links_out(url: str, prefix: str) -> bool:
+    """Whether a local `url` lies inside `prefix` as written but leaves it through a link."""
+    if url.startswith("s3://") or prefix.startswith("s3://"):
+        return False
+    written = _local(url).absolute().parts
+    base = (Path(prefix).expanduser().absolute().parts, _local(prefix).resolve().parts)
+    return any(written[: len(b)] == b for b in base) and not inside(url, prefix)
 
 
 def check_job_url(url: str, tenants: Tenants | None, tenant: str | None) -> None:
@@ -119,8 +152,40 @@ def check_job_url(url: str, tenants: Tenants | None, tenant: str | None) -> None
         raise SpecError(f"--tenant {tenant}: no tenants file (give --tenants or set {ENV})")
     mine = tenants.tenant(tenant, "--tenant")
     if not inside(url, mine.output):
-        raise SpecError(f"{url}: outside tenant {tenant}'s output prefix {mine.output}; a "
+        how = "links out of" if links_out(url, mine.output) else "outside"
+        raise SpecError(f"{url}: {how} tenant {tenant}'s output prefix {mine.output}; a "
                         "tenant reaches only its own jobs")  # fmt: skip
+
+
+def check_catalog(text: str, base: Path, tenant: Tenant, where: str = "catalog.path") -> None:
+    """A tenant's catalog lies in its own local prefix or a folder of its `catalogs`,
+    compared where links lead. Nothing is read, so the answer for a path outside is the
+    same whether a file is there or not."""
+    if "://" in text:
+        return  # a URL: the spec's own validation refuses it for every job
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else base / path
+    roots = tenant.catalog_roots()
+    if ".." not in path.parts:
+        real = path.resolve()
+        if any(real.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
+            return
+    folders = ", ".join(roots) if roots else "none; the tenants file's catalogs lists them"
+    raise SpecError(f"{where}: {text} is outside tenant {tenant.name}'s catalog folders "
+                    f"({folders}); put the catalog in one of them")  # fmt: skip
+
+
+def check_out_path(path: Path | str, tenant: Tenant, where: str = "--out") -> None:
+    """A file written for a tenant outside its jobs (`rerender --out`) lies in its prefix,
+    where links lead; an s3:// prefix has no local files, so none is."""
+    url = str(path)
+    try:
+        ok = not tenant.output.startswith("s3://") and inside(url, tenant.output)
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+    if not ok:
+        raise SpecError(f"{where}: {url} is outside tenant {tenant.name}'s prefix "
+                        f"{tenant.output}; write the file below it")  # fmt: skip
 
 
 def check_job_tenant(doc: dict, url: str, tenant: str | None) -> None:
@@ -211,6 +276,10 @@ def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Ten
         raise SpecError(f"{at}.output: required (the prefix every job of {name} lands below)")
     # A local prefix is relative to where farm runs, as a spec's output is.
     output = _output(m["output"], f"{at}.output").rstrip("/") or "/"
+    try:
+        _segments(output)  # no '..', no empty s3:// segment: a prefix is what the store writes
+    except SpecError as err:
+        raise SpecError(f"{at}.output: {err}") from None
     models_raw = m.get("models", ["tiny"])
     if isinstance(models_raw, str):
         models_raw = [models_raw]
@@ -228,6 +297,9 @@ def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Ten
         if base.startswith("s3://") and not (text.startswith(("s3://", "tiny:", "/"))):
             text = f"{base}/{text}"  # relative to an s3:// tenants file: beside it
         loras[lname] = _lora_path(text, where, local_base)
+    folders = _list(m.get("catalogs") or [], f"{at}.catalogs")
+    catalogs = tuple(_catalog_folder(v, f"{at}.catalogs[{i}]", local_base)
+                     for i, v in enumerate(folders))  # fmt: skip
     own = parse_presets(m.get("presets") or {}, f"{at}.presets", name)
     presets = {**global_presets, **own}
     caps = _caps(_mapping(m.get("caps") or {}, f"{at}.caps"), f"{at}.caps")
@@ -241,7 +313,27 @@ def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Ten
                                 f"{suggest(lname, loras)}")  # fmt: skip
         for lname, w in preset_strengths(preset):
             check_strength(w, caps, f"{at}.presets.{pname}" + (f".{lname}" if lname else ""))
-    return Tenant(name, output, models, loras, presets, caps)
+    return Tenant(name, output, models, loras, presets, caps, catalogs)
+
+
+def _list(value: Any, at: str) -> list:
+    if not isinstance(value, list):
+        raise SpecError(f"{at}: expected a list of folders, got {show(value)}")
+    return value
+
+
+def _catalog_folder(value: Any, at: str, base: Path) -> str:
+    """A folder a tenant's catalogs may lie in: local, relative to the tenants file."""
+    from farm.spec_parse import _str
+
+    text = _str(value, at)
+    if "://" in text:
+        raise SpecError(f"{at}: {text} — catalogs are local files; give a local folder")
+    path = Path(text).expanduser()
+    if ".." in path.parts:
+        raise SpecError(f"{at}: {text}: write the folder without '..'")
+    folder = path if path.is_absolute() else base / path
+    return str(folder.absolute())
 
 
 def _caps(m: dict, at: str) -> Caps:
@@ -268,19 +360,16 @@ def _caps(m: dict, at: str) -> Caps:
 
 
 def check_strength(w: Strength, caps: Caps, where: str) -> None:
-    """A strength inside the caps: te, UNet and every block or schedule value times them."""
+    """A strength inside the caps at every layer and step: each weight, and each product
+    of factors the render multiplies (weight × block × schedule), as Strength.scales."""
     if caps.strength is None:
         return
     lo, hi = caps.strength
-    values = [w.te, w.unet]
-    if w.blocks is not None:
-        values += [w.unet * v for _, v in w.blocks.pairs] + [w.te * w.blocks.te()]
-    if w.schedule is not None:
-        values += [w.unet * v for _, v in w.schedule]
-    for v in values:
-        if not lo - 1e-9 <= v <= hi + 1e-9:
-            raise SpecError(f"{where}: strength {v:g} is outside the tenant's cap "
-                            f"{lo:g}..{hi:g}")  # fmt: skip
+    for value, factors in w.scales():
+        if not lo - 1e-9 <= value <= hi + 1e-9:
+            how = "" if factors.count(" ") == 1 else f" ({factors})"
+            raise SpecError(f"{where}: strength {value:.12g}{how} is outside the tenant's cap "
+                            f"{lo:.12g}..{hi:.12g}")  # fmt: skip
 
 
 def check_strengths(pairs: Iterable[tuple[str, Strength]], caps: Caps, where: str) -> None:

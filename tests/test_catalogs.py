@@ -34,7 +34,7 @@ def tenants_file(folder: Path) -> Path:
         "presets": {"subtle": {"weight": 0.3}, "standard": {"weight": 0.6},
                     "bold": {"weight": 1.0}},
         "tenants": {"shop": {"output": str(folder / "renders" / "shop"),
-                             "loras": {"house": "tiny:neon"}}},
+                             "loras": {"house": "tiny:neon"}, "catalogs": [str(folder)]}},
     }))  # fmt: skip
     return path
 
@@ -161,7 +161,7 @@ def test_lora_by_gives_each_row_its_lora_at_the_preset_weight(tmp_path):
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(yaml.safe_dump({
         "presets": {"subtle": {"weight": 0.3}, "wide": {"loras": {"elsewhere": 1}}},
-        "tenants": {"shop": {"output": str(tmp_path / "out"),
+        "tenants": {"shop": {"output": str(tmp_path / "out"), "catalogs": [str(tmp_path)],
                              "loras": {"n": "tiny:neon", "i": "tiny:ink"}}}}))  # fmt: skip
     spec_path = tmp_path / "s.yaml"
     spec_path.write_text(yaml.safe_dump({

@@ -332,7 +332,11 @@ BAD = [
     ("catalog-positional", catspec(template="{} photo"), "must name a column"),
     ("catalog-no-fields", catspec(template="a photo"), "uses no column"),
     ("catalog-brace", catspec(template="{name"), "catalog.template: expected '}'"),
-    ("catalog-format-spec", catspec(template="{name:.2f}"), "row 1: cannot fill the template"),
+    (
+        "catalog-format-spec",
+        catspec(template="{name:.2f}"),
+        "catalog.template: {name:.2f}: formats and conversions are not supported; write {name}",
+    ),
 ]
 
 

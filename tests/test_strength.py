@@ -360,3 +360,33 @@ def test_block_multipliers_reach_resnet_layers_of_a_locon(cpu_worker, tmp_path):
     (_, base), (_, full), (_, blocked) = out
     assert not same(full, base)
     assert same(blocked, base)
+
+
+@pytest.mark.parametrize("strength", [
+    Strength(0.7, 0.9, parse_blocks("0.5,1.5,0,2,1,1,1,-1,1,1,1,1,3,1,1,1,0.2"),
+             parse_schedule("0.5@0,2@0.5,1@0.75")),
+    Strength(1.1, 0.4, parse_blocks({"text_encoder": 0.5, "unet": {"down": {"block_1": 2},
+                                     "mid": 1.5, "up": {"block_0": [1, 3, 1]}}}),
+             parse_schedule({"start": 0.25, "stop": 0.75})),
+], ids=["lbw", "diffusers-dict"])  # fmt: skip
+def test_every_scale_the_render_sets_is_one_the_cap_checks(cpu_worker, strength):
+    # A tenant's cap bounds Strength.scales(): each scale the render gives a LoRA layer at
+    # any step must be one of them, so that no factor escapes the cap.
+    adapters = cpu_worker.pipelines.get("tiny").adapters
+    neon = Adapter("neon", str(demo_lora_path("tiny:neon")), "3" * 64, "3")
+    adapters.ensure([neon])
+    name = adapter_name(neon)
+    layers = [(p, m) for p, _, m in adapters._lora_layers() if name in m.scaling]
+    adapters.activate([(neon, Strength.plain(1.0))])
+    unit = {id(m): m.scaling[name] for _, m in layers}  # lora_alpha / r at strength 1
+    steps = 8
+    callback = adapters.activate([(neon, strength)], steps=steps)
+    seen = set()
+    for step in range(steps):
+        if step:
+            callback(None, step - 1, None, {})
+        seen |= {round(m.scaling[name] / unit[id(m)], 9) for _, m in layers}
+    allowed = {round(v, 9) for v, _ in strength.scales()}
+    assert seen <= allowed, seen - allowed
+    assert len(seen) > 4  # blocks and the schedule both acted
+    adapters.activate([])
