@@ -17,8 +17,11 @@ from farm.prompts import PromptError, lora_tag, parse_prompt
 from farm.spec import Spec, SpecError
 from farm.strength import Strength
 
-# Items per unit: enough to amortise a dispatch, small enough to spread over workers.
+# Items per unit: enough to amortise a dispatch, small enough to spread over workers. A
+# spec's batch N makes units of max(UNIT_SIZE, N); `batch: auto` makes units of AUTO_UNIT,
+# the largest call auto takes (16 renders some 12-20% cheaper an image than 8 on a CPU).
 UNIT_SIZE = 8
+AUTO_UNIT = 16
 ID_HEX = 20  # 80 bits: collision-free for any realistic sweep
 
 
@@ -151,9 +154,10 @@ class Plan:
 
     @property
     def unit_size(self) -> int:
-        """Items per unit: UNIT_SIZE, or the spec's batch where larger, so that no
-        pipeline call is cut short by the unit it belongs to."""
-        return max(UNIT_SIZE, self.spec.render.batch or 0)
+        """Items per unit: AUTO_UNIT for `batch: auto`, else UNIT_SIZE or the spec's batch
+        where larger, so that no pipeline call is cut short by the unit it belongs to."""
+        batch = self.spec.render.batch
+        return max(UNIT_SIZE, batch) if batch else AUTO_UNIT
 
     @property
     def units(self) -> int:

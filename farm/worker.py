@@ -22,7 +22,7 @@ from farm.schedulers import SAMPLERS
 from farm.spec import Render
 from farm.stores import open_store
 from farm.strength import schedule_text
-from farm.sweep import UNIT_SIZE, Adapter, Item, Unit
+from farm.sweep import AUTO_UNIT, Adapter, Item, Unit
 
 UPLOAD_THREADS = 4
 UPLOAD_QUEUE = 16  # images encoded or uploading at once, per worker
@@ -32,11 +32,12 @@ FLAT_STD = 2.0  # pixel standard deviation (of 255) below which an image is flat
 # gives real pictures unit variance) above which an image is overdriven. The tiny model's
 # own renders stay under 1.4; its LoRAs at 4× land between 3 and 7.
 OVERDRIVEN_STD = 2.5
-# `render.batch: auto` on a CPU: the tiny model's measured sweet spot (bench/batched_grids.py,
-# BENCHMARKS.md: 8 renders about twice as fast as 1, 16 only some 15% faster than 8, in
-# calls twice as coarse). On a GPU auto is the largest call that fits, up to the unit size.
-CPU_BATCH = 8
-GPU_BATCH_MAX = UNIT_SIZE
+# `render.batch: auto` on a CPU: 16, the unit size (bench/batched_grids.py and
+# bench/worker_vs_loop.py, BENCHMARKS.md: per image, a call of 16 is some 15-20% cheaper
+# than one of 8, which a plain loop is held to when a strength has 8 cells). On a GPU
+# auto is the largest call that fits, up to the unit size.
+CPU_BATCH = AUTO_UNIT
+GPU_BATCH_MAX = AUTO_UNIT
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,19 @@ class RenderWorker:
         """`mixed` lets items of different strengths share a call; `pipelined` encodes and
         writes images on I/O threads while the next call renders. Both are on in a job;
         bench/batched_grids.py turns them off to measure what each is worth."""
-        import torch
-
         from farm.render.pipelines import PipelineCache, pick_device, quiet_libraries
 
+        # Every torch call of the worker runs on this one thread. Ray runs an actor's
+        # concurrent calls on threads of its own, and each thread that enters an OpenMP
+        # region gets a thread team of its own: with two teams on a 2-core machine, more
+        # threads than cores, OpenMP stops spinning between kernels and sleeps instead,
+        # and a CPU render ran at two thirds of one core's speed (BENCHMARKS.md).
+        self.torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-render")
         quiet_libraries()
         self.device = pick_device(device)
         if threads and self.device.name == "cpu":
             # Workers sharing a CPU must split its cores, or they thrash.
-            torch.set_num_threads(threads)
+            self.on_torch_thread(_set_threads, threads)
         # Rendering is handed local files: `tiny` is built and an s3:// model fetched here,
         # once per node, when the cache first loads the model.
         self.pipelines = PipelineCache(self.device, locate=local_model_path)
@@ -107,22 +112,26 @@ class RenderWorker:
         self.render_lock = threading.Lock()
         self.mixed, self.pipelined = mixed, pipelined
 
+    def on_torch_thread(self, fn, *args):
+        """fn(*args) on the worker's torch thread (see __init__), from any thread."""
+        if threading.current_thread().name.startswith("farm-render"):
+            return fn(*args)
+        return self.torch_thread.submit(fn, *args).result()
+
     @contextlib.contextmanager
     def cpu_threads(self, count: int | None):
-        """Render with `count` torch threads on CPU, then restore the process's count.
+        """Render with `count` torch threads on CPU, then restore the worker's count.
 
         CPU kernels split their sums across threads, so an image is bit-identical to
         another render only at the same count.
         """
-        import torch
-
-        before = torch.get_num_threads()
+        before = self.on_torch_thread(_get_threads)
         if count and self.device.name == "cpu":
-            torch.set_num_threads(count)
+            self.on_torch_thread(_set_threads, count)
         try:
             yield
         finally:
-            torch.set_num_threads(before)
+            self.on_torch_thread(_set_threads, before)
 
     def ready(self) -> dict:
         """Who this worker is; answering means it started."""
@@ -147,7 +156,8 @@ class RenderWorker:
             _test_hold(hold, unit.unit_id)
         with self.render_lock:
             pipe_loads, adapter_loads = self.pipelines.loads, self.pipelines.adapter_loads
-            rows, pending, loaded = self._render_images(unit, ctx, store, attempt)
+            rows, pending, loaded = self.on_torch_thread(self._render_images, unit, ctx, store,
+                                                         attempt)  # fmt: skip
             loads = (
                 self.pipelines.loads - pipe_loads,
                 self.pipelines.adapter_loads - adapter_loads,
@@ -192,7 +202,9 @@ class RenderWorker:
             # shapes never change), then one pipeline call.
             call = batch + [batch[-1]] * (size - len(batch)) if render.compile else batch
             weights = [[(ctx.adapters[n], w) for n, w in item.loras] for item in call]
-            if mixed:
+            # A call of one strength takes peft's own scaling, as a plain loop's does; a
+            # compiled denoiser always reads the table (a float would recompile it).
+            if mixed and (render.compile or any(i.loras != call[0].loras for i in call)):
                 on_step = adapters.activate_per_sample(weights, render.steps)
             else:
                 on_step = adapters.activate(weights[0], render.steps)
@@ -308,6 +320,18 @@ class RenderWorker:
                 store.put(row["named_key"], data)
         finally:
             self.upload_slots.release()
+
+
+def _set_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def _get_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _test_hold(folder: str, unit_id: str, limit: float = 300.0) -> None:

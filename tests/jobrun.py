@@ -29,7 +29,8 @@ def write_spec(folder: Path, name: str, **over) -> Path:
         "seeds": {"start": 0, "count": 8},
         "loras": [{"name": "neon", "path": "tiny:neon"}, {"name": "ink", "path": "tiny:ink"}],
         "combine": [{"neon": 0.5}, {"neon": 1.0}, {"ink": 0.5}, {"ink": 1.0}],
-        "render": {"steps": 3, "width": 64, "height": 64},
+        # Units of 8, calls of 8: what the stop and kill tests count and hold by.
+        "render": {"steps": 3, "width": 64, "height": 64, "batch": 8},
         "output": str(folder / "out"),
     } | over
     path = folder / f"{name}.yaml"

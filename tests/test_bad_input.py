@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from conftest import FARM, REPO
 
 from farm.cli import main
+from farm.sweep import AUTO_UNIT
 
 
 def write_spec(tmp_path, **over) -> str:
@@ -221,7 +222,7 @@ def test_a_product_of_10_to_the_8_combinations_plans_by_arithmetic(tmp_path):
     assert result.exit_code == 0, result.output
     counts = json.loads(result.stdout)
     assert counts["combos"] == counts["items"] == 10**8
-    assert counts["units"] == 10**8 // 8 and counts["adapter_groups"] == 1
+    assert counts["units"] == 10**8 // AUTO_UNIT and counts["adapter_groups"] == 1
 
 
 def test_a_runaway_sweep_is_refused_by_run_before_writing(tmp_path):

@@ -150,8 +150,11 @@ def test_each_kind_of_layer_takes_its_own_sample_scale_under_guidance(tiny_dir):
     assert torch.allclose(doubled[:3], expected, atol=1e-5)
     assert torch.allclose(doubled[3:], expected, atol=1e-5)
     assert (expected[1] - expected[0]).abs().max() > 1e-3  # the LoRA acts
-    adapters.activate([])  # back to plain calls: the hooks are gone
-    assert not adapters.per_sample.installed
+    # Back to plain calls: the hooks stay, idle, and a plain call is exactly what it was
+    # without them.
+    adapters.activate([(adapter, Strength.plain(weights[1]))])
+    assert adapters.per_sample.installed and not adapters.per_sample.active
+    assert torch.equal(unet(latents[1:2], context[1:2]), one[1])
     with pytest.raises(RuntimeError, match="a batch of 2 for a call of 3"):
         adapters.activate_per_sample([[(adapter, Strength.plain(w))] for w in weights])
         unet(latents[:2], context[:2])
@@ -230,11 +233,65 @@ def test_auto_batch_on_cpu_and_a_larger_batch_makes_larger_units(cpu_worker, tmp
         "job": "big",
         "prompts": ["a"],
         "seeds": {"start": 0, "count": 40},
-        "render": {"batch": 16},
+        "render": {"batch": 32},
     }
     plan = make_plan(parse_spec(data))
-    assert plan.unit_size == 16 and plan.units == 3
-    assert [len(u.items) for s in unit_streams(plan) for u in s.units] == [16, 16, 8]
+    assert plan.unit_size == 32 and plan.units == 2
+    assert [len(u.items) for s in unit_streams(plan) for u in s.units] == [32, 8]
+
+
+def test_every_torch_call_of_a_worker_runs_on_its_one_torch_thread(tmp_path, tiny_dir):
+    # Ray runs an actor's concurrent calls on threads of its own; a thread that enters
+    # OpenMP gets a thread team of its own, and two teams on two cores stop OpenMP from
+    # spinning (a render at a fraction of the speed). So the worker renders, from
+    # whichever thread calls it, on one thread, with the torch thread count it was given.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    worker = RenderWorker("cpu", 2)
+    ran_on: set[tuple[int, int]] = set()
+
+    def record(module, args):
+        ran_on.add((threading.get_ident(), torch.get_num_threads()))
+
+    loras = [{**NEON, "alpha": [0, 1]}]
+    render = {**RENDER, "steps": 2, "batch": 4}
+    data = {"job": "threads", "prompts": ["a", "b"], "seeds": list(range(10)),
+            "loras": loras, "render": render}  # fmt: skip
+    plan = make_plan(parse_spec(data))
+    store = LocalStore(tmp_path / "threads")
+    ctx = job_context(plan, store)
+    units = [u for s in unit_streams(plan) for u in s.units]
+    assert len(units) > 2  # more units than callers: each caller thread renders some
+    unet = worker.on_torch_thread(lambda: worker.pipelines.get("tiny").pipe.unet)
+    unet.register_forward_pre_hook(record)
+    with ThreadPoolExecutor(2) as callers:  # two units in flight, as on a Ray actor
+        list(callers.map(lambda u: worker.render(u, ctx), units))
+    torch_thread = worker.on_torch_thread(threading.get_ident)
+    assert ran_on == {(torch_thread, 2)}
+    assert torch_thread != threading.get_ident()
+    rows = [r for u in units for r in decode_part(store.get(part_key(u.unit_id))).to_pylist()]
+    assert {r["threads"] for r in rows} == {2}
+
+
+def test_hooks_are_installed_once_per_adapter_set_across_units(cpu_worker, tmp_path):
+    # Calls of one strength use peft's own scaling, mixed calls the per-sample table; the
+    # hooks stay on between them (idle for plain calls), never removed and put back.
+    loaded = cpu_worker.pipelines.get("tiny")
+    before = loaded.adapters.per_sample.installs if loaded.adapters.per_sample else 0
+    rows = render(cpu_worker, tmp_path, "installs", 3, prompts=("a", "b"), seeds=(0, 1),
+                  loras=[{**NEON, "alpha": [0, 0.5, 1]}],
+                  render={"steps": 2})  # fmt: skip
+    per_sample = loaded.adapters.per_sample
+    assert per_sample.installs - before <= 1 and per_sample.installed
+    calls = {tuple(r["batch_items"]) for r, _ in rows.values()}
+    strengths = [{rows[i][0]["alpha"] for i in call} for call in calls]
+    assert any(len(s) > 1 for s in strengths) and any(len(s) == 1 for s in strengths)
+    # A second job of the same adapter set installs nothing more.
+    installs = per_sample.installs
+    render(cpu_worker, tmp_path, "installs-again", 3, prompts=("c",), seeds=(5, 6),
+           loras=[{**NEON, "alpha": [0.2, 0.7]}], render={"steps": 2})  # fmt: skip
+    assert per_sample.installs == installs
 
 
 @pytest.mark.parametrize(("value", "message"), [

@@ -27,7 +27,7 @@ from farm.spec import parse_spec
 from farm.store import LocalStore
 from farm.sweep import make_plan
 
-SMALL = {"steps": 2, "width": 64, "height": 64}
+SMALL = {"steps": 2, "width": 64, "height": 64, "batch": 8}  # units of 8
 
 
 # ---------------------------------------------------------------- farm verify

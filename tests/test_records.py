@@ -83,20 +83,15 @@ def test_reading_parts_starts_no_arrow_threads():
 
 def render_job(worker, tmp_path: Path, threads: int) -> LocalStore:
     """A tiny job (one prompt, two seeds, 2 steps at 64x64) rendered at `threads`."""
-    import torch
 
     data = {"job": f"threads-{threads}", "prompts": ["a lighthouse"], "seeds": [1, 2],
             "render": {"steps": 2, "width": 64, "height": 64}}  # fmt: skip
     plan = make_plan(parse_spec(data, base_dir=tmp_path))
     store = LocalStore(tmp_path / data["job"])
     open_job(plan, store, echo=lambda _: None)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with worker.cpu_threads(threads):  # the count of the worker's torch thread
         for unit in group_units(expand(plan)):
             worker.render(unit, job_context(plan, store))
-    finally:
-        torch.set_num_threads(before)
     return store
 
 

@@ -42,7 +42,7 @@ def small_spec(tmp_path: Path, job: str = "small", seeds: int = 4) -> str:
         "prompts": ["neon city", "a red car"],
         "seeds": {"start": 0, "count": seeds},
         "loras": [{"name": "neon", "path": "tiny:neon", "alpha": [0, 1]}],
-        "render": {"steps": 4, "width": 64, "height": 64},
+        "render": {"steps": 4, "width": 64, "height": 64, "batch": 8},  # units of 8
     }
     path = tmp_path / f"{job}.yaml"
     path.write_text(yaml.safe_dump(spec))

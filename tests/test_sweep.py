@@ -9,7 +9,7 @@ import pytest
 
 from farm.spec import SpecError, parse_spec
 from farm.sweep import (
-    UNIT_SIZE,
+    AUTO_UNIT,
     Item,
     Plan,
     Unit,
@@ -87,7 +87,7 @@ def test_product_of_two_loras(base):
     items, units = run(plan)
     counts = check_counts(plan, items, units)
     assert counts == {"prompts": 2, "seeds": 3, "combos": 6, "loras": 2, "items": 36,
-                      "units": 5, "adapter_groups": 1}  # fmt: skip
+                      "units": 3, "adapter_groups": 1}  # fmt: skip
     assert {plain(i) for i in items if i.seed == 0 and i.text == "a cat"} == {
         (("neon", a), ("ink", b)) for a in (0.0, 0.5, 1.0) for b in (0.4, 0.6)
     }
@@ -115,7 +115,7 @@ def test_explicit_combos(base):
     counts = check_counts(plan, items, units)
     assert (counts["combos"], counts["items"]) == (3, 30)
     assert counts["adapter_groups"] == 3
-    assert counts["units"] == 6  # 10 items per combination: 8 + 2
+    assert counts["units"] == 3  # 10 items per combination: one unit each
     assert {u.adapters for u in units} == {("neon",), ("ink",), ("ink", "neon")}
     assert all(i.alpha is None for i in items)
 
@@ -132,7 +132,7 @@ def test_no_loras(base):
     items, units = run(plan)
     counts = check_counts(plan, items, units)
     assert counts == {"prompts": 2, "seeds": 9, "combos": 1, "loras": 0, "items": 18,
-                      "units": 3, "adapter_groups": 1}  # fmt: skip
+                      "units": 2, "adapter_groups": 1}  # fmt: skip
     assert all(i.loras == () and i.alpha is None for i in items)
     assert [i.prompt for i in items[:1]] == ["a cat"]
     assert {u.adapters for u in units} == {()}
@@ -169,7 +169,7 @@ def test_many_runs_of_one_adapter_set(base):
     assert counts["items"] == 33
     assert counts["adapter_groups"] == 2
     # The runs of one adapter set are merged: 11 + 22 items, not one unit per run.
-    assert counts["units"] == len(units) == 2 + 3
+    assert counts["units"] == len(units) == 1 + 2
 
 
 def test_unit_streams_leave_out_done_items(base):
@@ -186,10 +186,10 @@ def test_unit_sizes(base, count):
     items, units = run(plan)
     check_counts(plan, items, units)
     for unit in units:
-        assert 1 <= len(unit.items) <= UNIT_SIZE
+        assert 1 <= len(unit.items) <= AUTO_UNIT
         assert {tuple(sorted(n for n, _ in i.loras)) for i in unit.items} == {unit.adapters}
     # Each alpha's `count` items are contiguous; the combination-major order is kept.
-    assert len(units) == -(-3 * count // UNIT_SIZE)
+    assert len(units) == -(-3 * count // AUTO_UNIT)
 
 
 def test_group_units_never_mixes_adapter_sets(base):
@@ -198,7 +198,7 @@ def test_group_units_never_mixes_adapter_sets(base):
     items, units = run(plan)
     check_counts(plan, items, units)
     for unit in units:
-        assert len(unit.items) <= UNIT_SIZE
+        assert len(unit.items) <= AUTO_UNIT
         assert {tuple(sorted(n for n, _ in i.loras)) for i in unit.items} == {unit.adapters}
     assert [len(u.items) for u in group_units(items, size=3)][:4] == [3, 3, 3, 1]
 

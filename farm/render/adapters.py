@@ -54,8 +54,8 @@ class AdapterSet:
         scheduled strengths set each LoRA layer's scale themselves. Returns a step-end
         callback for the pipeline when a schedule changes the scales while denoising.
         """
-        if self.per_sample is not None and self.per_sample.installed:
-            self.per_sample.remove()
+        if self.per_sample is not None:
+            self.per_sample.active = False  # hooks stay, idle: peft's floats scale alone
         if not weights:
             if self.loaded and self.enabled:
                 self.pipe.disable_lora()
@@ -110,6 +110,7 @@ class AdapterSet:
             model = denoiser(self.pipe)
             self.per_sample = SampleScales(model.dtype, model.device)
         self.per_sample.install(self._lora_layers())
+        self.per_sample.active = True
         table = [{adapter_name(a): w for a, w in sample} for sample in samples]
         with torch.no_grad():
             return self.per_sample.set(table, steps, _layers_per_block(self.pipe))

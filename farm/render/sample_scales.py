@@ -55,6 +55,19 @@ class _ScaleOutput:
         self.owner, self.row = owner, row
 
     def __call__(self, module, args, output):
+        import torch
+
+        if not self.owner.active:
+            return output  # a call of plain strengths: peft's float scaling alone
+        if not torch.compiler.is_compiling():
+            # Eager: a view of the row shaped for this output, made once per shape and
+            # kept (the table changes in place), and the branch scaled in place: a hook
+            # per LoRA layer per step is the whole cost of mixing strengths in a call.
+            key = (self.row, output.shape[0], output.dim())
+            scale = self.owner.views.get(key)
+            if scale is None:
+                scale = self.owner.view(*key)
+            return output.mul_(scale) if not output.requires_grad else output * scale
         scale = self.owner.table[self.row]
         n = output.shape[0]
         if n != scale.shape[0]:
@@ -78,6 +91,14 @@ class SampleScales:
         self._base: dict[tuple[Strength | None, str], object] = {}
         self._hooked = None  # the layer list install() last hooked
         self.table = None  # torch tensor (rows, width), allocated by set()
+        # The table repeated k times along the batch ([uncond; cond] under guidance is
+        # k = 2), kept equal to it by _write, and views of their rows shaped per output.
+        self.repeats: dict[int, object] = {}
+        self.views: dict[tuple[int, int, int], object] = {}
+        # Hooks stay on between calls: a call of plain strengths turns them off instead
+        # of removing them, so they are installed once per adapter set, not per call.
+        self.active = False
+        self.installs = 0  # times install() hooked new layers
 
     @property
     def installed(self) -> bool:
@@ -90,6 +111,7 @@ class SampleScales:
             return
         if name := unsupported(layers):
             raise BatchingUnsupported(name)
+        self.installs += 1
         for part, name, module in layers:
             for adapter, branch in module.lora_B.items():
                 key = (id(module), adapter)
@@ -114,6 +136,8 @@ class SampleScales:
         self._base.clear()
         self._hooked = None
         self.table = None
+        self.repeats.clear()
+        self.views.clear()
 
     def set(self, samples: Sequence[dict[str, Strength]], steps: int,
             layers_per_block: int) -> Callable | None:  # fmt: skip
@@ -125,9 +149,11 @@ class SampleScales:
         shape = (len(self.rows), len(samples))
         if self.table is None or tuple(self.table.shape) != shape:
             self.table = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.repeats.clear()
+            self.views.clear()
         base = torch.stack([self._column(s, layers_per_block) for s in samples], dim=1)
         if not any(w.schedule for s in samples for w in s.values()):
-            self.table.copy_(base)
+            self._write(base)
             return None
         # Each sample's schedule per adapter and step, spread to that adapter's UNet rows.
         at = torch.tensor([
@@ -138,15 +164,34 @@ class SampleScales:
         of_row = torch.tensor([self.adapters.index(r.adapter) for r in self.rows])
         unet = torch.tensor([r.part == "unet" for r in self.rows])[None, :, None]
         values = torch.where(unet, base[None] * at[:, of_row], base[None]).to(self.dtype)
-        self.table.copy_(values[0])
+        self._write(values[0])
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             # Runs after step `step`: the scales the next step denoises with.
             if step + 1 < steps:
-                self.table.copy_(values[step + 1])
+                self._write(values[step + 1])
             return tensors
 
         return on_step_end
+
+    def _write(self, values) -> None:
+        self.table.copy_(values)
+        for k, table in self.repeats.items():
+            table.copy_(self.table.repeat(1, k))
+
+    def view(self, row: int, n: int, dims: int):
+        """Row `row` of the table for an output of batch `n` and `dims` dimensions:
+        (n, 1, …), from the table repeated as often as `n` is a multiple of its width."""
+        width = self.table.shape[1]
+        if n % width:
+            raise RuntimeError(f"a LoRA layer saw a batch of {n} for a call of {width} items")
+        k = n // width
+        if k == 1:
+            table = self.table
+        elif (table := self.repeats.get(k)) is None:
+            table = self.repeats[k] = self.table.repeat(1, k)
+        view = self.views[(row, n, dims)] = table[row].view(n, *([1] * (dims - 1)))
+        return view
 
     def _column(self, sample: dict[str, Strength], layers_per_block: int):
         """One sample's scale for every row before any schedule (float32, on the CPU);
