@@ -366,21 +366,22 @@ def rerender(job_url: str, item_id: str, out: Path | None, device: str | None,
     """Render ITEM_ID of the job at JOB_URL again and report whether the bytes match."""
     from farm.job import stored_policy
     from farm.rerender import rerender as run_again
+    from farm.rerender import write_out
     from farm.stores import open_store
     from farm.tenants import check_out_path
 
     config = guard_job(job_url, tenants_file, tenant)
     store = open_store(job_url)
     # What renders is held to the tenant's policy, whatever job.json says.
-    _, _, policy = stored_policy(store, config)
+    doc, _, policy = stored_policy(store, config)
     if out is not None:
         if tenant is not None:
             check_out_path(out, config.tenant(tenant, "--tenant"))
         if not out.parent.absolute().is_dir():
             raise click.BadParameter(f"{out.parent} is not a folder", param_hint="'--out'")
-    result = run_again(store, item_id, device, tenant=policy)
+    result = run_again(store, item_id, device, tenant=policy, doc=doc)
     if out:
-        _write_out(out, result.image)
+        write_out(out, result.image)
         click.echo(f"image: {out}")
     if result.match:
         click.echo(f"match: {item_id} renders to the same bytes (sha256 {result.new_sha256})")
@@ -390,17 +391,6 @@ def rerender(job_url: str, item_id: str, out: Path | None, device: str | None,
         f"(now {result.device} at batch {result.batch}; stored {result.original})"
     )
     sys.exit(EXIT_FAILED)
-
-
-def _write_out(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename over it: a link planted at the path is
-    replaced, never written through."""
-    import os
-    import secrets
-
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 main.add_command(report_command)

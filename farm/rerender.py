@@ -39,11 +39,11 @@ class Rerender:
 
 
 def rerender(store: Store, item_id: str, device: str | None = None,
-             tenant: Tenant | None = None) -> Rerender:  # fmt: skip
+             tenant: Tenant | None = None, doc: dict | None = None) -> Rerender:  # fmt: skip
     """Render `item_id` of the job in `store` again; compare with the stored image. A
-    tenant's job (`tenant`, from farm.tenant_jobs.stored_policy) renders only inside the
-    tenant's caps."""
-    doc = read_job(store)
+    tenant's job (`tenant`, from farm.job.stored_policy) renders only inside the tenant's
+    caps. `doc` is the job's job.json when the caller has read it already."""
+    doc = read_job(store) if doc is None else doc
     spec = spec_from_job(doc, store.url)
     plan = make_plan(spec)
     # A tenant can rewrite its own job.json: what renders is held to the policy as it is.
@@ -88,3 +88,14 @@ def rerender(store: Store, item_id: str, device: str | None = None,
     return Rerender(item_id, new == row["image_sha256"], row["image_sha256"], new,
                     worker.device.label or worker.device.name, original, image,
                     again["threads"], len(call))  # fmt: skip
+
+
+def write_out(path: Path, data: bytes) -> None:
+    """`rerender --out`: write beside the target, then rename over it, so a link planted
+    at the path is replaced, never written through."""
+    import os
+    import secrets
+
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -205,12 +205,17 @@ def check_stored_paths(data: dict, tenant: Tenant, base: Path) -> None:
     validation checks anything: a tenant's job names no LoRA folder, and its catalog
     lies in the tenant's own folders. Run before the catalog is opened, so a refusal
     says nothing of what exists elsewhere."""
-    if data.get("lora_dir") is not None:
+    catalog = data.get("catalog")
+    path = catalog.get("path") if isinstance(catalog, dict) else None
+    _check_paths(data.get("lora_dir"), path if isinstance(path, str) else None, tenant, base)
+
+
+def _check_paths(lora_dir: object, catalog: str | None, tenant: Tenant, base: Path) -> None:
+    if lora_dir is not None:
         raise SpecError(f"lora_dir: a job of tenant {tenant.name} names its LoRAs from "
                         "the tenant's registry, not a folder")  # fmt: skip
-    catalog = data.get("catalog")
-    if isinstance(catalog, dict) and isinstance(catalog.get("path"), str):
-        check_catalog(catalog["path"], base, tenant)
+    if catalog is not None:
+        check_catalog(catalog, base, tenant)
 
 
 def check_stored(doc: dict, tenants: Tenants | None) -> None:
@@ -252,9 +257,7 @@ def enforce(spec: Spec, tenants: Tenants | None) -> Tenant | None:
     if spec.model not in tenant.models:
         raise SpecError(f"model: {spec.model} is not allowed for tenant {tenant.name} "
                         f"(allowed: {', '.join(tenant.models)})")  # fmt: skip
-    check_stored_paths({"lora_dir": spec.lora_dir,
-                        "catalog": {"path": spec.catalog.path} if spec.catalog else None},
-                       tenant, Path.cwd())  # fmt: skip
+    _check_paths(spec.lora_dir, spec.catalog.path if spec.catalog else None, tenant, Path.cwd())
     registry = set(tenant.loras.values())
     for i, lora in enumerate(spec.loras):
         if lora.path not in registry:

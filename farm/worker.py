@@ -86,6 +86,8 @@ class RenderWorker:
         """`mixed` lets items of different strengths share a call; `pipelined` encodes and
         writes images on I/O threads while the next call renders. Both are on in a job;
         bench/batched_grids.py turns them off to measure what each is worth."""
+        import torch
+
         from farm.render.pipelines import PipelineCache, pick_device, quiet_libraries
 
         # Every torch call of the worker runs on this one thread. Ray runs an actor's
@@ -94,11 +96,12 @@ class RenderWorker:
         # threads than cores, OpenMP stops spinning between kernels and sleeps instead,
         # and a CPU render ran at two thirds of one core's speed (BENCHMARKS.md).
         self.torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-render")
+        self.torch_ident = self.torch_thread.submit(threading.get_ident).result()
         quiet_libraries()
         self.device = pick_device(device)
         if threads and self.device.name == "cpu":
             # Workers sharing a CPU must split its cores, or they thrash.
-            self.on_torch_thread(_set_threads, threads)
+            self.on_torch_thread(torch.set_num_threads, threads)
         # Rendering is handed local files: `tiny` is built and an s3:// model fetched here,
         # once per node, when the cache first loads the model.
         self.pipelines = PipelineCache(self.device, locate=local_model_path)
@@ -114,7 +117,7 @@ class RenderWorker:
 
     def on_torch_thread(self, fn, *args):
         """fn(*args) on the worker's torch thread (see __init__), from any thread."""
-        if threading.current_thread().name.startswith("farm-render"):
+        if threading.get_ident() == self.torch_ident:
             return fn(*args)
         return self.torch_thread.submit(fn, *args).result()
 
@@ -125,13 +128,15 @@ class RenderWorker:
         CPU kernels split their sums across threads, so an image is bit-identical to
         another render only at the same count.
         """
-        before = self.on_torch_thread(_get_threads)
+        import torch
+
+        before = self.on_torch_thread(torch.get_num_threads)
         if count and self.device.name == "cpu":
-            self.on_torch_thread(_set_threads, count)
+            self.on_torch_thread(torch.set_num_threads, count)
         try:
             yield
         finally:
-            self.on_torch_thread(_set_threads, before)
+            self.on_torch_thread(torch.set_num_threads, before)
 
     def ready(self) -> dict:
         """Who this worker is; answering means it started."""
@@ -320,18 +325,6 @@ class RenderWorker:
                 store.put(row["named_key"], data)
         finally:
             self.upload_slots.release()
-
-
-def _set_threads(count: int) -> None:
-    import torch
-
-    torch.set_num_threads(count)
-
-
-def _get_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _test_hold(folder: str, unit_id: str, limit: float = 300.0) -> None:
