@@ -14,13 +14,14 @@ Each side runs in a process of its own, one after the other, alternating over ro
   Torch at its default thread count (the machine's cores).
 - loop, batch 1: the same, one image per call (BENCHMARKS.md's earlier baseline).
 - farm, N workers: `farm run` on a private local Ray, everything a job writes (PNG with
-  infotext, sha256, parts, metadata.parquet).
+  infotext, sha256, parts, metadata.parquet); `--workers 0` runs farm's own layout
+  (on a CPU, a single-threaded worker per core while memory holds the model).
 
 Steady state on both sides: the loops time everything after one warm-up call; farm's rate
 is read from its rows, from the end of each worker's first pipeline call to the last
 row (worker start-up and the model load are not counted, as the loop's are not).
 
-    python bench/worker_vs_loop.py [--rounds 2] [--sizes 64x4 128x20] [--workers 1 2]
+    python bench/worker_vs_loop.py [--rounds 2] [--sizes 64x4 128x20] [--workers 0 1 2]
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def farm_spec(kind: str, args: argparse.Namespace, out: Path) -> Path:
     return path
 
 
-def farm_rate(job: Path) -> tuple[int, float, set]:
+def farm_rate(job: Path) -> tuple[int, float, set, int]:
     """Steady images/s from a finished job's rows: after every worker's first call."""
     import pyarrow.parquet as pq
 
@@ -121,19 +122,21 @@ def farm_rate(job: Path) -> tuple[int, float, set]:
     start = max(first.values())
     after = sum(n for end, _, n in ends if end > start)
     seconds = (ends[-1][0] - start).total_seconds()
-    return len(rows), after / seconds, {r["threads"] for r in rows}
+    return len(rows), after / seconds, {r["threads"] for r in rows}, len(first)
 
 
 def run_farm(kind: str, workers: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="farm-bench-") as tmp:
         out = Path(tmp)
         spec = farm_spec(kind, args, out)
-        cmd = [sys.executable, "-m", "farm", "run", str(spec), "--workers", str(workers)]
+        cmd = [sys.executable, "-m", "farm", "run", str(spec)]
+        cmd += ["--workers", str(workers)] if workers else []  # 0: farm's own layout
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise SystemExit(f"farm run failed:\n{proc.stdout}\n{proc.stderr}")
-        images, rate, threads = farm_rate(out / f"{kind}-{args.size}")
-        return {"images": images, "rate": rate, "threads": sorted(threads)}
+        images, rate, threads, workers_seen = farm_rate(out / f"{kind}-{args.size}")
+        return {"images": images, "rate": rate, "threads": sorted(threads),
+                "workers": workers_seen}  # fmt: skip
 
 
 def run_loop(kind: str, batch: int, args: argparse.Namespace) -> dict:
@@ -153,7 +156,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["64x4", "128x20"],
                         help="SIZExSTEPS settings")  # fmt: skip
     parser.add_argument("--kinds", nargs="+", default=["mixed", "equal", "none"])
-    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2],
+                        help="0: farm's own layout")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--batch1", action="store_true", help="also the batch-1 loop")
     # The loop's own process:
@@ -176,13 +180,14 @@ def main() -> None:
                 if args.batch1:
                     variants.append(("loop, batch 1", lambda k=kind: run_loop(k, 1, args)))
                 for w in args.workers:
-                    label = f"farm, {w} worker{'s' if w > 1 else ''}"
+                    label = f"farm, {w} worker{'s' if w > 1 else ''}" if w else "farm, default"
                     variants.append((label, lambda k=kind, w=w: run_farm(k, w, args)))
                 for label, run in variants:
                     got = run()
                     results.setdefault((setting, kind, label), []).append(got["rate"])
                     print(f"round {r} {setting} {kind} {label}: {got['rate']:.2f} img/s "
-                          f"({got['images']} images, threads {got['threads']})",
+                          f"({got['images']} images, {got.get('workers', 1)} workers, "
+                          f"threads {got['threads']})",
                           flush=True)  # fmt: skip
     import torch
 

@@ -64,8 +64,11 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
             log_to_driver=True,
             # Ray would start a plain Python worker per CPU for the driver's first tasks;
             # farm runs only its render actors, each in a worker of its own, so those sit
-            # idle and cost a few CPU-seconds of start-up on every run.
-            _system_config={"prestart_worker_first_driver": False},
+            # idle and cost a few CPU-seconds of start-up on every run. Ray starts workers
+            # at nice 15 so that they yield to its own daemons; on a farm machine the render
+            # worker is the work, and at 15 any other busy process (the driver's merges, a
+            # shell, a neighbour) takes its cores first.
+            _system_config={"prestart_worker_first_driver": False, "worker_niceness": 0},
         )
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -138,20 +141,61 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def worker_layout(workers: int | None, gpus_per_worker: float | None) -> tuple[int, dict]:
-    """How many workers and what each asks Ray for: GPUs when the cluster has them."""
+# What a CPU worker holds besides its model: Python, torch, diffusers and Ray (a worker
+# rendering the tiny model is about 1 GB resident).
+WORKER_BASE_BYTES = 1 << 30
+# Share of Ray's memory resource that CPU workers may fill; the rest is the driver's,
+# the I/O threads' and the page cache's.
+WORKER_MEMORY_SHARE = 0.8
+
+
+def worker_layout(workers: int | None, gpus_per_worker: float | None,
+                  worker_bytes: int | None = None) -> tuple[int, dict]:  # fmt: skip
+    """How many workers and what each asks Ray for: GPUs when the cluster has them.
+
+    On CPUs, one single-threaded worker per core while memory holds that many copies of
+    the model (`worker_bytes`, from cpu_worker_bytes): a small model's kernels keep one
+    core busy but not two, and workers side by side scale where threads within one call
+    do not (bench/worker_vs_loop.py, BENCHMARKS.md). Where memory holds fewer, or the
+    model's size is unknown, fewer workers with a thread per core they own.
+    """
     import ray
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    cpus = int(resources.get("CPU", 1))
     # GPUs asked for explicitly are requested even when none is up yet: an autoscaling
     # cluster adds GPU nodes for the pending workers.
     if (gpus and gpus_per_worker != 0) or gpus_per_worker:
         per = gpus_per_worker or 1.0
         count = workers or max(1, int(gpus / per))
         return count, {"num_gpus": per, "num_cpus": 1}
-    count = workers or max(1, cpus // 2)
+    if workers:
+        count = workers
+    elif worker_bytes:
+        fits = int(resources.get("memory", 0) * WORKER_MEMORY_SHARE // worker_bytes)
+        count = max(1, min(cpus, fits))
+    else:
+        count = max(1, cpus // 2)
     return count, {"num_cpus": max(1, cpus // count) if count <= cpus else 1}
+
+
+def cpu_worker_bytes(model_path: str) -> int | None:
+    """About the memory a CPU worker holds to render this model: a base, plus twice the
+    weights on disk (a CPU renders in fp32, and fp16 files double). None where this
+    machine cannot see the files (an s3:// folder, a hub id): the layout stays careful."""
+    from pathlib import Path
+
+    if model_path == "tiny":
+        from farm.tiny_identity import shipped_weights
+
+        folder = shipped_weights()
+    elif "://" in model_path or not Path(model_path).is_dir():
+        return None
+    else:
+        folder = Path(model_path)
+    weights = sum(f.stat().st_size for f in folder.rglob("*.safetensors") if f.is_file())
+    return WORKER_BASE_BYTES + 2 * weights if weights else None
 
 
 def check_layout(workers: int | None, gpus_per_worker: float | None) -> None:

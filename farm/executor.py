@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from farm.cluster import first_line, start_ray, worker_layout
+from farm.cluster import cpu_worker_bytes, first_line, start_ray, worker_layout
 from farm.progress import Progress
 from farm.sweep import Unit, UnitStream
 from farm.worker import JobContext, UnitReport
@@ -133,9 +133,10 @@ def execute(
 
     from farm.worker import RenderWorker
 
-    count, resources = worker_layout(workers, gpus_per_worker)
+    model_bytes = cpu_worker_bytes(ctx.model_path)
+    count, resources = worker_layout(workers, gpus_per_worker, model_bytes)
     if max_workers is not None and count > max_workers:
-        count, resources = worker_layout(max_workers, gpus_per_worker)
+        count, resources = worker_layout(max_workers, gpus_per_worker, model_bytes)
     # Two concurrent calls per actor: one renders while the other finishes its uploads.
     remote = ray.remote(max_restarts=0, max_concurrency=IN_FLIGHT)(RenderWorker)
     ids = iter(range(1 << 30))

@@ -156,6 +156,40 @@ def test_worker_layout_follows_gpus_per_worker(local_ray):
     assert count == 3 and "num_gpus" not in resources
 
 
+def test_cpu_workers_take_a_core_each_while_memory_holds_the_model(local_ray):
+    import ray
+
+    from farm.cluster import WORKER_BASE_BYTES, cpu_worker_bytes, worker_layout
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    memory = ray.cluster_resources()["memory"]
+    tiny = cpu_worker_bytes("tiny")
+    assert WORKER_BASE_BYTES < tiny < WORKER_BASE_BYTES + (64 << 20)
+    # A small model: one single-threaded worker per core.
+    assert worker_layout(None, 0, tiny) == (cpus, {"num_cpus": 1})
+    # Memory for one copy only: one worker with every core's thread.
+    assert worker_layout(None, 0, int(memory)) == (1, {"num_cpus": cpus})
+    # A model this machine cannot size (hub id, s3://): the careful layout.
+    assert cpu_worker_bytes("s3://bucket/models/sd15") is None
+    assert cpu_worker_bytes("runwayml/stable-diffusion-v1-5") is None
+    careful = max(1, cpus // 2)
+    assert worker_layout(None, 0, None) == (careful, {"num_cpus": cpus // careful})
+    # --workers wins over the memory estimate.
+    assert worker_layout(1, 0, tiny) == (1, {"num_cpus": cpus})
+
+
+def test_a_local_runs_workers_are_not_deprioritised(local_ray):
+    # Ray starts workers at nice 15 to yield to its daemons; a farm worker is the work,
+    # and at 15 any other busy process on the machine takes its cores first.
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    assert ray.get(niceness.remote(), timeout=120) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def test_a_unit_failing_by_itself_is_not_retried_and_resume_renders_only_it(local_ray, tmp_path):
     from farm.executor import execute
     from farm.job import job_context, job_store, open_job, run_job
