@@ -15,7 +15,10 @@ from farm.cli_options import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    address_option,
+    check_local,
     dtype_option,
+    local_option,
     max_items_option,
     s3_endpoint_option,
     tenant_options,
@@ -103,6 +106,7 @@ def _load(spec_path: str, output: str | None, tenants_file: str | None = None,
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker, e.g. 0.5.")
+@local_option
 @worker_wait_option
 @max_items_option
 @dtype_option
@@ -111,14 +115,15 @@ def _load(spec_path: str, output: str | None, tenants_file: str | None = None,
 @report_options
 @tenant_options
 def run(spec_path: str, output: str | None, address: str | None, workers: int | None,
-        gpus_per_worker: float | None, worker_wait: float | None,
+        gpus_per_worker: float | None, local: bool, worker_wait: float | None,
         max_items: int | None, with_report: bool, max_pixels: int,
         cell_px: int, tenants_file: str | None, tenant: str | None) -> None:  # fmt: skip
     """Plan SPEC, then render every item not yet rendered."""
+    check_local(local, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     spec, policy = _load(spec_path, output, tenants_file, tenant)
     sheets = {"max_pixels": max_pixels, "cell_px": cell_px} if with_report else None
     _run(spec, sheets, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
-         worker_wait=worker_wait, max_items=max_items, tenant=policy)  # fmt: skip
+         worker_wait=worker_wait, max_items=max_items, tenant=policy, local=local)  # fmt: skip
 
 
 @main.command()
@@ -126,6 +131,7 @@ def run(spec_path: str, output: str | None, address: str | None, workers: int | 
 @click.option("--address", help="Ray cluster address; default: a private local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), help="Number of render workers.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per worker.")
+@local_option
 @worker_wait_option
 @dtype_option
 @s3_endpoint_option
@@ -133,13 +139,14 @@ def run(spec_path: str, output: str | None, address: str | None, workers: int | 
 @report_options
 @tenant_options
 def resume(job_url: str, address: str | None, workers: int | None,
-           gpus_per_worker: float | None, worker_wait: float | None, with_report: bool,
-           max_pixels: int, cell_px: int, tenants_file: str | None,
+           gpus_per_worker: float | None, local: bool, worker_wait: float | None,
+           with_report: bool, max_pixels: int, cell_px: int, tenants_file: str | None,
            tenant: str | None) -> None:  # fmt: skip
     """Finish the job at JOB_URL from its stored job.json."""
     from farm.job import stored_policy
     from farm.stores import open_store
 
+    check_local(local, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     config = guard_job(job_url, tenants_file, tenant)
     # A tenant can rewrite its own job.json: the job is held to the tenant's policy as it
     # is now, on what job.json says (run_job checks the plan too).
@@ -147,7 +154,8 @@ def resume(job_url: str, address: str | None, workers: int | None,
     # The job was accepted when it started: its size needs no second --max-items.
     sheets = {"max_pixels": max_pixels, "cell_px": cell_px} if with_report else None
     _run(spec, sheets, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
-         worker_wait=worker_wait, max_items=doc["plan"]["items"], tenant=policy)  # fmt: skip
+         worker_wait=worker_wait, max_items=doc["plan"]["items"], tenant=policy,
+         local=local)  # fmt: skip
 
 
 def _run(spec, report_to: dict | None, **options) -> None:
@@ -181,15 +189,6 @@ def _run(spec, report_to: dict | None, **options) -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-ADDRESS_HELP = "Jobs API of the Ray cluster, e.g. http://127.0.0.1:8265 (RAY_API_SERVER_ADDRESS)."
-
-
-def address_option(command):
-    return click.option(
-        "--address", required=True, envvar="RAY_API_SERVER_ADDRESS", help=ADDRESS_HELP
-    )(command)
 
 
 @main.command()

@@ -44,6 +44,35 @@ def s3_endpoint_option(command):
     )(command)
 
 
+ADDRESS_HELP = "Jobs API of the Ray cluster, e.g. http://127.0.0.1:8265 (RAY_API_SERVER_ADDRESS)."
+
+
+def address_option(command):
+    """--address for the commands that talk to a cluster's Jobs API."""
+    return click.option(
+        "--address", required=True, envvar="RAY_API_SERVER_ADDRESS", help=ADDRESS_HELP
+    )(command)
+
+
+def local_option(command):
+    """--local: render in the driver's process, without starting Ray."""
+    return click.option(
+        "--local",
+        is_flag=True,
+        help="Render here with one worker, without starting Ray (small jobs).",
+    )(command)
+
+
+def check_local(local: bool, **placement) -> None:
+    """--local keeps one worker in this process: a flag that places workers elsewhere or
+    asks for more cannot hold."""
+    for name, value in placement.items():
+        if local and value is not None:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag}: --local renders with one worker in this process; "
+                                   f"drop {flag}, or drop --local to render on Ray")  # fmt: skip
+
+
 def worker_wait_option(command):
     return click.option(
         "--worker-wait",

@@ -1,16 +1,18 @@
-"""The executor: a pool of RenderWorker actors on Ray, fed units with adapter affinity.
+"""The executor: a pool of RenderWorkers, fed units with adapter affinity.
 
 Each adapter set of the sweep is a stream of units. A worker stays on one stream until
 it runs dry, then joins the stream with the most work per worker, so each LoRA is loaded
 on no more workers than it takes to keep them all busy. Each worker holds at most
 IN_FLIGHT units so the next one is queued while the current one renders. A unit whose
 worker died is sent again elsewhere (up to MAX_ATTEMPTS); a unit that fails by itself is
-recorded as failed and the job goes on.
+recorded as failed and the job goes on. The workers are Ray actors, or with `local` run in
+this process (farm/backends.py); the loop is the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -18,12 +20,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from farm.backends import IN_FLIGHT, LocalBackend, RayBackend, UnitFailed, WorkerLost
 from farm.cluster import cpu_worker_bytes, first_line, start_ray, worker_layout
 from farm.progress import Progress
 from farm.sweep import Unit, UnitStream
 from farm.worker import JobContext, UnitReport
 
-IN_FLIGHT = 2
 MAX_ATTEMPTS = 3
 # A worker whose stream ran dry joins a stream other workers hold only when it has at
 # least this many units per holder left: loading adapters for one last unit costs more
@@ -125,29 +127,33 @@ def execute(
     progress: Progress | None = None,
     worker_wait: float = WORKER_WAIT,
     max_workers: int | None = None,
+    local: bool = False,
 ) -> Outcome:
     """Render every unit on a pool of workers; returns counts, failures and counters.
-    `max_workers` (a tenant's cap) bounds the pool, replacements included."""
-    start_ray(address)
-    import ray
-
-    from farm.worker import RenderWorker
-
-    model_bytes = cpu_worker_bytes(ctx.model_path)
-    count, resources = worker_layout(workers, gpus_per_worker, model_bytes)
-    if max_workers is not None and count > max_workers:
-        count, resources = worker_layout(max_workers, gpus_per_worker, model_bytes)
-    # Two concurrent calls per actor: one renders while the other finishes its uploads.
-    remote = ray.remote(max_restarts=0, max_concurrency=IN_FLIGHT)(RenderWorker)
+    `max_workers` (a tenant's cap) bounds the pool, replacements included; `local` keeps
+    the workers in this process, without Ray."""
+    if local:
+        count = min(workers or 1, max_workers or 1 << 30)
+        resources = {"num_cpus": max(1, (os.cpu_count() or 1) // count)}
+        backend = LocalBackend(resources["num_cpus"] if count > 1 else None)
+        where = "in this process, no Ray; "
+    else:
+        start_ray(address)
+        model_bytes = cpu_worker_bytes(ctx.model_path)
+        count, resources = worker_layout(workers, gpus_per_worker, model_bytes)
+        if max_workers is not None and count > max_workers:
+            count, resources = worker_layout(max_workers, gpus_per_worker, model_bytes)
+        backend, where = RayBackend(resources), ""
     ids = iter(range(1 << 30))
 
     def new_slot() -> Slot:
-        # A worker that finds no GPU (fake GPUs, CPU nodes) renders with its CPU share.
-        actor = remote.options(**resources).remote(None, int(resources["num_cpus"]))
-        return Slot(next(ids), actor, ready_ref=actor.ready.remote())
+        actor, ready = backend.start()
+        return Slot(next(ids), actor, ready_ref=ready)
 
-    pool = Pool([new_slot() for _ in range(count)], new_slot, max_replacements=2 * count + 2)
-    echo(f"rendering {total} images on {count} workers ({_describe(resources)})")
+    pool = Pool(backend, [new_slot() for _ in range(count)], new_slot,
+                max_replacements=2 * count + 2)  # fmt: skip
+    echo(f"rendering {total} images on {count} worker{'s' if count > 1 else ''} "
+         f"({where}{_describe(resources)})")  # fmt: skip
     queue = [Stream(s.adapters, iter(s.units), -(-s.items // s.size)) for s in streams]
     run = Dispatcher(pool, queue, ctx, progress or Progress(total, echo), echo,
                      count, _describe(resources), worker_wait)  # fmt: skip
@@ -256,7 +262,7 @@ class Dispatcher:
                     break
                 unit, attempt = picked
                 self.progress.begin()
-                ref = slot.actor.render.remote(unit, self.ctx, attempt)
+                ref = self.pool.backend.render(slot.actor, unit, self.ctx, attempt)
                 self.running[ref] = (slot, unit, attempt)
                 slot.in_flight += 1
 
@@ -285,14 +291,11 @@ class Dispatcher:
 
     # 3. Wait
     def wait(self) -> list:
-        import ray
-
         waiting = list(self.running) + self.pool.pending_refs()
         if not waiting:
             time.sleep(0.5)
             return []
-        done, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
-        return done
+        return self.pool.backend.wait(waiting, 0.5)
 
     # 4. Take in what came back
     def take_in(self, refs: list) -> None:
@@ -303,11 +306,9 @@ class Dispatcher:
                 self.worker_started(ref)
 
     def worker_started(self, ref) -> None:
-        import ray
-
         try:
-            self.pool.mark_ready(ref, ray.get(ref))
-        except ray.exceptions.RayError as err:
+            self.pool.mark_ready(ref, self.pool.backend.result(ref))
+        except (WorkerLost, UnitFailed) as err:
             self.counters["worker_deaths"] += 1
             if not self.pool.replace(ref):
                 self.outcome.stopped = f"workers keep dying ({first_line(err)})"
@@ -315,17 +316,15 @@ class Dispatcher:
             self.first_ready = time.monotonic()
 
     def unit_returned(self, ref) -> None:
-        import ray
-
         slot, unit, attempt = self.running.pop(ref)
         slot.in_flight -= 1
         try:
-            report: UnitReport = ray.get(ref)
-        except ray.exceptions.RayActorError as err:
+            report: UnitReport = self.pool.backend.result(ref)
+        except WorkerLost as err:
             self.worker_died(slot, err)
             _retry(unit, attempt, self.retries, self.outcome, self.counters, "its worker died")
             return
-        except ray.exceptions.RayTaskError as err:
+        except UnitFailed as err:
             self.unit_failed(unit, err)
             return
         self.failures_in_a_row = 0
@@ -391,7 +390,9 @@ def _report(outcome: Outcome, echo: Callable[[str], object]) -> None:
 class Pool:
     """The live workers, their start-up, and replacements for the ones that die."""
 
-    def __init__(self, slots: list[Slot], new_slot: Callable[[], Slot], max_replacements: int):
+    def __init__(self, backend, slots: list[Slot], new_slot: Callable[[], Slot],
+                 max_replacements: int):  # fmt: skip
+        self.backend = backend
         self.slots = slots
         self.all_slots = list(slots)
         self.new_slot = new_slot
@@ -417,11 +418,9 @@ class Pool:
 
     def replace(self, dead) -> bool:
         """Swap a dead slot (or the slot whose start-up failed) for a new worker."""
-        import ray
-
         for index, slot in enumerate(self.slots):
             if slot is dead or slot.ready_ref == dead:
-                ray.kill(slot.actor, no_restart=True)
+                self.backend.stop(slot.actor)
                 if self.replacements_left <= 0:
                     del self.slots[index]
                     return bool(self.slots)
@@ -432,10 +431,8 @@ class Pool:
         return True
 
     def kill(self) -> None:
-        import ray
-
         for slot in self.slots:
-            ray.kill(slot.actor, no_restart=True)
+            self.backend.stop(slot.actor)
 
 
 def _next_unit(slot: Slot, streams: list[Stream], retries: deque) -> tuple[Unit, int] | None:

@@ -252,8 +252,10 @@ def run_job(
     max_items: int | None = None,
     tenant=None,
     echo=print,
+    local: bool = False,
 ) -> RunResult:
-    """Plan, open the job, render the missing items on Ray, compact, record the run.
+    """Plan, open the job, render the missing items on Ray (or with `local`, in this
+    process), compact, record the run.
 
     A tenant's job (`tenant`, from farm/tenant_specs.enforce) is held to its caps: images,
     workers, and jobs running at once."""
@@ -265,15 +267,17 @@ def run_job(
     # Everything that can refuse the job does so before anything is written: the job
     # folder is read, the cluster joined and the worker layout checked first.
     seen = inspect_job(plan, store)
-    _start_ray(address, workers, gpus_per_worker)
+    if not local:
+        _start_ray(address, workers, gpus_per_worker)
+    where = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
+             "local": local}  # fmt: skip
     if tenant is None:
-        return _run_plan(plan, store, seen, workers, gpus_per_worker, address, worker_wait,
-                         echo)  # fmt: skip
+        return _run_plan(plan, store, seen, where, worker_wait, echo)
     from farm.tenant_jobs import job_slot
 
     with job_slot(tenant, spec.job):
-        return _run_plan(plan, store, seen, workers, gpus_per_worker, address, worker_wait,
-                         echo, max_workers=tenant.caps.workers)  # fmt: skip
+        return _run_plan(plan, store, seen, where, worker_wait, echo,
+                         max_workers=tenant.caps.workers)  # fmt: skip
 
 
 def _start_ray(address: str | None, workers: int | None, gpus_per_worker: float | None) -> None:
@@ -288,8 +292,8 @@ def _start_ray(address: str | None, workers: int | None, gpus_per_worker: float 
         check_layout(workers, gpus_per_worker)
 
 
-def _run_plan(plan: Plan, store: Store, seen: Inspected, workers, gpus_per_worker, address,
-              worker_wait, echo, max_workers: int | None = None) -> RunResult:  # fmt: skip
+def _run_plan(plan: Plan, store: Store, seen: Inspected, where: dict, worker_wait, echo,
+              max_workers: int | None = None) -> RunResult:  # fmt: skip
     from farm.executor import WORKER_WAIT, execute
 
     spec = plan.spec
@@ -305,10 +309,9 @@ def _run_plan(plan: Plan, store: Store, seen: Inspected, workers, gpus_per_worke
     if todo > 0:
         ctx = job_context(plan, store)
         outcome = execute(
-            unit_streams(plan, done), ctx, total=todo, workers=workers,
-            gpus_per_worker=gpus_per_worker, address=address, echo=echo,
+            unit_streams(plan, done), ctx, total=todo, echo=echo,
             worker_wait=WORKER_WAIT if worker_wait is None else worker_wait,
-            max_workers=max_workers,
+            max_workers=max_workers, **where,
         )  # fmt: skip
         result.rendered = outcome.images
         result.failed_items = outcome.failed_items

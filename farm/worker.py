@@ -114,6 +114,14 @@ class RenderWorker:
         # The pipeline serves one call at a time; a second unit may wait on its uploads.
         self.render_lock = threading.Lock()
         self.mixed, self.pipelined = mixed, pipelined
+        # Set when the run stops at once: a worker in the driver's process (`--local`)
+        # cannot be killed, so it gives up its units at the next pipeline call instead.
+        self.abandoned = threading.Event()
+
+    def abandon(self) -> None:
+        """Give up every unit from the next pipeline call on: nothing more is written,
+        and no part, as when a worker process is killed."""
+        self.abandoned.set()
 
     def on_torch_thread(self, fn, *args):
         """fn(*args) on the worker's torch thread (see __init__), from any thread."""
@@ -203,6 +211,8 @@ class RenderWorker:
         rows: list[dict] = []
         pending: list[Future] = []
         for batch in batches(unit.items, size, mixed):
+            if self.abandoned.is_set():
+                raise RuntimeError("the run stopped: this unit renders again on resume")
             # 4. Strengths for this call (padded to the batch size when compiled, so the
             # shapes never change), then one pipeline call.
             call = batch + [batch[-1]] * (size - len(batch)) if render.compile else batch

@@ -61,25 +61,48 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
 # ---------------------------------------------------------------- Ctrl-C
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_dir, stop):
-    spec = write_spec(tmp_path, "interrupted")  # 64 items in 8 units
-    job = tmp_path / "out" / "interrupted"
-    # One unit may render before the signal; the rest wait at the hold: units are surely in
-    # flight and the job surely unfinished when it comes.
-    hold = Hold(tmp_path / "hold", tickets=1)
+def start_held_run(tmp_path, name: str, tickets: int, *args: str):
+    """`farm run` of 64 items in 8 units in its own session, with the hold's env; returns
+    (driver, hold, job folder, stdout file, stderr file)."""
+    spec = write_spec(tmp_path, name)
+    hold = Hold(tmp_path / "hold", tickets=tickets)
     said, complaints = tmp_path / "driver.out", tmp_path / "driver.err"
+    with said.open("w") as out_file, complaints.open("w") as err_file:
+        driver = subprocess.Popen(
+            [*FARM, "run", str(spec), *args], cwd=REPO, stdout=out_file, stderr=err_file,
+            text=True, start_new_session=True, env={**os.environ, **hold.env},
+        )  # fmt: skip
+    return driver, hold, tmp_path / "out" / name, said, complaints
+
+
+def wait_said(text: str, said, complaints, driver, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in said.read_text():
+        assert driver.poll() is None, said.read_text() + complaints.read_text()
+        assert time.monotonic() < deadline, f"never said {text!r}: {complaints.read_text()}"
+        time.sleep(0.2)
+
+
+def parts_of(job) -> set[str]:
+    folder = job / "parts"
+    return {p.stem for p in folder.glob("*.parquet")} if folder.exists() else set()
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_waits_for_exactly_the_units_in_flight(tmp_path, tiny_dir, stop):
+    # One unit renders; then every worker holds a full load at the gate, so exactly those
+    # units are in flight when the signal comes. A graceful stop finishes them all (their
+    # parts exist); one that dropped them would leave only the first unit's part.
     # Ctrl-C also reaches the local Ray's workers (one process group); SIGTERM reaches the
     # driver alone, and one worker shows it.
     workers = 2 if stop == "ctrl-c" else 1
-    with said.open("w") as out_file, complaints.open("w") as err_file:
-        driver = subprocess.Popen(
-            [*FARM, "run", str(spec), "--workers", str(workers)], cwd=REPO, stdout=out_file,
-            stderr=err_file, text=True, start_new_session=True, env={**os.environ, **hold.env},
-        )  # fmt: skip
+    driver, hold, job, said, complaints = start_held_run(
+        tmp_path, "interrupted", 1, "--workers", str(workers)
+    )
     wait_for_part(job, driver)
-    # Every worker holds a full load: the unit let through was reported and replaced.
-    hold.wait_held(workers * IN_FLIGHT, driver)
+    first = parts_of(job)
+    held = {unit for _, unit in hold.wait_held(workers * IN_FLIGHT, driver)}
+    assert len(held) == workers * IN_FLIGHT and not held & first
     if stop == "ctrl-c":
         # A terminal's Ctrl-C reaches the whole foreground process group.
         os.killpg(driver.pid, signal.SIGINT)
@@ -88,25 +111,46 @@ def test_ctrl_c_or_sigterm_stops_gracefully_and_resume_finishes(tmp_path, tiny_d
         driver.send_signal(signal.SIGTERM)
     # Once the driver has stopped dispatching and waits for its units in flight, let them
     # finish.
-    deadline = time.monotonic() + 120
-    while "stopping: waiting for" not in said.read_text():
-        assert driver.poll() is None and time.monotonic() < deadline, complaints.read_text()
-        time.sleep(0.2)
+    wait_said("stopping: waiting for", said, complaints, driver)
     hold.open()
     driver.wait(timeout=300)
     out, err = said.read_text(), complaints.read_text()
     assert driver.returncode == 1, out + err
-    assert "stopping: waiting for" in out and "Traceback" not in out + err
-    assert "farm resume" in err
+    assert f"stopping: waiting for {len(held)} units in flight" in out
+    assert "Traceback" not in out + err and "farm resume" in err
+    assert parts_of(job) == first | held
     doc = job_doc(job)
     assert doc["status"] == "interrupted"
     done = doc["runs"][0]["rendered"]
-    assert 0 < done < 64
-    if stop == "sigterm":
-        return  # the job is left as Ctrl-C leaves it, and resuming it is the same path
+    assert done == 8 * len(first | held)
     resumed = farm("resume", str(job), "--workers", "1").stdout
-    assert f"{done} already rendered" in resumed or f"{done} already" in resumed
+    assert f"; {done} already rendered" in resumed
     assert job_doc(job)["runs"][-1]["rendered"] == 64 - done
+    assert_verified(job, 64)
+
+
+@pytest.mark.parametrize("backend", ["ray", "local"])
+def test_a_second_ctrl_c_stops_at_once_and_resume_renders_the_rest(tmp_path, tiny_dir,
+                                                                   backend):  # fmt: skip
+    # Every unit is held at the gate, and stays held: a second Ctrl-C must not wait for
+    # them. Nothing of theirs is written, and resume renders every item.
+    args = ["--workers", "1"] if backend == "ray" else ["--local"]
+    driver, hold, job, said, complaints = start_held_run(tmp_path, "stopped-now", 0, *args)
+    hold.wait_held(IN_FLIGHT, driver)
+    os.killpg(driver.pid, signal.SIGINT)
+    wait_said("stopping: waiting for", said, complaints, driver)
+    os.killpg(driver.pid, signal.SIGINT)
+    try:
+        driver.wait(timeout=120)
+    finally:
+        hold.open()
+    out, err = said.read_text(), complaints.read_text()
+    assert driver.returncode == 1, out + err
+    assert "stopped now: units in flight render again on resume" in out
+    assert "Traceback" not in out + err
+    assert parts_of(job) == set() and job_doc(job)["status"] == "interrupted"
+    resumed = farm("resume", str(job), *args).stdout
+    assert "; 0 already rendered" in resumed
     assert_verified(job, 64)
 
 
@@ -190,7 +234,9 @@ def test_a_local_runs_workers_are_not_deprioritised(local_ray):
     assert ray.get(niceness.remote(), timeout=120) == os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def test_a_unit_failing_by_itself_is_not_retried_and_resume_renders_only_it(local_ray, tmp_path):
+def test_a_unit_failing_by_itself_is_not_retried_and_resume_renders_only_it(tmp_path, tiny_dir):
+    # Dispatch and failure handling are the executor's loop, the same on either backend:
+    # two workers in this process show it without starting Ray.
     from farm.executor import execute
     from farm.job import job_context, job_store, open_job, run_job
     from farm.spec import load_spec
@@ -206,14 +252,14 @@ def test_a_unit_failing_by_itself_is_not_retried_and_resume_renders_only_it(loca
     good = ink.read_bytes()
     ink.write_bytes(good[: len(good) // 2])  # broken after planning: loading it fails
     outcome = execute(unit_streams(plan), job_context(plan, store), total=plan.items,
-                      workers=2, echo=lambda _: None)  # fmt: skip
+                      workers=2, echo=lambda _: None, local=True)  # fmt: skip
     ink_items = {i.item_id for s in unit_streams(plan) if s.adapters == ("ink",)
                  for u in s.units for i in u.items}  # fmt: skip
     assert set(outcome.failed_items) == ink_items and len(ink_items) == 16
     assert outcome.images == 16  # the neon units rendered
     assert outcome.counters["failures"] == 2 and outcome.counters["retries"] == 0
     ink.write_bytes(good)
-    result = run_job(spec, workers=1, echo=lambda _: None)
+    result = run_job(spec, echo=lambda _: None, local=True)
     assert result.ok and result.already_done == 16 and result.rendered == 16
     assert_verified(tmp_path / "out" / "failing", 32)
 
