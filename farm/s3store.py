@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from farm import faults
 from farm.store import Store, StoreError
 
 # Above this size, uploads go multipart; s3transfer aborts a multipart upload that fails.
@@ -105,6 +106,7 @@ class S3Store(Store):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
+        faults.writing(key)  # a PUT is all or nothing: a test strikes just before it
         if self.conditional_writes:
             try:
                 with self._errors(key, passthrough=True):

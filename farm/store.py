@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from farm import faults
 from farm.urls import redact
 
 
@@ -90,7 +91,7 @@ class LocalStore(Store):
             raise StoreError(f"{key}: key escapes the store root {self.root}")
         return path
 
-    def _write_temp(self, path: Path, data: bytes) -> str:
+    def _write_temp(self, path: Path, data: bytes, key: str = "") -> str:
         # Created as open() creates files (0o666 less the umask), not mkstemp's 0600: a
         # job's images and report are served by web servers and shared with teammates.
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}")
@@ -104,7 +105,10 @@ class LocalStore(Store):
                 if attempt == 2:
                     raise
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            # In two halves, so a test can strike a part half-written (farm/faults.py).
+            f.write(data[: len(data) // 2])
+            faults.writing(key)
+            f.write(data[len(data) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         return tmp
@@ -115,7 +119,7 @@ class LocalStore(Store):
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
+        tmp = self._write_temp(path, data, key)
         try:
             # link() fails if the target exists: an atomic create-once.
             os.link(tmp, path)

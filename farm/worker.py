@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from farm import __version__
+from farm import __version__, faults
 from farm.encode import EXTENSIONS, encode_image
 from farm.infotext import build_infotext, format_number
 from farm.local_files import local_lora_path, local_model_path
@@ -158,15 +158,9 @@ class RenderWorker:
         # 1. Skip a unit whose part exists: a retry after the part was written.
         if store.exists(part_key(unit.unit_id)):
             return UnitReport(unit.unit_id, 0, True, 0.0, self.name)
-        # Test-only fault (tests/test_promises.py): the worker process exits, as on a lost
-        # node, whenever it is given a unit with this prompt.
-        doomed = os.environ.get("FARM_TEST_DIE_ON_PROMPT")
-        if doomed and any(item.prompt == doomed for item in unit.items):
-            os._exit(70)
-        # Test-only gate (tests/midjob.py): lets through only the units a test allows, so
-        # a job is surely mid-way, with units in flight, when the test strikes.
-        if hold := os.environ.get("FARM_TEST_HOLD"):
-            _test_hold(hold, unit.unit_id)
+        # Where tests strike (farm/faults.py): a lost worker, or a unit held at a point.
+        faults.die_if_doomed([item.prompt for item in unit.items])
+        faults.reach("unit-start", unit.unit_id)
         with self.render_lock:
             pipe_loads, adapter_loads = self.pipelines.loads, self.pipelines.adapter_loads
             rows, pending, loaded = self.on_torch_thread(self._render_images, unit, ctx, store,
@@ -180,6 +174,7 @@ class RenderWorker:
         for fut in pending:
             fut.result()
         store.put_if_absent(part_key(unit.unit_id), encode_rows(rows))
+        faults.reach("part-written", unit.unit_id)
         return UnitReport(
             unit.unit_id,
             len(rows),
@@ -333,35 +328,9 @@ class RenderWorker:
             store.put(row["image_key"], data)
             if row["named_key"]:  # the same bytes: a retried unit rewrites both keys alike
                 store.put(row["named_key"], data)
+            faults.reach("image-written", row["unit_id"])
         finally:
             self.upload_slots.release()
-
-
-def _test_hold(folder: str, unit_id: str, limit: float = 300.0) -> None:
-    """Test-only (FARM_TEST_HOLD): while `folder` exists, take a ticket (a `ticket-*` file
-    in it) before rendering, waiting for one with a `held-{pid}-{unit_id}` file there;
-    once the folder is gone, go. Past `limit` seconds the unit fails: nothing is written."""
-    mark = os.path.join(folder, f"held-{os.getpid()}-{unit_id}")
-    deadline = time.monotonic() + limit
-    try:
-        while True:
-            try:
-                names = sorted(os.listdir(folder))
-            except FileNotFoundError:
-                return  # no folder: the gate is open
-            for name in names:
-                if name.startswith("ticket-"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(folder, name))  # one taker per ticket
-                        return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"FARM_TEST_HOLD: no ticket in {folder} for {limit:g}s")
-            with contextlib.suppress(FileNotFoundError):  # the gate opened meanwhile
-                open(mark, "a").close()
-            time.sleep(0.05)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(mark)
 
 
 def cell_label(row: dict) -> str:

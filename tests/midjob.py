@@ -1,10 +1,11 @@
 """Putting a job surely mid-way: the worker's test-only hold, and killing a whole driver.
 
 A test that interrupts a job (kills a worker, a node or the driver, cancels, Ctrl-C) must
-not depend on how fast rendering goes. `Hold` is the gate of FARM_TEST_HOLD in
-farm/worker.py: while its folder exists, each unit takes a ticket before it renders and
-waits, visibly, for one when none is left. So the test lets exactly N units through,
-strikes while the rest are held in flight, then opens the gate.
+not depend on how fast rendering goes. `Hold` is the gate of FARM_TEST_HOLD at one of the
+unit protocol's named points (farm/faults.py: unit-start, image-written, part-write,
+part-written): while its folder exists, each unit takes a ticket at that point and waits,
+visibly, for one when none is left. So the test lets exactly N units through, strikes
+while the rest are held there, then opens the gate.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ import psutil
 class Hold:
     """A FARM_TEST_HOLD folder with `tickets` units let through to begin with."""
 
-    def __init__(self, folder: Path, tickets: int = 0):
-        self.folder = folder
+    def __init__(self, folder: Path, tickets: int = 0, at: str = "unit-start"):
+        from farm.faults import POINTS
+
+        assert at in POINTS, at
+        self.folder, self.at = folder, at
         folder.mkdir()
         self.give(tickets)
 
     @property
     def env(self) -> dict[str, str]:
         """What the driver (and so its local Ray's workers) must inherit."""
-        return {"FARM_TEST_HOLD": str(self.folder)}
+        return {"FARM_TEST_HOLD": str(self.folder), "FARM_TEST_HOLD_AT": self.at}
 
     def give(self, tickets: int) -> None:
         for _ in range(tickets):

@@ -9,15 +9,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FARM, REPO
 from jobrun import assert_verified, farm, job_doc, write_spec
-from midjob import Hold, kill_session
 from PIL import Image
 from test_render import pixels, render
 
@@ -113,50 +109,6 @@ def test_a_unit_whose_worker_always_dies_is_tried_max_attempts_times_then_failed
 
 
 # ---------------------------------------------------------------- SIGKILL, local folder
-
-
-@pytest.mark.slow
-def test_sigkill_driver_on_a_local_folder_then_resume_renders_only_the_rest(tmp_path, tiny_dir):
-    # 2 prompts x 4 seeds x 4 combinations = 32 items in 4 units of 8, 2 adapter sets.
-    spec = write_spec(tmp_path, "killed", seeds={"start": 0, "count": 4}, render=SMALL)
-    job = tmp_path / "out" / "killed"
-    store = LocalStore(job)
-    hold = Hold(tmp_path / "hold", tickets=2)  # two units finish, the next ones wait
-    driver = subprocess.Popen(
-        [*FARM, "run", str(spec), "--workers", "2"], cwd=REPO, env={**os.environ, **hold.env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while len(scan_parts(store)[0]) < 16:
-            assert driver.poll() is None, "the job ended before it could be killed"
-            assert time.monotonic() < deadline, "the first two units did not finish"
-            time.sleep(0.1)
-        hold.wait_held(1, driver)  # units in flight when the driver dies
-        # The driver and the local Ray it started, as when the machine goes down.
-        kill_session(driver.pid)
-    finally:
-        hold.open()
-        if driver.poll() is None:
-            kill_session(driver.pid)
-    driver.wait()
-    done_before, corrupt = scan_parts(store)
-    assert corrupt == [] and len(done_before) == 16
-    rows_before = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}
-    assert set(rows_before) == done_before
-
-    resumed = farm("resume", str(job), "--workers", "1")
-    assert "16 already rendered" in resumed.stdout and "rendered 16 images" in resumed.stdout
-    assert job_doc(job)["runs"][-1]["rendered"] == 16
-    rows_after = read_rows(store).to_pylist()
-    assert len(rows_after) == 32 == len({r["item_id"] for r in rows_after})
-    # The rows written before the kill are the same rows, not rendered again.
-    created = {r["item_id"]: r["created_at"] for r in rows_after}
-    assert {i: created[i] for i in rows_before} == rows_before
-    assert_verified(job, 32)
-
-
-# ---------------------------------------------------------------- kohya alpha != rank
 
 
 def test_kohya_alpha_below_rank_renders_like_its_peft_twin(cpu_worker, tmp_path):

@@ -6,17 +6,14 @@ import io
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import FARM, REPO
-from midjob import Hold, kill_session
 from s3server import free_port, start_moto
 
-from farm.records import read_rows, scan_parts
 from farm.s3store import S3Store
 
 pytestmark = pytest.mark.slow
@@ -129,43 +126,6 @@ def test_access_denied_is_refused_before_rendering(s3, tmp_path):
         proc.kill()
     assert run.returncode == 2 and "access denied" in run.stderr, run.stderr
     assert s3.access_key not in run.stderr and s3.secret not in run.stderr
-
-
-def _wait_for_parts(store: S3Store, proc: subprocess.Popen, count: int) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if sum(1 for _ in store.list("parts/")) >= count:
-            return
-        assert proc.poll() is None, "the job ended before it could be interrupted"
-        time.sleep(0.2)
-    raise AssertionError("no parts appeared")
-
-
-def test_sigkill_driver_then_resume_renders_only_the_rest(s3, tiny_dir, tmp_path, sweep48):
-    store = S3Store.from_url(s3.url("killed/neon-sweep"))
-    # Two of the six units may render; the others wait in flight: the kill is mid-job.
-    hold = Hold(tmp_path / "hold", tickets=2)
-    driver = subprocess.Popen(
-        [*FARM, "run", sweep48, "--output", s3.url("killed"), "--workers", "2"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, **hold.env},
-    )  # fmt: skip
-    _wait_for_parts(store, driver, 2)
-    # The driver and the local Ray it started (workers too) go down at once, as with the
-    # machine; once none of them is alive, nothing more can land in the store.
-    kill_session(driver.pid)
-    driver.wait()
-    hold.open()
-    done_before, _ = scan_parts(store)
-    rows_before = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}
-    assert len(done_before) == 16  # the two units let through, 8 items each
-
-    resumed = farm("resume", s3.url("killed/neon-sweep"), "--workers", "1")
-    assert f"{len(done_before)} already rendered" in resumed.stdout
-    assert rendered(resumed) == 48 - len(done_before)
-    rows_after = {r["item_id"]: r["created_at"] for r in read_rows(store).to_pylist()}
-    assert {i: rows_after[i] for i in rows_before} == rows_before
-    assert "ok: 48 planned items, 48 rows" in farm("verify", s3.url("killed/neon-sweep")).stdout
 
 
 # Outages (half a minute, and longer) are in test_s3_outage.py.
