@@ -33,13 +33,15 @@ from farm.cli_tenants import presets as presets_command
 def _bad_input_errors() -> tuple[type[Exception], ...]:
     from farm.cluster import ClusterError
     from farm.job import JobError
+    from farm.job_lease import JobBusy
     from farm.loras import LoraError
     from farm.report.build import ReportError
     from farm.spec import SpecError
     from farm.store import StoreError
     from farm.submit import SubmitError
 
-    return (SpecError, JobError, LoraError, StoreError, SubmitError, ClusterError, ReportError)
+    return (SpecError, JobError, JobBusy, LoraError, StoreError, SubmitError, ClusterError,
+            ReportError)  # fmt: skip
 
 
 class FarmGroup(click.Group):

@@ -267,17 +267,18 @@ def run_job(
     # Everything that can refuse the job does so before anything is written: the job
     # folder is read, the cluster joined and the worker layout checked first.
     seen = inspect_job(plan, store)
-    if not local:
-        _start_ray(address, workers, gpus_per_worker)
     where = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
              "local": local}  # fmt: skip
-    if tenant is None:
-        return _run_plan(plan, store, seen, where, worker_wait, echo)
+    from farm.job_lease import job_lease
     from farm.tenant_jobs import job_slot
 
-    with job_slot(tenant, spec.job):
+    # The job's lease is taken before Ray starts: a second driver is refused at once. A
+    # refusal after it (no cluster, no room for the workers) gives the lease back.
+    with job_slot(tenant, spec.job), job_lease(store, spec.job):
+        if not local:
+            _start_ray(address, workers, gpus_per_worker)
         return _run_plan(plan, store, seen, where, worker_wait, echo,
-                         max_workers=tenant.caps.workers)  # fmt: skip
+                         max_workers=tenant.caps.workers if tenant else None)  # fmt: skip
 
 
 def _start_ray(address: str | None, workers: int | None, gpus_per_worker: float | None) -> None:

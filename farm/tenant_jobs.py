@@ -37,11 +37,12 @@ def running_jobs(tenant: Tenant, now: float | None = None) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def job_slot(tenant: Tenant, job_id: str) -> Iterator[None]:
+def job_slot(tenant: Tenant | None, job_id: str) -> Iterator[None]:
     """Hold one of the tenant's job slots while the block runs; SpecError (exit 2, before
-    anything of the job is written) when the cap is reached or the job already runs."""
-    cap = tenant.caps.jobs
-    if cap is None:
+    anything of the job is written) when the cap is reached or the job already runs. No
+    tenant, or no cap: nothing to hold."""
+    cap = tenant.caps.jobs if tenant is not None else None
+    if tenant is None or cap is None:
         yield
         return
     store = open_store(tenant.output)
