@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 
 from farm.cluster import first_line
+from farm.store import StoreRefused
 
 # Two units at once per worker: one renders while the other finishes its uploads.
 IN_FLIGHT = 2
@@ -24,7 +25,12 @@ class WorkerLost(Exception):
 
 
 class UnitFailed(Exception):
-    """The unit failed by itself: recorded, not retried."""
+    """The unit failed by itself: recorded, not retried. `stops` when its cause would fail
+    every unit alike (a store that refuses writes): the run stops at once."""
+
+    def __init__(self, message: str, stops: bool = False):
+        super().__init__(message)
+        self.stops = stops
 
 
 class RayBackend:
@@ -61,7 +67,8 @@ class RayBackend:
         except ray.exceptions.RayActorError as err:
             raise WorkerLost(first_line(err)) from err
         except ray.exceptions.RayTaskError as err:
-            raise UnitFailed(first_line(err)) from err
+            stops = isinstance(getattr(err, "cause", None), StoreRefused)
+            raise UnitFailed(first_line(err), stops) from err
         except ray.exceptions.RayError as err:  # a worker that could not start
             raise WorkerLost(first_line(err)) from err
 
@@ -107,7 +114,7 @@ class LocalBackend:
         try:
             return handle.result()
         except Exception as err:
-            raise UnitFailed(first_line(err)) from err
+            raise UnitFailed(first_line(err), isinstance(err, StoreRefused)) from err
 
     def stop(self, actor: LocalWorker) -> None:
         if actor.worker is not None:

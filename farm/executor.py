@@ -351,7 +351,9 @@ class Dispatcher:
         self.outcome.errors.append(f"unit {unit.unit_id}: {first_line(err)}")
         self.counters["failures"] += 1
         self.failures_in_a_row += 1
-        if self.failures_in_a_row >= max(4, 2 * self.workers):
+        if getattr(err, "stops", False):
+            self.outcome.stopped = str(err)  # names the store and what to do
+        elif self.failures_in_a_row >= max(4, 2 * self.workers):
             # Storage down or a broken model: every unit would fail alike.
             self.outcome.stopped = f"{self.failures_in_a_row} units failed in a row"
 

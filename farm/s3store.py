@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from farm import faults
-from farm.store import Store, StoreError
+from farm.store import Store, StoreError, StoreRefused
 
 # Above this size, uploads go multipart; s3transfer aborts a multipart upload that fails.
 MULTIPART_BYTES = 64 * 1024 * 1024
@@ -297,8 +297,17 @@ def _store_error(url: str, err: Exception, endpoint: str | None = None) -> Store
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code == "NoSuchBucket":
             return StoreError(f"{url}: the bucket does not exist; create it or fix the URL")
+        if code in ("AccessDenied", "403") and _writes(err):
+            return StoreRefused(f"{url}: access denied to writes ({code}); give the "
+                                "credentials write access to the prefix, then resume")  # fmt: skip
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StoreError(f"{url}: access denied ({code}); check the credentials' permissions")
+        if code in ("SlowDown", "503") and _writes(err):
+            # botocore has already tried again with backoff: the store sheds writes.
+            return StoreRefused(
+                f"{url}: the store keeps answering SlowDown (HTTP 503) to writes; resume "
+                "once it recovers, or with fewer workers"
+            )
         head = getattr(err, "operation_name", "").startswith("Head")
         if (not code or code.isdigit()) and not head:
             # botocore found no S3 error in the answer and fell back to the HTTP status
@@ -309,3 +318,11 @@ def _store_error(url: str, err: Exception, endpoint: str | None = None) -> Store
             )
         return StoreError(f"{url}: S3 error {code} (HTTP {status})")
     return StoreError(f"{url}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+
+
+def _writes(err) -> bool:
+    """Whether a ClientError answered a write."""
+    return getattr(err, "operation_name", "") in (
+        "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload",
+        "CopyObject", "DeleteObject", "DeleteObjects",
+    )  # fmt: skip

@@ -7,6 +7,8 @@ farm.stores.open_store picks the store for a URL.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 import tempfile
@@ -23,6 +25,15 @@ class StoreError(RuntimeError):
 
     def __init__(self, message: str):
         super().__init__(redact(message))
+
+
+class StoreRefused(StoreError):
+    """The store refuses writes: full, read-only, or the credentials may not write. Every
+    unit would fail alike, so the run stops at once (exit 1) and resumes once it is fixed."""
+
+
+# Write errors that say the store itself refuses, not this one file.
+REFUSING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class Store:
@@ -91,6 +102,17 @@ class LocalStore(Store):
             raise StoreError(f"{key}: key escapes the store root {self.root}")
         return path
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """A full, read-only or forbidden folder as StoreRefused, naming the store."""
+        try:
+            yield
+        except OSError as err:
+            if err.errno not in REFUSING:
+                raise
+            raise StoreRefused(f"{self.url}: {os.strerror(err.errno).lower()}; make room or "
+                               "make it writable, then resume") from None  # fmt: skip
+
     def _write_temp(self, path: Path, data: bytes, key: str = "") -> str:
         # Created as open() creates files (0o666 less the umask), not mkstemp's 0600: a
         # job's images and report are served by web servers and shared with teammates.
@@ -104,30 +126,37 @@ class LocalStore(Store):
                 # A delete pruned the folder, empty, between the mkdir and the open.
                 if attempt == 2:
                     raise
-        with os.fdopen(fd, "wb") as f:
-            # In two halves, so a test can strike a part half-written (farm/faults.py).
-            f.write(data[: len(data) // 2])
-            faults.writing(key)
-            f.write(data[len(data) // 2 :])
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                # In two halves, so a test can strike a part half-written (farm/faults.py).
+                f.write(data[: len(data) // 2])
+                faults.writing(key)
+                f.write(data[len(data) // 2 :])
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk keeps no half-written file
+                os.unlink(tmp)
+            raise
         return tmp
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        os.replace(self._write_temp(path, data), path)
+        with self._writing():
+            os.replace(self._write_temp(path, data), path)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        tmp = self._write_temp(path, data, key)
-        try:
-            # link() fails if the target exists: an atomic create-once.
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        with self._writing():
+            tmp = self._write_temp(path, data, key)
+            try:
+                # link() fails if the target exists: an atomic create-once.
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
