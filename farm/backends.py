@@ -89,8 +89,8 @@ class LocalBackend:
     renders one call at a time, on its torch thread); stopping a worker makes it give up
     its units at the next pipeline call, as a killed process would."""
 
-    def __init__(self, threads: int | None = None, device: str | None = None):
-        self.threads, self.device = threads, device
+    def __init__(self, device: str | None = None):
+        self.device = device
 
     def start(self) -> tuple[LocalWorker, Future]:
         from farm.worker import RenderWorker
@@ -98,7 +98,7 @@ class LocalBackend:
         actor = LocalWorker()
 
         def build() -> dict:
-            actor.worker = RenderWorker(self.device, self.threads)
+            actor.worker = RenderWorker(self.device)
             return actor.worker.ready()
 
         return actor, _on_thread(build)

@@ -133,9 +133,10 @@ def execute(
     `max_workers` (a tenant's cap) bounds the pool, replacements included; `local` keeps
     the workers in this process, without Ray."""
     if local:
-        count = min(workers or 1, max_workers or 1 << 30)
-        resources = {"num_cpus": max(1, (os.cpu_count() or 1) // count)}
-        backend = LocalBackend(resources["num_cpus"] if count > 1 else None)
+        # One worker: a process holds one torch thread pool (farm/worker.py), and torch's
+        # OpenMP teams on several threads of one process slow each other down.
+        count, resources = 1, {"num_cpus": os.cpu_count() or 1}
+        backend = LocalBackend()
         where = "in this process, no Ray; "
     else:
         start_ray(address)

@@ -13,6 +13,7 @@ from conftest import FARM, REPO
 from jobrun import assert_verified, farm, job_doc, wait_for_part, write_spec
 from midjob import Hold
 
+from farm.backends import IN_FLIGHT
 from farm.demo_loras import demo_lora_path
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def test_a_local_run_starts_its_own_ray_beside_a_running_cluster(ray_head, tmp_p
     # `ray start` left a cluster with 4 GPUs on this machine; a plain run must not join it.
     spec = write_spec(tmp_path, "private", seeds=[1], combine=[{"neon": 1}])
     run = farm("run", str(spec), "--workers", "1")
-    assert "on 1 workers (" in run.stdout and "CPU each" in run.stdout, run.stdout
+    assert "on 1 worker (" in run.stdout and "CPU each" in run.stdout, run.stdout
     assert "Found multiple active Ray instances" not in run.stderr
 
 
@@ -97,11 +98,12 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
 
 
 def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head, tmp_path):
-    # 16 units: more than the one let through plus the 2 workers' units in flight (2 of
+    # 8 units: more than the one let through plus the 2 workers' units in flight (2 of
     # the head's 4 fake GPUs are enough to show the stop, at half the start-up cost).
-    spec = write_spec(tmp_path, "cancelled", seeds={"start": 0, "count": 16})
-    # One unit may render before the cancel; the rest wait at the head's hold: the cancel
-    # surely lands mid-job.
+    spec = write_spec(tmp_path, "cancelled")
+    # One unit renders before the cancel; then each worker holds a full load at the gate,
+    # so exactly those units are in flight when it lands. A graceful stop finishes them
+    # all; one that dropped them would leave only the first unit's part.
     hold = Hold(ray_head.hold_folder, tickets=1)
     try:
         out = farm("submit", str(spec), "--address", ray_head.jobs_url, "--workers", "2",
@@ -109,7 +111,9 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
         submission = out.split()[1]
         job = tmp_path / "out" / "cancelled"
         wait_for_part(job)
-        hold.wait_held(1)
+        first = {p.stem for p in (job / "parts").glob("*.parquet")}
+        held = {unit for _, unit in hold.wait_held(2 * IN_FLIGHT)}
+        assert len(held) == 2 * IN_FLIGHT and not held & first
         cancel = subprocess.Popen(
             [*FARM, "cancel", submission, "--address", ray_head.jobs_url], cwd=REPO,
             env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -125,9 +129,10 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
         hold.open()
     assert stopped.strip() == f"{submission}: stopped", err
     logs = job_logs(ray_head, submission)
-    assert "rendering 128 images" in logs
-    parts = list((job / "parts").glob("*.parquet"))
-    assert 0 < len(parts) < 16
+    assert "rendering 64 images" in logs
+    assert f"stopping: waiting for {len(held)} units in flight" in logs
+    parts = {p.stem for p in (job / "parts").glob("*.parquet")}
+    assert parts == first | held
     # The driver had time to finish its units in flight and record the stopped run.
     doc = job_doc(job)
     assert doc["status"] == "interrupted", logs
@@ -137,9 +142,9 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
                  "2", env=ray_head.env).stdout  # fmt: skip
     assert "succeeded" in again
     already = int(re.search(r"; (\d+) already rendered", again).group(1))
-    assert already >= 8 * len(parts)
-    assert job_doc(job)["runs"][-1]["rendered"] == 128 - already
-    assert_verified(job, 128)
+    assert already == 8 * len(parts)
+    assert job_doc(job)["runs"][-1]["rendered"] == 64 - already
+    assert_verified(job, 64)
 
 
 def job_logs(head, submission: str) -> str:

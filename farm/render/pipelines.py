@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.schedulers import SAMPLERS
+
+_LOADING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,12 @@ def load_pipeline(model_path: str, device: Device):
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    pipe = AutoPipelineForText2Image.from_pretrained(
-        model_path, dtype=getattr(torch, device.dtype), use_safetensors=True
-    )
+    # One load at a time in a process: loading builds modules on torch's "meta" device
+    # through process-wide patches, and two loads at once can leave them in place.
+    with _LOADING:
+        pipe = AutoPipelineForText2Image.from_pretrained(
+            model_path, dtype=getattr(torch, device.dtype), use_safetensors=True
+        )
     if getattr(pipe, "safety_checker", None) is not None:
         # A sweep compares strengths; blacked-out cells would hide exactly what is measured.
         pipe.safety_checker = None
