@@ -55,7 +55,7 @@ def test_a_200_row_catalog_renders_each_row_in_its_categorys_preset(tmp_path, ti
     products = write_catalog(tmp_path / "products.csv", 200)
     tenants = tenants_file(tmp_path)
     spec = catalog_spec(tmp_path, "catalog", name="{sku}/{preset}-{seed}")
-    farm("run", str(spec), "--tenants", str(tenants))
+    farm("run", str(spec), "--tenants", str(tenants), "--local")
     job = tmp_path / "renders" / "shop" / "catalog"
     table = pq.read_table(job / "metadata.parquet").to_pylist()
     assert len(table) == 200
@@ -75,7 +75,7 @@ def test_a_200_row_catalog_renders_each_row_in_its_categorys_preset(tmp_path, ti
     assert proc.returncode == 1 and f"{table[0]['named_key']}: missing" in proc.stdout
     (job / table[0]["named_key"]).write_bytes((job / table[0]["image_key"]).read_bytes())
     # Run again: nothing renders, nothing is rewritten.
-    again = farm("run", str(spec), "--tenants", str(tenants)).stdout
+    again = farm("run", str(spec), "--tenants", str(tenants), "--local").stdout
     assert "200 already rendered" in again and "nothing to render" in again
 
 

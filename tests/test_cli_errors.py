@@ -102,7 +102,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, name, over, expected, command
 def test_same_job_name_with_a_changed_spec_is_refused(tmp_path, tiny_dir):
     out = tmp_path / "out"
     first = write_spec(tmp_path, render={"steps": 1, "width": 64, "height": 64})
-    assert subprocess.run([*FARM, "run", first], capture_output=True).returncode == 0
+    assert subprocess.run([*FARM, "run", first, "--local"], capture_output=True,
+                          timeout=600).returncode == 0  # fmt: skip
     changed = write_spec(tmp_path, render={"steps": 2, "width": 64, "height": 64})
     proc = subprocess.run([*FARM, "run", changed], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -349,7 +349,8 @@ def test_run_with_an_s3_model_and_lora_then_verify(s3, prefix, tiny_dir, tmp_pat
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
 
-    farm("run", str(path), "--output", str(out), "--workers", "1")
+    # In the driver's process: the worker fetches into its node's cache all the same.
+    farm("run", str(path), "--output", str(out), "--local")
     assert "ok: 4 planned items, 4 rows, 4 images" in farm("verify", str(out / "s3-inputs")).stdout
     doc = json.loads((out / "s3-inputs" / "job.json").read_text())
     assert lora_url in json.dumps(doc) and str(home) not in json.dumps(doc)

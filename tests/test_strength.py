@@ -165,7 +165,7 @@ def test_overdriven_strengths_are_flagged_in_rows_and_the_run_summary(tmp_path, 
         "combine": [{"neon": 1}, {"neon": 1e30}], "render": RENDER,
         "output": str(tmp_path / "out"),
     }))  # fmt: skip
-    run = subprocess.run([*FARM, "run", str(spec), "--workers", "1"], cwd=REPO,
+    run = subprocess.run([*FARM, "run", str(spec), "--local"], cwd=REPO,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     rows = read_rows(LocalStore(tmp_path / "out" / "overdrive")).to_pylist()
@@ -316,7 +316,7 @@ def test_rerender_reproduces_every_strength_setting_bit_for_bit(tmp_path, tiny_d
                               "schedule": "0.5@0,1@0.5"}},
                     {"neon": {"weight": 0.7, "blocks": {"unet": {"up": 0}}}}],
     }))  # fmt: skip
-    run = subprocess.run([*FARM, "run", str(spec), "--workers", "1"], cwd=REPO,
+    run = subprocess.run([*FARM, "run", str(spec), "--local"], cwd=REPO,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     job = tmp_path / "out" / "repro"

@@ -311,7 +311,7 @@ def test_a_catalog_template_cannot_pad_or_flood(shared):
 def job(shared) -> tuple[Path, str]:
     """One finished job of acme's (one image), and its item id."""
     spec = shared.spec("stored", preset="bold")
-    farm("run", str(spec), "--tenants", str(shared.tenants))
+    farm("run", str(spec), "--tenants", str(shared.tenants), "--local")
     folder = shared.prefix["acme"] / "stored"
     return folder, pq.read_table(folder / "metadata.parquet")["item_id"][0].as_py()
 
