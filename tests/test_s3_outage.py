@@ -27,6 +27,10 @@ ITEMS = 48
 
 
 BUDGET = 12.0  # seconds the long-outage test's driver rides out a store that is gone
+# The short outage: the store is gone for CUT seconds against a ride-out budget of
+# SHORT_BUDGET (the default, 45 s, is README's "half a minute costs only time"; the same
+# property at a third of the wait).
+CUT, SHORT_BUDGET = 8.0, 20.0
 
 
 def start_driver(spec: str, output: str, logs: Path, hold: Hold, **env_over: str):
@@ -60,19 +64,20 @@ def job_doc(store: S3Store) -> dict:
     return json.loads(store.get("job.json"))
 
 
-def test_a_store_gone_for_half_a_minute_costs_only_time(s3, tmp_path, tiny_dir):
+def test_a_store_gone_for_less_than_the_budget_costs_only_time(s3, tmp_path, tiny_dir):
     job_url = s3.url("outage-short/small")
     store = S3Store.from_url(job_url)
     spec = small_spec(tmp_path, seeds=SEEDS)
     hold = Hold(tmp_path / "hold", tickets=1)
-    driver, out, err = start_driver(spec, s3.url("outage-short"), tmp_path, hold)
+    driver, out, err = start_driver(spec, s3.url("outage-short"), tmp_path, hold,
+                                    FARM_S3_OUTAGE_SECONDS=str(SHORT_BUDGET))  # fmt: skip
     try:
         wait_for_first_part(store, driver, hold)
         s3.relay.stop()
         try:
             written = parts_on_server(s3, "outage-short/small")
             hold.open()  # the held units render into the outage
-            time.sleep(30)
+            time.sleep(CUT)
             # The job could not finish without its store: it waited through the outage.
             still_running = driver.poll() is None
         finally:
