@@ -24,9 +24,22 @@ pytestmark = pytest.mark.slow
 
 def test_four_fake_gpus_each_render_and_adapter_sets_stay_on_few_workers(ray_head, tmp_path):
     # 2 adapter sets x 4 units on 4 one-GPU workers: two workers per set, one load each.
+    # Every unit waits at the head's hold until all 8 are held, 2 in flight on each worker:
+    # a worker that starts after the others (READY_GRACE) still finds units waiting for
+    # it, and none can finish and take a second helping first.
     spec = write_spec(tmp_path, "affinity")
-    run = farm("run", str(spec), "--address", ray_head.address, env=ray_head.env)
-    assert "on 4 workers (1.0 GPU each)" in run.stdout
+    hold = Hold(ray_head.hold_folder, tickets=0)
+    try:
+        driver = subprocess.Popen(
+            [*FARM, "run", str(spec), "--address", ray_head.address], cwd=REPO,
+            env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert len({pid for pid, _ in hold.wait_held(8, driver)}) == 4
+    finally:
+        hold.open()
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out + err
+    assert "on 4 workers (1.0 GPU each)" in out
     job = tmp_path / "out" / "affinity"
     counters = job_doc(job)["runs"][0]["counters"]
     details = counters["worker_details"]
