@@ -269,14 +269,15 @@ def run_job(
     seen = inspect_job(plan, store)
     where = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
              "local": local}  # fmt: skip
-    from farm.job_lease import job_lease
+    from farm.job_lease import check_free, job_lease
     from farm.tenant_jobs import job_slot
 
-    # The job's lease is taken before Ray starts: a second driver is refused at once. A
-    # refusal after it (no cluster, no room for the workers) gives the lease back.
+    # A job another driver renders is refused before Ray starts; the lease itself is taken
+    # once nothing else can refuse the run, so a refusal leaves no folder behind.
+    check_free(store, spec.job)
+    if not local:
+        _start_ray(address, workers, gpus_per_worker)
     with job_slot(tenant, spec.job), job_lease(store, spec.job):
-        if not local:
-            _start_ray(address, workers, gpus_per_worker)
         return _run_plan(plan, store, seen, where, worker_wait, echo,
                          max_workers=tenant.caps.workers if tenant else None)  # fmt: skip
 

@@ -50,6 +50,17 @@ def holder(doc: dict, now: float) -> bool:
     return fresh
 
 
+def check_free(store: Store, job_id: str, clock=time.time) -> None:
+    """JobBusy if a live driver holds the job; reads only, so a run can be refused before
+    it starts Ray (job_lease takes the lease, and settles two drivers starting at once)."""
+    try:
+        doc = json.loads(store.get(LEASE))
+    except (StoreError, OSError, ValueError):
+        return
+    if isinstance(doc, dict) and holder(doc, clock()):
+        raise JobBusy(_busy(store, job_id, doc, clock()))
+
+
 @contextlib.contextmanager
 def job_lease(store: Store, job_id: str, clock=time.time) -> Iterator[None]:
     """Hold the job's lease while the block runs; JobBusy if another driver holds it."""
