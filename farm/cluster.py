@@ -35,6 +35,13 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
         # Prometheus exporter; farm reads none of Ray's metrics.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        # Two more exporters no setting turns off: the autoscaler monitor and the dashboard
+        # process each serve Prometheus metrics, without the token, on a fixed port
+        # (44217, 44227) whenever prometheus_client is installed. At an invalid port each
+        # fails to start, which Ray logs and carries on from, as it does when a second
+        # local Ray finds those ports taken.
+        os.environ.setdefault("AUTOSCALER_METRIC_PORT", "-1")
+        os.environ.setdefault("DASHBOARD_METRIC_PORT", "-1")
         if not os.environ.get("RAY_AUTH_MODE"):
             # A token known only to this process tree keeps other local users out too. It
             # lives in the environment, never on disk (left to itself, Ray saves a

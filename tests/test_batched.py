@@ -23,7 +23,7 @@ from farm.spec import SpecError, parse_spec
 from farm.store import LocalStore
 from farm.strength import Strength, parse_blocks, parse_schedule
 from farm.sweep import Adapter, make_plan, unit_streams
-from farm.worker import CPU_BATCH, RenderWorker, batches
+from farm.worker import RenderWorker, batches
 
 TOLERANCE = 2  # of 255, per pixel channel
 RENDER = {"steps": 6, "guidance": 7.5, "width": 64, "height": 64}
@@ -226,9 +226,14 @@ def test_batches_cut_a_unit_into_calls():
 
 
 def test_auto_batch_on_cpu_and_a_larger_batch_makes_larger_units(cpu_worker, tmp_path):
-    rows = render(cpu_worker, tmp_path, "auto", None, seeds=(1, 2),
-                  loras=[{**NEON, "alpha": [0, 0.5, 1]}])  # fmt: skip
-    assert {row["batch_size"] for row, _ in rows.values()} <= {CPU_BATCH, 6 % CPU_BATCH}
+    # README: `batch: auto` is 16 on a CPU, the unit size. 18 items of one adapter set
+    # (6 strengths x 3 seeds) make a unit of 16, rendered in one call, and one of 2.
+    rows = render(cpu_worker, tmp_path, "auto", None, seeds=(1, 2, 3),
+                  loras=[{**NEON, "alpha": [0, 0.2, 0.4, 0.6, 0.8, 1]}],
+                  render={"steps": 2})  # fmt: skip
+    calls = {tuple(row["batch_items"]) for row, _ in rows.values()}
+    assert sorted(len(call) for call in calls) == [2, 16]
+    assert sorted(row["batch_size"] for row, _ in rows.values()) == [2] * 2 + [16] * 16
     data = {
         "job": "big",
         "prompts": ["a"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import a1111
 import pytest
 
 from farm.infotext import build_infotext, format_number, parse_infotext, quote
@@ -149,3 +150,42 @@ def test_parse_text_without_parameters_is_all_prompt():
     assert parsed["prompt"] == "just a prompt\nover two lines"
     assert parsed["negative_prompt"] == ""
     assert "Steps" not in parsed and "width" not in parsed
+
+
+# What A1111's own parser (tests/a1111.py) reads from farm's infotext, field by field.
+A1111_READS = [
+    ({}, {"Prompt": "a cat <lora:neon:0.2>", "Negative prompt": "blurry", "Steps": "20",
+          "Sampler": "Euler", "CFG scale": "7.5", "Seed": "3", "Size-1": "128", "Size-2": "128",
+          "Model hash": "0123456789", "Model": "tiny", "Lora hashes": "neon: abc123def456",
+          "Version": "farm 0.1.0"}),
+    ({"negative_prompt": "", "lora_hashes": (), "version": "", "cfg_scale": 7.0},
+     {"Prompt": "a cat <lora:neon:0.2>", "Negative prompt": "", "Steps": "20",
+      "Sampler": "Euler", "CFG scale": "7", "Seed": "3", "Size-1": "128", "Size-2": "128",
+      "Model hash": "0123456789", "Model": "tiny"}),
+    # Commas, colons, quotes and non-ASCII in values; several LoRA hashes; two-line prompts.
+    ({"prompt": "knight <lora:ink:0.4>, castle\nsecond line <lora:neon:-0.5>",
+      "negative_prompt": "low quality,\nblurry", "model": 'my "best", model: v2',
+      "sampler": "DPM++ 2M Karras", "seed": 4294967295, "width": 512, "height": 768,
+      "lora_hashes": [("ink", "0123456789ab"), ("x.y-z", "ffffffffffff")],
+      "version": "farm 0.1.0 (café)"},
+     {"Prompt": "knight <lora:ink:0.4>, castle\nsecond line <lora:neon:-0.5>",
+      "Negative prompt": "low quality,\nblurry", "Steps": "20", "Sampler": "DPM++ 2M Karras",
+      "CFG scale": "7.5", "Seed": "4294967295", "Size-1": "512", "Size-2": "768",
+      "Model hash": "0123456789", "Model": 'my "best", model: v2',
+      "Lora hashes": "ink: 0123456789ab, x.y-z: ffffffffffff", "Version": "farm 0.1.0 (café)"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("over", "fields"), A1111_READS, ids=["base", "plain", "quoted"])
+def test_a1111s_own_parser_reads_every_field(over, fields):
+    text = infotext(**over)
+    assert a1111.parse_generation_parameters(text) == fields
+    # farm's reader agrees with A1111's, and so do the LoRA hashes A1111's Lora extension
+    # reads back to find each LoRA file.
+    ours = parse_infotext(text)
+    assert (ours["prompt"], ours["negative_prompt"]) == (fields["Prompt"],
+                                                          fields["Negative prompt"])  # fmt: skip
+    assert {k: ours[k] for k in fields if k in ours and k != "Lora hashes"} == {
+        k: v for k, v in fields.items() if k in ours and k != "Lora hashes"}  # fmt: skip
+    if "Lora hashes" in fields:
+        assert ours["Lora hashes"] == a1111.lora_hashes(fields["Lora hashes"])

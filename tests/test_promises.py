@@ -189,6 +189,32 @@ def test_every_scheduler_the_spec_accepts_renders(cpu_worker, tiny_dir, tmp_path
             assert not np.array_equal(images[a], images[b]), (a, b)
 
 
+def exif_user_comment(exif: bytes) -> str:
+    """The EXIF UserComment of a JPEG's or WebP's EXIF block, read as A1111 reads it
+    (piexif): the TIFF structure walked by hand to the Exif IFD's tag 0x9286, whose first
+    8 bytes name the character code and whose "UNICODE" text piexif decodes as UTF-16-BE.
+    Nothing of farm's reader (or of Pillow's EXIF class) takes part."""
+    import struct
+
+    tiff = exif.removeprefix(b"Exif\0\0")  # JPEG's APP1 header; WebP's chunk may lack it
+    order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+    assert struct.unpack_from(order + "H", tiff, 2) == (42,)
+
+    def entries(offset: int) -> dict[int, tuple[int, int, int]]:
+        (count,) = struct.unpack_from(order + "H", tiff, offset)
+        fields = (struct.unpack_from(order + "HHII", tiff, offset + 2 + 12 * i)
+                  for i in range(count))  # fmt: skip
+        return {tag: (kind, n, value) for tag, kind, n, value in fields}
+
+    (ifd0,) = struct.unpack_from(order + "I", tiff, 4)
+    _, _, exif_ifd = entries(ifd0)[0x8769]  # the Exif IFD pointer
+    kind, length, offset = entries(exif_ifd)[0x9286]  # UserComment
+    assert kind == 7 and length > 8  # UNDEFINED bytes, stored past the entry
+    raw = tiff[offset : offset + length]
+    assert raw[:8] == b"UNICODE\0", raw[:8]
+    return raw[8:].decode("utf-16-be")
+
+
 @pytest.mark.parametrize(("fmt", "pil_format", "suffix"),
                          [("png", "PNG", ".png"), ("jpeg", "JPEG", ".jpg"),
                           ("webp", "WEBP", ".webp")])  # fmt: skip
@@ -205,8 +231,11 @@ def test_every_output_format_embeds_the_infotext(cpu_worker, tmp_path, fmt, pil_
     assert row["infotext"].startswith("cyberpunk cityscape with neon lights\n")
     assert "Steps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 7, Size: 64x64" in row["infotext"]
     assert read_infotext(data) == row["infotext"]
+    # Read back as A1111's PNG Info reads each format: the PNG text chunk, else EXIF.
     if fmt == "png":
         assert image.info["parameters"] == row["infotext"]
+    else:
+        assert exif_user_comment(image.info["exif"]) == row["infotext"]
 
 
 def test_a_scheduler_given_too_few_steps_is_bad_input():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import a1111
 import pytest
 
 from farm.prompts import LoraTag, PromptError, lora_tag, parse_prompt
@@ -98,6 +99,17 @@ def test_parse_prompt(prompt, text, tags):
     got_text, got_tags = parse_prompt(prompt)
     assert got_text == text
     assert [summary(t) for t in got_tags] == tags
+
+
+@pytest.mark.parametrize(("prompt", "text", "tags"), CASES, ids=[c[0] for c in CASES])
+def test_a1111s_own_tag_parser_agrees(prompt, text, tags):
+    # A1111's regex and its Lora extension's reading of each tag (tests/a1111.py), on the
+    # same prompts: the same text for the model, and each tag's name, te and unet weight.
+    # (lbw, sched, start and stop are farm's; A1111 passes them by as named arguments.)
+    seen, found = a1111.parse_prompt(prompt)
+    assert {kind for kind, _ in found} <= {"lora", "lyco"}
+    assert seen == text
+    assert [a1111.lora_weights(items) for _, items in found] == [t[:3] for t in tags]
 
 
 # (tag, fragments its error must hold): every message names the tag as written.
@@ -229,6 +241,9 @@ def test_lora_tag_round_trip(strength, tag):
     assert lora_tag("neon", strength) == tag
     expected = strength if isinstance(strength, Strength) else Strength.plain(float(strength))
     assert parse_prompt(tag) == ("", [LoraTag("neon", expected)])
+    # A1111 reads the tag farm writes with the same weights.
+    ((_, items),) = a1111.parse_prompt(tag)[1]
+    assert a1111.lora_weights(items) == ("neon", expected.te, expected.unet)
 
 
 @pytest.mark.parametrize(

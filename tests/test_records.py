@@ -113,13 +113,18 @@ def test_rerender_uses_the_rows_thread_count(cpu_worker, tmp_path):
     store = render_job(cpu_worker, tmp_path, threads=1)
     rows = read_rows(store).to_pylist()
     assert {r["threads"] for r in rows} == {1}
+    # The control: in this setting, 2 threads give other bytes than 1, image by image, so
+    # a rerender that ignored the row's count would not match.
+    at_two = read_rows(render_job(cpu_worker, tmp_path, threads=2)).to_pylist()
+    two = {r["item_id"]: r["image_sha256"] for r in at_two}
+    assert all(two[r["item_id"]] != r["image_sha256"] for r in rows)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         for r in rows:
             result = rerender(store, r["item_id"], device="cpu")
-            assert result.threads == 1
             assert result.match and result.image == store.get(r["image_key"])
+            assert result.threads == 1
             assert "with 1 thread" in result.original
             assert torch.get_num_threads() == 2
     finally:

@@ -63,11 +63,22 @@ def test_run_report_writes_every_part(job):
     sheets = sorted(p.name for p in (report / "sheets").iterdir())
     assert len(sheets) == 2 * 2 + 2 * 2, sheets
     assert sum("neon-ink-seed-" in s for s in sheets) == 4
-    # An animation for every series of every swept LoRA, each stepping through strengths.
-    animations = list((report / "animations").iterdir())
-    assert animations
-    with Image.open(animations[0]) as anim:
-        assert anim.format == "WEBP" and anim.n_frames > 1
+    # An animation for every series of every swept LoRA, each stepping through its
+    # strengths: one frame per strength (every image is rendered). response.parquet holds
+    # a row per series and strength; an animation's name starts with its series' number.
+    strengths: dict[int, int] = {}
+    for r in pq.read_table(report / "response.parquet").to_pylist():
+        if r["kind"] == "strength":
+            strengths[r["series"]] = strengths.get(r["series"], 0) + 1
+    # Each LoRA alone per prompt and seed (8), and each swept beside the other's two blend
+    # strengths per prompt and seed (16).
+    assert len(strengths) == 2 * 2 * 2 + 2 * 2 * 2 * 2, strengths
+    animations = sorted((report / "animations").iterdir())
+    assert sorted(int(a.name[:4]) for a in animations) == sorted(strengths)
+    for path in animations:
+        with Image.open(path) as anim:
+            assert anim.format == "WEBP", path.name
+            assert anim.n_frames == strengths[int(path.name[:4])] > 1, path.name
     assert "report:" in proc.stdout and "index.html" in proc.stdout
     # 2, 3 and 4 of both LoRAs collapse: 2 prompts x 2 seeds x 3 strengths x 2 LoRAs.
     assert "collapsed: 24 images past full strength" in proc.stdout

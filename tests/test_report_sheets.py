@@ -258,7 +258,11 @@ def test_flagged_missing_and_absent_cells() -> None:
 
 
 def test_images_fill_the_cell_keeping_aspect() -> None:
-    wide = Image.new("RGB", (64, 32), (0, 0, 200))
+    # A one-pixel checkerboard: nearest-neighbour scaling (docs/report.md) turns each pixel
+    # into a 2x2 block of its own colour, where bilinear or Lanczos would blend neighbours.
+    checker = np.indices((32, 64)).sum(axis=0) % 2 == 1
+    pixels = np.where(checker[..., None], (0, 0, 200), (250, 200, 0)).astype(np.uint8)
+    wide = Image.fromarray(pixels)
     big = Image.new("RGB", (1024, 1024), (0, 200, 0))
     rows, cols = Axis("r", ["a"]), Axis("c", ["wide", "big"])
     cells = {(0, 0): SheetCell("wide"), (0, 1): SheetCell("big")}
@@ -269,8 +273,13 @@ def test_images_fill_the_cell_keeping_aspect() -> None:
     )
     sheet = np.asarray(decode(png))
     x0, y0, x1, y1 = page.cells[(0, 0)]
-    blue = (sheet[y0:y1, x0:x1] == (0, 0, 200)).all(axis=2)
-    assert blue.sum() == 128 * 64 and blue[32:96].all()  # upscaled to 128 wide, centred
+    cell = sheet[y0:y1, x0:x1]
+    # Upscaled to 128 wide, centred: rows 32 to 96 are the image, pixel for pixel.
+    assert np.array_equal(cell[32:96], pixels.repeat(2, axis=0).repeat(2, axis=1))
+    # Above and below, only the background: no colour of the image spills.
+    for colour in ((0, 0, 200), (250, 200, 0)):
+        assert not (cell[:32] == colour).all(axis=2).any()
+        assert not (cell[96:] == colour).all(axis=2).any()
     x0, y0, x1, y1 = page.cells[(0, 1)]
     assert (sheet[y0:y1, x0:x1] == (0, 200, 0)).all()
 

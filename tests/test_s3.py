@@ -58,14 +58,23 @@ def sweep48(tmp_path_factory) -> str:
     return small_spec(tmp_path_factory.mktemp("spec"), "neon-sweep", seeds=12)
 
 
+def ray_sessions() -> set[Path]:
+    """Ray's session folders on this machine, where Ray itself puts them."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    return set(Path(get_default_ray_temp_dir()).glob("session_2*"))
+
+
 @pytest.fixture(scope="module")
 def s3_job(s3, tiny_dir, sweep48):
+    before = ray_sessions()
     proc = farm("run", sweep48, "--output", s3.url("e2e"), "--workers", "2")
-    return s3.url("e2e/neon-sweep"), proc
+    # The run's own session, among any that other processes started meanwhile.
+    return s3.url("e2e/neon-sweep"), proc, ray_sessions() - before
 
 
 def test_run_to_s3_writes_the_job_layout_and_verifies(s3, s3_job, sweep48):
-    job_url, proc = s3_job
+    job_url, proc, _ = s3_job
     found = keys(s3, "e2e/neon-sweep/")
     assert sum("/images/" in k for k in found) == 48
     assert sum("/parts/" in k for k in found) == 6
@@ -80,14 +89,19 @@ def test_run_to_s3_writes_the_job_layout_and_verifies(s3, s3_job, sweep48):
 
 
 def test_no_credential_in_outputs_or_logs(s3, s3_job):
-    _, proc = s3_job
+    _, proc, sessions = s3_job
     texts = [proc.stdout, proc.stderr]
     for key in keys(s3, "e2e/neon-sweep/"):
         if not key.endswith(".png"):
             texts.append(s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read())
-    for log in Path("/tmp/ray").glob("session_*/logs/*"):
-        if log.is_file() and log.suffix in (".out", ".err", ".log"):
-            texts.append(log.read_bytes())
+    logs = [log for session in sessions for log in (session / "logs").rglob("*")
+            if log.is_file() and log.suffix in (".out", ".err", ".log")]  # fmt: skip
+    read = [log.read_bytes() for log in logs]
+    texts += read
+    # The scan read the run's logs: its render workers' among them (Ray heads a worker's
+    # log with the actor's class), the GCS's and the raylet's.
+    assert any(b":actor_name:RenderWorker" in text for text in read), sessions
+    assert {"gcs_server.out", "raylet.out"} <= {log.name for log in logs}, sessions
     for secret in (s3.secret, s3.access_key):
         for text in texts:
             assert secret.encode() not in (text if isinstance(text, bytes) else text.encode())

@@ -1,10 +1,12 @@
-"""Security: a local Ray listens on loopback only, LoRA library names stay inside the
-library, URL credentials are never printed, and the driver's AWS keys stay home."""
+"""Security: a local Ray listens on loopback only, behind its token, with no dashboard,
+Jobs API or metrics exporter; LoRA library names stay inside the library, URL
+credentials are never printed, and the driver's AWS keys stay home."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -61,25 +63,31 @@ def assert_one_line_without_secret(proc: subprocess.CompletedProcess, *fragments
         assert fragment in proc.stderr, said
 
 
-# ---------------------------------------------------------------- loopback-only Ray
+# ---------------------------------------------------------------- the private local Ray
 
-LISTENERS = """
-import json, os, sys, time
+# A fresh process starts Ray as `farm run` does, with a worker actor that has a
+# runtime_env (as farm's workers have); it reports every socket the run's processes
+# listen on, what each answers to plain HTTP requests without and with the token, and how
+# three clients fare joining it: without a token, with a wrong one, and with the run's own.
+LOCAL_RAY = """
+import json, os, secrets, subprocess, sys, time, urllib.error, urllib.request
+import ipaddress
 import psutil
 from farm.cluster import start_ray
 
 start_ray(None)
 import ray
+from ray.experimental import internal_kv
 
-# Ready once a worker actor with a runtime_env (as farm's workers have) answers, and the
-# node's agents are up: every listener of the run exists by then.
 @ray.remote(runtime_env={"env_vars": {"FARM_PROBE": "1"}})
 class Probe:
     def pid(self):
         return os.getpid()
 
-worker = ray.get(Probe.remote().pid.remote(), timeout=120)
-session = ray._private.worker._global_node.get_session_dir_path()
+actor = Probe.options(name="probe", namespace="probe").remote()
+worker = ray.get(actor.pid.remote(), timeout=120)
+node = ray._private.worker._global_node
+session = node.get_session_dir_path()
 
 def tree():
     me = psutil.Process()
@@ -103,31 +111,90 @@ def listening(procs):
             pass
     return out
 
-agents = ("DashboardAgent", "RuntimeEnvAgent")
+def settled(procs):
+    # Every listener of the run exists once both node agents listen, the dashboard
+    # process has published its address (it does so after starting any metrics exporter
+    # or HTTP server) and the autoscaler monitor has reported once (after its exporter).
+    names = [name for _, name, _, _ in listening(procs)]
+    return (all(any(a in n for n in names) for a in ("DashboardAgent", "RuntimeEnvAgent"))
+            and internal_kv._internal_kv_get("dashboard", namespace="dashboard") is not None
+            and internal_kv._internal_kv_get("__autoscaling_status") is not None)
+
+deadline = time.monotonic() + 120
 procs = tree()
-while not all(any(a in n for _, n, _, _ in listening(procs)) for a in agents):
-    time.sleep(0.2)  # the agents bind their ports while starting; wait for both
+while not settled(procs) and time.monotonic() < deadline:
+    time.sleep(0.2)
     procs = tree()
-print(json.dumps({"worker": worker, "gcs": ray.get_runtime_context().gcs_address,
-                  "pids": sorted(procs), "listening": listening(procs)}))
+
+def host(ip):
+    address = ipaddress.ip_address(ip)
+    address = getattr(address, "ipv4_mapped", None) or address
+    return str(address) if address.version == 4 else f"[{address}]"
+
+def answer(ip, port, method, path, token):
+    request = urllib.request.Request(f"http://{host(ip)}:{port}{path}", method=method,
+                                     data=b"{}" if method == "POST" else None,
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except Exception:  # not HTTP: a gRPC port answers with a frame HTTP/1.1 cannot read
+        return None
+
+# A dashboard answers /api/version, the Jobs API /api/jobs/, a Prometheus exporter
+# /metrics (any path, in fact); the node agent's internal job endpoint takes a POST.
+asked = [("GET", "/api/version"), ("GET", "/api/jobs/"), ("POST", "/api/job_agent/jobs/"),
+         ("GET", "/metrics")]
+found = listening(procs)
+token = os.environ.get("RAY_AUTH_TOKEN", "")
+answers = [(name, port, method, path, answer(ip, port, method, path, None),
+            answer(ip, port, method, path, token))
+           for _, name, ip, port in found for method, path in asked]
+
+address = ray.get_runtime_context().gcs_address
+client = (f"import ray; ray.init(address={address!r}); "
+          "probe = ray.get_actor('probe', namespace='probe'); "
+          "print('pid', ray.get(probe.pid.remote(), timeout=60))")
+
+def join(refused_fast, **auth):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | auth
+    if refused_fast:  # one connection attempt, not Ray's twenty a second apart
+        env["RAY_gcs_server_port_wait_time_s"] = "1"
+    done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True,
+                          env=env, timeout=120)
+    return {"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr[-3000:]}
+
+clients = {
+    "no token": join(True),
+    "a wrong token": join(True, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)),
+    "the token": join(False, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token),
+}
+print(json.dumps({"worker": worker, "gcs": address, "settled": settled(procs),
+                  "pids": sorted(procs), "listening": found, "answers": answers,
+                  "clients": clients, "mode": os.environ.get("RAY_AUTH_MODE"),
+                  "token_length": len(token), "webui_url": node.address_info["webui_url"]}))
 ray.shutdown()
 """
 
 
 @pytest.mark.slow
-def test_a_local_run_listens_on_loopback_only():
+def test_the_private_local_ray_is_loopback_only_token_guarded_and_serves_no_dashboard():
     import ipaddress
 
     # As `farm run` starts it: a fresh process that had not imported Ray.
-    proc = subprocess.run([sys.executable, "-c", LISTENERS], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", LOCAL_RAY], cwd=REPO, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["settled"], found["listening"]
     assert found["worker"] in found["pids"], "the probe saw the run's worker processes"
     assert found["gcs"].startswith("127.0.0.1:"), found["gcs"]
     names = {name for _, name, _, _ in found["listening"]}
     assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), names
 
+    # 1. Every socket of the run listens on loopback.
     def loopback(ip: str) -> bool:
         address = ipaddress.ip_address(ip)
         mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
@@ -135,6 +202,30 @@ def test_a_local_run_listens_on_loopback_only():
 
     exposed = [entry for entry in found["listening"] if not loopback(entry[2])]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+    # 2. No dashboard, Jobs API or metrics exporter, even for the token's holders. The
+    # only HTTP servers are Ray's node agents', which refuse a request without the token
+    # (401) and take it with the token: the probe reached real HTTP servers, both ways.
+    answers = found["answers"]
+    served = [a for a in answers if a[4] not in (None, 401)]
+    assert not served, f"answered without the token: {served}"
+    assert any(a[4] == 401 for a in answers), answers
+    assert any(a[5] not in (None, 401) for a in answers), answers
+    served = [a for a in answers if a[3] != "/api/job_agent/jobs/" and 200 <= (a[5] or 0) < 300]
+    assert not served, f"a dashboard, Jobs API or metrics exporter: {served}"
+    assert found["webui_url"] == ""
+
+    # 3. A private token, in the environment: a client without it, or with another, is
+    # refused for its token; the same client with the run's token joins and reaches the
+    # run's actor.
+    assert (found["mode"], found["token_length"]) == ("token", 64)
+    for who in ("no token", "a wrong token"):
+        client = found["clients"][who]
+        assert client["code"] != 0 and "pid" not in client["stdout"], (who, client)
+        assert "InvalidAuthToken" in client["stderr"], (who, client["stderr"])
+    joined = found["clients"]["the token"]
+    assert joined["code"] == 0, joined["stderr"]
+    assert joined["stdout"].split()[-2:] == ["pid", str(found["worker"])], joined["stdout"]
 
 
 # ---------------------------------------------------------------- lora_dir lookups
@@ -164,10 +255,14 @@ def test_tag_names_are_literal_file_stems_not_patterns_or_paths(library):
     for name in ["../elsewhere/x", "../../elsewhere/x", "styles/inky", outside]:
         with pytest.raises(SpecError, match=r"^prompts\[0\]: .*not a path"):
             library_plan(library, f"a cat <lora:{name}:0.5>")
-    # Glob characters match only a file that has them in its name.
-    for name in ["*", "ink*", "i?ky", "[i]nky", "**/inky"]:
-        with pytest.raises(SpecError, match=r"names no LoRA in `loras` or lora_dir|not a path"):
+    # Glob characters match only a file that has them in its name: none does here.
+    for name in ["*", "ink*", "i?ky", "[i]nky", "**inky"]:
+        refused = re.escape(f"prompts[0]: <lora:{name}:…> names no LoRA in `loras` or lora_dir")
+        with pytest.raises(SpecError, match=f"^{refused}"):
             library_plan(library, f"a cat <lora:{name}:0.5>")
+    # A pattern with a slash is a path first.
+    with pytest.raises(SpecError, match=r"^prompts\[0\]: <lora:\*\*/inky:…>: .*not a path"):
+        library_plan(library, "a cat <lora:**/inky:0.5>")
     odd = library / "library" / "[i]nky.safetensors"
     odd.write_bytes(demo_lora_path("tiny:neon").read_bytes())
     assert set(library_plan(library, "a cat <lora:[i]nky:0.5>").adapters) == {"[i]nky"}
@@ -179,9 +274,11 @@ def test_a_link_out_of_the_library_is_refused(library):
     with pytest.raises(SpecError, match=r"^prompts\[0\]: <lora:outside:…>: .* links to a file "
                        r"outside lora_dir"):  # fmt: skip
         library_plan(library, "a cat <lora:outside:0.5>")
-    # A linked folder: its files are not the library's either.
+    # A linked folder: its files are not the library's either. The search does not follow
+    # it, so its files are not found at all (x is only there).
     (library / "library" / "linked").symlink_to(library / "elsewhere")
-    with pytest.raises(SpecError, match=r"outside lora_dir|names no LoRA"):
+    with pytest.raises(SpecError, match=r"^prompts\[0\]: <lora:x:…> names no LoRA in `loras` "
+                       r"or lora_dir"):  # fmt: skip
         library_plan(library, "a cat <lora:x:0.5>")
     # A link that stays inside the library is fine.
     (library / "library" / "alias.safetensors").symlink_to(Path("styles/inky.safetensors"))

@@ -206,14 +206,22 @@ def test_the_job_and_worker_caps_hold(shared, s3):
         proc = farm("run", str(spec), "--tenants", str(tenants), check=False)
         assert proc.returncode == 2 and "already runs 1 jobs, its cap (other-job)" in proc.stderr
         assert not any(k.startswith("tenants/acme/second/") for k in keys(s3))
-        # A lease nobody renewed for minutes is a killed driver's: it no longer counts.
-        assert running_jobs(acme, now=now + 10 * 60) == {}
+        # A lease nobody renewed for 120 s (docs/tenants.md) is a killed driver's: it no
+        # longer counts. Until then it holds.
+        assert set(running_jobs(acme, now=now + 119)) == {"other-job"}
+        assert running_jobs(acme, now=now + 121) == {}
     finally:
         client.delete_object(Bucket=s3.bucket, Key=lease)
-    # The finished jobs ran on no more workers than the cap.
-    stored = client.get_object(Bucket=s3.bucket, Key="tenants/acme/acme-sweep/job.json")
-    doc = json.loads(stored["Body"].read())
-    assert doc["runs"][-1]["counters"]["workers"] <= 1
+
+    # acme's job ran on its cap of 1 worker, where globex's, run without a worker cap and
+    # without --workers, got the machine's layout: more than 1 (one per core; this test
+    # needs 2 cores to tell the cap from the layout).
+    def workers(job: str) -> int:
+        stored = client.get_object(Bucket=s3.bucket, Key=f"{job}/job.json")
+        return json.loads(stored["Body"].read())["runs"][-1]["counters"]["workers"]
+
+    assert workers("tenants/globex/globex-sweep") > 1
+    assert workers("tenants/acme/acme-sweep") == 1
 
 
 def test_presets_list_and_show(shared):
@@ -277,7 +285,8 @@ BAD_TENANTS = [
 def test_a_bad_tenants_file_names_the_field(doc, expected):
     with pytest.raises(SpecError) as info:
         parse_tenants(doc, source="tenants.yaml", base=".")
-    assert str(info.value) == f"tenants.yaml: {expected}" or expected in str(info.value)
+    # The file, the field and the problem first; a hint may follow.
+    assert str(info.value).startswith(f"tenants.yaml: {expected}"), str(info.value)
     assert "\n" not in str(info.value)
 
 

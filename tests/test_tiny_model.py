@@ -108,12 +108,13 @@ def test_style_grows_step_by_step_and_overdrive_is_broken_and_flagged(cpu_worker
     scores = [curve[w] for w in STEPS]
     assert all(b > a for a, b in zip(scores, scores[1:], strict=False)), curve
     # Step by step, not a switch: every step of 0.2 moves the image further from strength 0,
-    # 0.2 only a little, and no single step makes most of the change.
+    # 0.2 only a little, and no single step makes half the change (docs/tiny-model.md: the
+    # largest makes 36% for neon and 35% for ink).
     distances = [moved[w] for w in STEPS]
     steps = list(zip(distances, distances[1:], strict=False))
     assert all(a < b for a, b in steps), moved
     assert moved[0.2] < 0.25 * moved[1.0], moved
-    assert max(b - a for a, b in steps) < 0.6 * moved[1.0], moved
+    assert max(b - a for a, b in steps) < 0.45 * moved[1.0], moved
     # Overdriven at 4, every image is flagged; from 0 to 1, none is.
     for (_, _, weights), image_flags in flags.items():
         if weights[0][1] == 4.0:

@@ -75,11 +75,12 @@ def digests(folder) -> dict[str, str]:
 
 
 def test_smoke_training_writes_loadable_weights_and_reproduces_them(tmp_path):
-    """Every stage for a few steps; then the LoRA stage alone on the first run's base
-    weights, from the same seed: the same LoRA bytes (the stage seeds itself)."""
-    one, two = tmp_path / "one", tmp_path / "two"
+    """Every stage for a few steps, twice from the same seed: the same bytes, every file.
+    Then the LoRA stage alone on the first run's base weights: the same LoRA bytes (the
+    stage seeds itself). A smoke run takes seconds."""
+    one, again, two = tmp_path / "one", tmp_path / "again", tmp_path / "two"
     runs = []
-    for out, more in ((one, []), (two, ["--base", str(one)])):
+    for out, more in ((one, []), (again, []), (two, ["--base", str(one)])):
         args = ["model", "train-tiny", str(out), "--smoke", "--seed", "3", *more]
         proc = subprocess.run([*FARM, *args], cwd=REPO, capture_output=True, text=True,
                               timeout=900)  # fmt: skip
@@ -87,7 +88,12 @@ def test_smoke_training_writes_loadable_weights_and_reproduces_them(tmp_path):
         assert "trained in " in proc.stdout and "lora step 1" in proc.stdout
         runs.append(digests(out))
     assert sorted(runs[0]) == sorted(f"{n}.safetensors" for n in SHIPPED)
+    # The whole run, byte for byte: base model and LoRAs.
     assert runs[0] == runs[1]
+    # The LoRA stage alone (--base copies unet, vae and text_encoder; neon and ink it trains).
+    assert {n: runs[2][n] for n in ("neon.safetensors", "ink.safetensors")} == {
+        n: runs[0][n] for n in ("neon.safetensors", "ink.safetensors")
+    }
     record = json.loads((one / "training.json").read_text())
     assert record["recipe"]["seed"] == 3 and set(record["stages"]) == {"vae", "unet", "neon", "ink"}
     alone = json.loads((two / "training.json").read_text())
@@ -117,7 +123,7 @@ def test_train_tiny_refuses_a_base_without_the_model(tmp_path):
     (tmp_path / "base" / "unet.safetensors").write_bytes(b"")
     proc = subprocess.run([*FARM, "model", "train-tiny", str(tmp_path / "out"), "--smoke",
                            "--base", str(tmp_path / "base")], cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "--base" in proc.stderr and "vae.safetensors" in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -126,6 +132,6 @@ def test_train_tiny_refuses_a_base_without_the_model(tmp_path):
 def test_train_tiny_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     proc = subprocess.run([*FARM, "model", "train-tiny", str(tmp_path), "--smoke"], cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not empty" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
