@@ -277,6 +277,7 @@ def run_job(
     check_free(store, spec.job)
     if not local:
         _start_ray(address, workers, gpus_per_worker)
+    store.check()
     with job_slot(tenant, spec.job), job_lease(store, spec.job):
         return _run_plan(plan, store, seen, where, worker_wait, echo,
                          max_workers=tenant.caps.workers if tenant else None)  # fmt: skip
@@ -299,7 +300,6 @@ def _run_plan(plan: Plan, store: Store, seen: Inspected, where: dict, worker_wai
     from farm.executor import WORKER_WAIT, execute
 
     spec = plan.spec
-    store.check()
     doc, done = open_job(plan, store, echo, seen)
     result = RunResult(store.url, plan.items, len(done))
     echo(
