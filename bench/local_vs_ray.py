@@ -34,7 +34,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    kinds = {"--local (no Ray)": ["--local"], "Ray, farm's own layout": []}
+    # `--workers 1` is --local's layout on Ray (one worker, every core's thread): the
+    # difference is Ray's start-up; farm's own layout is what `farm run` does.
+    kinds = {"--local (no Ray)": ["--local"], "Ray, --workers 1": ["--workers", "1"],
+             "Ray, farm's own layout": []}  # fmt: skip
     seconds: dict[str, list[float]] = {k: [] for k in kinds}
     run(["--local"])  # warm: the tiny model is built, the page cache filled
     for r in range(args.rounds):
