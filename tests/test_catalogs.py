@@ -17,6 +17,9 @@ RENDER = {"steps": 4, "width": 64, "height": 64, "batch": 8}
 CATEGORIES = {"jewellery": "subtle", "sneakers": "bold", "bags": "standard"}
 
 
+ROWS = 48
+
+
 def write_catalog(path: Path, rows: int) -> list[dict]:
     shapes = ["circle", "square", "triangle", "star", "ring", "cross"]
     out = [{"sku": f"S{i:04d}", "category": list(CATEGORIES)[i % 3], "shape": shapes[i % 6],
@@ -51,14 +54,15 @@ def catalog_spec(folder: Path, job: str, **catalog) -> Path:
 
 
 @pytest.mark.slow
-def test_a_200_row_catalog_renders_each_row_in_its_categorys_preset(tmp_path, tiny_dir):
-    products = write_catalog(tmp_path / "products.csv", 200)
+def test_a_catalog_renders_each_row_in_its_categorys_preset(tmp_path, tiny_dir):
+    # 48 rows: every category, shape and colour together, four times over.
+    products = write_catalog(tmp_path / "products.csv", ROWS)
     tenants = tenants_file(tmp_path)
     spec = catalog_spec(tmp_path, "catalog", name="{sku}/{preset}-{seed}")
     farm("run", str(spec), "--tenants", str(tenants), "--local")
     job = tmp_path / "renders" / "shop" / "catalog"
     table = pq.read_table(job / "metadata.parquet").to_pylist()
-    assert len(table) == 200
+    assert len(table) == ROWS
     weights = {"subtle": 0.3, "standard": 0.6, "bold": 1.0}
     category = {p["sku"]: p["category"] for p in products}
     for row in table:
@@ -67,8 +71,10 @@ def test_a_200_row_catalog_renders_each_row_in_its_categorys_preset(tmp_path, ti
         assert row["preset"] == preset and row["loras"][0]["weight"] == weights[preset]
         assert row["named_key"] == f"named/{sku}/{preset}-0.png"
         assert (job / row["named_key"]).read_bytes() == (job / row["image_key"]).read_bytes()
-    assert len(list((job / "named").rglob("*.png"))) == 200
-    assert "ok: 200 planned items, 200 rows, 200 images" in farm("verify", str(job)).stdout
+    assert len(list((job / "named").rglob("*.png"))) == ROWS
+    assert (
+        f"ok: {ROWS} planned items, {ROWS} rows, {ROWS} images" in farm("verify", str(job)).stdout
+    )
     # A friendly copy that went missing is a problem verify names.
     (job / table[0]["named_key"]).unlink()
     proc = farm("verify", str(job), check=False)
@@ -76,7 +82,7 @@ def test_a_200_row_catalog_renders_each_row_in_its_categorys_preset(tmp_path, ti
     (job / table[0]["named_key"]).write_bytes((job / table[0]["image_key"]).read_bytes())
     # Run again: nothing renders, nothing is rewritten.
     again = farm("run", str(spec), "--tenants", str(tenants), "--local").stdout
-    assert "200 already rendered" in again and "nothing to render" in again
+    assert f"{ROWS} already rendered" in again and "nothing to render" in again
 
 
 def test_friendly_names_that_collide_are_refused_at_plan_time(tmp_path):
