@@ -184,8 +184,11 @@ def test_the_private_local_ray_is_loopback_only_token_guarded_and_serves_no_dash
     import ipaddress
 
     # As `farm run` starts it: a fresh process that had not imported Ray.
+    # Nothing of Ray's auth inherited: a test earlier in this pytest process may have
+    # started a Ray in it, which leaves RAY_AUTH_* in its environment.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     proc = subprocess.run([sys.executable, "-c", LOCAL_RAY], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+                          text=True, timeout=300, env=clean)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["settled"], found["listening"]
