@@ -191,17 +191,10 @@ def cpu_worker_bytes(model_path: str) -> int | None:
     """About the memory a CPU worker holds to render this model: a base, plus twice the
     weights on disk (a CPU renders in fp32, and fp16 files double). None where this
     machine cannot see the files (an s3:// folder, a hub id): the layout stays careful."""
-    from pathlib import Path
+    from farm.render.pipelines import weights_bytes
+    from farm.tiny_identity import shipped_weights
 
-    if model_path == "tiny":
-        from farm.tiny_identity import shipped_weights
-
-        folder = shipped_weights()
-    elif "://" in model_path or not Path(model_path).is_dir():
-        return None
-    else:
-        folder = Path(model_path)
-    weights = sum(f.stat().st_size for f in folder.rglob("*.safetensors") if f.is_file())
+    weights = weights_bytes(str(shipped_weights()) if model_path == "tiny" else model_path)
     return WORKER_BASE_BYTES + 2 * weights if weights else None
 
 

@@ -53,11 +53,8 @@ def holder(doc: dict, now: float) -> bool:
 def check_free(store: Store, job_id: str, clock=time.time) -> None:
     """JobBusy if a live driver holds the job; reads only, so a run can be refused before
     it starts Ray (job_lease takes the lease, and settles two drivers starting at once)."""
-    try:
-        doc = json.loads(store.get(LEASE))
-    except (StoreError, OSError, ValueError):
-        return
-    if isinstance(doc, dict) and holder(doc, clock()):
+    doc = _read(store)
+    if holder(doc, clock()):
         raise JobBusy(_busy(store, job_id, doc, clock()))
 
 
@@ -73,12 +70,7 @@ def job_lease(store: Store, job_id: str, clock=time.time) -> Iterator[None]:
     for _ in range(3):
         if store.put_if_absent(LEASE, beat()):
             break
-        try:
-            doc = json.loads(store.get(LEASE))
-        except (StoreError, OSError, ValueError):
-            doc = {}  # deleted meanwhile, or damaged: not a lease that holds
-        if isinstance(doc, dict) and holder(doc, clock()):
-            raise JobBusy(_busy(store, job_id, doc, clock()))
+        check_free(store, job_id, clock)
         store.delete(LEASE)  # a gone driver's lease: take the job over
     else:
         raise JobBusy(f"{store.url}/{LEASE}: job {job_id}: another driver keeps taking the "
@@ -88,7 +80,7 @@ def job_lease(store: Store, job_id: str, clock=time.time) -> Iterator[None]:
     def keep_alive() -> None:
         while not stop.wait(HEARTBEAT):
             with contextlib.suppress(Exception):  # an outage: the next beat tries again
-                if json.loads(store.get(LEASE)).get("holder") != me["holder"]:
+                if _read(store).get("holder") != me["holder"]:
                     return  # taken over after a long stall: the parts keep it exactly-once
                 store.put(LEASE, beat())
 
@@ -100,8 +92,18 @@ def job_lease(store: Store, job_id: str, clock=time.time) -> Iterator[None]:
         stop.set()
         thread.join(timeout=5)
         with contextlib.suppress(Exception):
-            if json.loads(store.get(LEASE)).get("holder") == me["holder"]:
+            if _read(store).get("holder") == me["holder"]:
                 store.delete(LEASE)
+
+
+def _read(store: Store) -> dict:
+    """The lease in the job folder; {} where there is none (deleted meanwhile) or it is
+    damaged: neither holds the job."""
+    try:
+        doc = json.loads(store.get(LEASE))
+    except (StoreError, OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _busy(store: Store, job_id: str, doc: dict, now: float) -> str:
