@@ -1,4 +1,5 @@
-"""Named points of the unit protocol, where tests hold a worker to strike it there.
+"""Named points of the unit protocol, where tests hold a worker to strike it there, and
+the one point of the driver's.
 
 A unit goes through four points, in order:
 
@@ -8,13 +9,19 @@ A unit goes through four points, in order:
   are in the temp file; on S3, the request is about to go (a PUT is all or nothing);
 - `part-written`: the part exists, and the driver has not heard of it.
 
-A test sets FARM_TEST_HOLD to a folder and FARM_TEST_HOLD_AT to one point (default
-`unit-start`). While the folder exists, a worker reaching that point takes a ticket (a
-`ticket-*` file) or waits for one, leaving a `held-{pid}-{unit_id}` mark: the test lets
+The driver reaches `job-end` once rendering has stopped, before it writes the job's
+metadata (held there under the job's name).
+
+A test sets FARM_TEST_HOLD to a folder whose `at` file names one point (none:
+`unit-start`). While the folder exists, a unit reaching that point takes a ticket for it
+(a `ticket-{point}-*` file) or waits for one, leaving a `held-{pid}-{unit_id}` mark: the
+test lets
 exactly N units through, kills the driver or a worker while the rest are held, then
-removes the folder to let them go (tests/midjob.py). FARM_TEST_DIE_ON_PROMPT makes a
-worker exit, as on a lost node, when it is given a unit with that prompt. Unset, each
-point costs one environment lookup.
+removes the folder to let them go (tests/midjob.py). The point is read at each reach, so a
+test can move the gate while a job runs. Only a unit's first attempt is held: the retries
+of units a test struck pass, so a unit is never struck twice. FARM_TEST_DIE_ON_PROMPT
+makes a worker exit, as on a lost node, when it is given a unit with that prompt. Unset,
+each point costs one environment lookup.
 """
 
 from __future__ import annotations
@@ -24,15 +31,33 @@ import os
 import time
 
 POINTS = ("unit-start", "image-written", "part-write", "part-written")
+JOB_END = "job-end"
 HOLD_LIMIT = 300.0  # seconds a held unit waits before it fails (nothing is written)
 PARTS = "parts/"  # as farm/records.py keys parts; storage sits below records
+
+
+_retried: set[str] = set()  # units this process renders again after a failed attempt
+
+
+def begin(unit_id: str, attempt: int) -> None:
+    """The unit `unit_id` starts its attempt `attempt` in this process."""
+    if attempt > 1:
+        _retried.add(unit_id)
 
 
 def reach(point: str, unit_id: str) -> None:
     """The unit `unit_id` is at `point`: hold it there if a test asks."""
     folder = os.environ.get("FARM_TEST_HOLD")
-    if folder and os.environ.get("FARM_TEST_HOLD_AT", "unit-start") == point:
-        _hold(folder, unit_id)
+    if folder and unit_id not in _retried and _gate_point(folder) == point:
+        _hold(folder, point, unit_id)
+
+
+def _gate_point(folder: str) -> str:
+    try:
+        with open(os.path.join(folder, "at")) as f:
+            return f.read().strip()
+    except FileNotFoundError:  # none written, or the gate is gone (open)
+        return "unit-start"
 
 
 def writing(key: str) -> None:
@@ -48,7 +73,7 @@ def die_if_doomed(prompts: list[str]) -> None:
         os._exit(70)
 
 
-def _hold(folder: str, unit_id: str, limit: float = HOLD_LIMIT) -> None:
+def _hold(folder: str, point: str, unit_id: str, limit: float = HOLD_LIMIT) -> None:
     mark = os.path.join(folder, f"held-{os.getpid()}-{unit_id}")
     deadline = time.monotonic() + limit
     try:
@@ -58,7 +83,7 @@ def _hold(folder: str, unit_id: str, limit: float = HOLD_LIMIT) -> None:
             except FileNotFoundError:
                 return  # no folder: the gate is open
             for name in names:
-                if name.startswith("ticket-"):
+                if name.startswith(f"ticket-{point}-"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(folder, name))  # one taker per ticket
                         return

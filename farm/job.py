@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 
-from farm import __version__
+from farm import __version__, faults
 from farm.models import model_hash, model_name
 from farm.records import compact, scan_parts
 from farm.spec import Spec, SpecError, parse_spec
@@ -324,6 +324,7 @@ def _run_plan(plan: Plan, store: Store, seen: Inspected, where: dict, worker_wai
         result.flagged = outcome.flagged
     else:
         echo("nothing to render: every item already has a row")
+    faults.reach(faults.JOB_END, spec.job)
     try:
         rows = compact(store)
     except (StoreError, OSError) as err:

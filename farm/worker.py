@@ -159,6 +159,7 @@ class RenderWorker:
         if store.exists(part_key(unit.unit_id)):
             return UnitReport(unit.unit_id, 0, True, 0.0, self.name)
         # Where tests strike (farm/faults.py): a lost worker, or a unit held at a point.
+        faults.begin(unit.unit_id, attempt)
         faults.die_if_doomed([item.prompt for item in unit.items])
         faults.reach("unit-start", unit.unit_id)
         with self.render_lock:

@@ -5,7 +5,8 @@ not depend on how fast rendering goes. `Hold` is the gate of FARM_TEST_HOLD at o
 unit protocol's named points (farm/faults.py: unit-start, image-written, part-write,
 part-written): while its folder exists, each unit takes a ticket at that point and waits,
 visibly, for one when none is left. So the test lets exactly N units through, strikes
-while the rest are held there, then opens the gate.
+while the rest are held there, then opens the gate. Only first attempts are held: a unit
+struck once renders freely on its retry.
 """
 
 from __future__ import annotations
@@ -26,21 +27,35 @@ class Hold:
     """A FARM_TEST_HOLD folder with `tickets` units let through to begin with."""
 
     def __init__(self, folder: Path, tickets: int = 0, at: str = "unit-start"):
-        from farm.faults import POINTS
-
-        assert at in POINTS, at
-        self.folder, self.at = folder, at
+        self.folder = folder
         folder.mkdir()
+        self.move(at)
         self.give(tickets)
 
     @property
     def env(self) -> dict[str, str]:
         """What the driver (and so its local Ray's workers) must inherit."""
-        return {"FARM_TEST_HOLD": str(self.folder), "FARM_TEST_HOLD_AT": self.at}
+        return {"FARM_TEST_HOLD": str(self.folder)}
 
-    def give(self, tickets: int) -> None:
+    def move(self, at: str) -> None:
+        """Hold units at the point `at` from now on; units held elsewhere stay held.
+        Written aside and renamed in: a worker never reads half a name."""
+        from farm.faults import JOB_END, POINTS
+
+        assert at in (*POINTS, JOB_END), at
+        self.at = at
+        (self.folder / "at.new").write_text(at)
+        os.replace(self.folder / "at.new", self.folder / "at")
+
+    def forget(self, pid: int) -> None:
+        """Drop the marks of a killed worker: it holds nothing any more."""
+        for mark in self.folder.glob(f"held-{pid}-*"):
+            mark.unlink(missing_ok=True)
+
+    def give(self, tickets: int, at: str | None = None) -> None:
+        """Let `tickets` more units through the point `at` (default: the gate's)."""
         for _ in range(tickets):
-            (self.folder / f"ticket-{uuid.uuid4().hex}").touch()
+            (self.folder / f"ticket-{at or self.at}-{uuid.uuid4().hex}").touch()
 
     def held(self) -> list[tuple[int, str]]:
         """(worker pid, unit_id) of every unit now waiting at the gate."""
@@ -51,11 +66,11 @@ class Hold:
         marks = [n.split("-", 2) for n in names if n.startswith("held-")]
         return [(int(pid), unit_id) for _, pid, unit_id in marks]
 
-    def wait_held(self, count: int, proc: subprocess.Popen | None = None,
-                  timeout: float = 240) -> list[tuple[int, str]]:  # fmt: skip
-        """Until at least `count` units wait at the gate (units in flight, held)."""
+    def wait_held(self, count: int, proc: subprocess.Popen | None = None, timeout: float = 240,
+                  name: str | None = None) -> list[tuple[int, str]]:  # fmt: skip
+        """Until at least `count` units (or holders named `name`) wait at the gate."""
         deadline = time.monotonic() + timeout
-        while len(held := self.held()) < count:
+        while len(held := [h for h in self.held() if name in (None, h[1])]) < count:
             assert proc is None or proc.poll() is None, "the driver ended before the hold"
             assert time.monotonic() < deadline, f"{len(held)} of {count} units held"
             time.sleep(0.1)

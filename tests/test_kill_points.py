@@ -15,7 +15,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 from conftest import FARM, REPO
-from jobrun import farm, job_doc, write_spec
+from jobrun import write_spec
 from midjob import Hold, kill_process, kill_session
 
 from farm.cli import main
@@ -82,36 +82,61 @@ def test_a_driver_killed_at_any_point_resumes_exactly_the_rest(tmp_path, tiny_di
     resumed = CliRunner().invoke(main, ["resume", f"{output}/killed", "--local"])
     assert resumed.exit_code == 0, resumed.output
     assert f"; {len(before)} already rendered" in resumed.output
-    assert job_doc_rendered(store) == ITEMS - len(before)
+    assert job_doc_at(store)["runs"][-1]["rendered"] == ITEMS - len(before)
     after = rows_by_item(store)
     assert {i: after[i] for i in before} == before  # finished units are not rendered again
     verified = CliRunner().invoke(main, ["verify", f"{output}/killed"]).output
     assert f"ok: {ITEMS} planned items, {ITEMS} rows, {ITEMS} images" in verified
 
 
-@pytest.mark.parametrize("point", POINTS)
-def test_a_worker_killed_at_any_point_is_replaced_and_nothing_is_written_twice(
-        tmp_path, tiny_dir, point):  # fmt: skip
-    spec = spec_for(tmp_path, "worker-killed", str(tmp_path / "out"))
-    hold = Hold(tmp_path / "hold", at=point)
+# The worker's strikes, in the order one job can take them all: a unit is held at
+# image-written alone (its images wait for the upload threads it holds), at the other
+# points beside the second unit in flight. Struck first, image-written finds only fresh
+# units in flight, and every later strike waits for both: so no unit is struck twice.
+ORDER = ("image-written", "unit-start", "part-write", "part-written")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_worker_killed_at_each_point_is_replaced_and_nothing_is_written_twice(
+        tmp_path, tiny_dir, s3, where):  # fmt: skip
+    # 8 units on one worker, in flight 2 at a time: each strike kills the worker with
+    # both of its units (fresh ones), the driver starts another and sends them again.
+    output = str(tmp_path / "out") if where == "local" else s3.url("worker-kills")
+    spec = write_spec(tmp_path, "worker-killed", seeds={"start": 0, "count": 8}, output=output)
+    hold = Hold(tmp_path / "hold", at=ORDER[0])
     driver = start(tmp_path, spec, hold, "--workers", "1")
-    (pid, unit), *_ = hold.wait_held(1, driver)
-    store = open_store(str(tmp_path / "out" / "worker-killed"))
-    written = unit in parts(store)
-    kill_process(pid)
+    store = open_store(f"{output}/worker-killed")
+    kept = {}  # the parts that existed when their worker died: not to be written again
+    for i, point in enumerate(ORDER):
+        held = hold.wait_held(1 if point == "image-written" else 2, driver)
+        pids = {pid for pid, _ in held}
+        assert len(pids) == 1, held
+        units = {unit for _, unit in held}
+        if point == "image-written":
+            assert any(True for _ in store.list("images/"))
+        assert (units <= parts(store)) == (point == "part-written"), (point, units)
+        if point == "part-written":
+            kept = {unit: store.get(f"{PARTS}{unit}.parquet") for unit in units}
+        if i + 1 < len(ORDER):
+            hold.move(ORDER[i + 1])
+        (pid,) = pids
+        kill_process(pid)
+        hold.forget(pid)
     hold.open()
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
-    run = job_doc(tmp_path / "out" / "worker-killed")["runs"][0]
-    assert run["counters"]["worker_deaths"] == 1 and run["counters"]["retries"] >= 1
-    # A unit whose part was written before the kill is not rendered again by its retry.
-    assert run["rendered"] == (ITEMS - 8 if written else ITEMS)
-    assert written == (point == "part-written")
-    verified = farm("verify", str(tmp_path / "out" / "worker-killed")).stdout
-    assert f"ok: {ITEMS} planned items, {ITEMS} rows, {ITEMS} images" in verified
+    run = job_doc_at(store)["runs"][0]
+    counters = run["counters"]
+    assert (counters["worker_deaths"], counters["retries"], counters["failures"]) == (4, 8, 0)
+    # The units whose parts were written before the kill are not rendered again: their
+    # retries find the part and stop.
+    assert len(kept) == 2 and run["rendered"] == 64 - 16
+    assert {unit: store.get(f"{PARTS}{unit}.parquet") for unit in kept} == kept
+    verified = CliRunner().invoke(main, ["verify", f"{output}/worker-killed"]).output
+    assert "ok: 64 planned items, 64 rows, 64 images" in verified
 
 
-def job_doc_rendered(store) -> int:
+def job_doc_at(store) -> dict:
     import json
 
-    return json.loads(store.get("job.json"))["runs"][-1]["rendered"]
+    return json.loads(store.get("job.json"))
