@@ -60,6 +60,13 @@ class Head:
         with urllib.request.urlopen(self._request(f"/api/jobs/{submission}/logs"), timeout=10) as r:
             return json.loads(r.read())["logs"]
 
+    def job_info(self, submission: str) -> dict:
+        """A submitted job as the Jobs API keeps it: entrypoint, runtime env, status."""
+        import json
+
+        with urllib.request.urlopen(self._request(f"/api/jobs/{submission}"), timeout=30) as r:
+            return json.loads(r.read())
+
     def _wait_ready(self, timeout: float = 120) -> None:
         request = self._request("/api/jobs/")
         deadline = time.monotonic() + timeout

@@ -166,29 +166,6 @@ def test_workers_a_local_run_cannot_place_are_refused_before_writing(tmp_path, f
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
-def test_workers_a_cluster_cannot_place_stop_after_a_bounded_wait(tmp_path, ray_head):
-    """The cluster has 4 GPUs, a worker asks for 8: it may autoscale, so the run waits
-    --worker-wait seconds, then stops resumably with exit 1; a resume that fits renders."""
-    spec = write_spec(tmp_path)
-    proc = subprocess.run(
-        [*FARM, "run", spec, "--address", ray_head.address, "--gpus-per-worker", "8",
-         "--worker-wait", "3"],
-        capture_output=True, text=True, timeout=300, env=ray_head.env,
-    )  # fmt: skip
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "no worker has been up for 3s" in proc.stdout
-    assert "farm resume" in proc.stderr and "Traceback" not in proc.stderr
-    job = tmp_path / "out" / "bad"
-    assert json.loads((job / "job.json").read_text())["status"] == "failed"
-    resumed = subprocess.run(
-        [*FARM, "resume", str(job), "--address", ray_head.address, "--gpus-per-worker", "1"],
-        capture_output=True, text=True, timeout=300, env=ray_head.env,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert len(list((job / "images").iterdir())) == 1
-
-
 # ---------------------------------------------------------------- sizes
 
 

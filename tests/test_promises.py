@@ -35,7 +35,7 @@ def finished_job(tmp_path_factory, tiny_dir) -> Path:
     folder = tmp_path_factory.mktemp("finished")
     spec = write_spec(folder, "finished", seeds=[1, 2], loras=[], combine="product",
                       render=SMALL)  # fmt: skip
-    farm("run", str(spec), "--workers", "1")
+    farm("run", str(spec), "--local")
     job = folder / "out" / "finished"
     assert job_doc(job)["status"] == "done"
     return job

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_dir) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("renders")
-    proc = farm("run", str(EXAMPLE), "--output", str(out), "--workers", "1", "--report")
+    proc = farm("run", str(EXAMPLE), "--output", str(out), "--local", "--report")
     return out / "overdrive", proc
 
 

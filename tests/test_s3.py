@@ -164,7 +164,7 @@ def test_corrupt_parts_are_named_by_verify_and_rendered_again(s3, s3_job):
     assert f"{garbage}: corrupt part" in checked.stdout
     assert f"{truncated}: corrupt part" in checked.stdout
 
-    resumed = farm("resume", job_url, "--workers", "1")
+    resumed = farm("resume", job_url, "--local")
     assert f"removing corrupt part {garbage}" in resumed.stdout
     assert f"removing corrupt part {truncated}" in resumed.stdout
     assert rendered(resumed) == 16  # the two damaged units, 8 items each

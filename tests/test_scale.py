@@ -3,7 +3,9 @@ and cancelling one."""
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -94,19 +96,32 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
         loras=[{"name": "neon", "path": "my-loras/neon.safetensors", "alpha": [0, 0.5, 1]}],
         combine="product",
     )  # fmt: skip
+    # The driver's AWS keys: the cluster has its own, and these must stay home.
+    keys = {"AWS_ACCESS_KEY_ID": "AKIAFARMLEAK" + secrets.token_hex(4).upper(),
+            "AWS_SECRET_ACCESS_KEY": "leaked-secret-" + secrets.token_hex(8),
+            "AWS_SESSION_TOKEN": "leaked-session-" + secrets.token_hex(8)}  # fmt: skip
     out = farm("submit", str(spec), "--address", ray_head.jobs_url, "--wait",
-               env=ray_head.env).stdout  # fmt: skip
+               env={**ray_head.env, **keys}).stdout  # fmt: skip
     assert "submitted farm-submitted-" in out and "succeeded" in out
     job = tmp_path / "out" / "submitted"
     assert_verified(job, 12)
+    # What the cluster was given, as its Jobs API keeps it.
+    info = ray_head.job_info(out.split()[1])
+    assert info["status"] == "SUCCEEDED", info
+    given = json.dumps({k: info.get(k) for k in ("entrypoint", "runtime_env", "metadata")})
+    assert "env_vars" in given  # the runtime env was there to look at
+    for name, value in keys.items():
+        assert value not in given, f"{name} travelled with the job"
+        assert name not in json.dumps(info.get("runtime_env")), f"{name} travelled with the job"
     # The LoRA travelled with the job: the cluster rendered with the same file.
     adapters = job_doc(job)["adapters"]
     from farm.loras import inspect_lora
 
     assert adapters[0]["sha256"] == inspect_lora(loras / "neon.safetensors").sha256
-    # The cluster's token never lands in the job or its output.
+    # The cluster's token and the driver's keys never land in the job or its output.
     for path in [*job.rglob("*.json"), *job.rglob("*.parquet")]:
-        assert ray_head.token not in path.read_bytes().decode("latin-1")
+        text = path.read_bytes().decode("latin-1")
+        assert all(value not in text for value in [ray_head.token, *keys.values()]), path
     assert ray_head.token not in out
 
 
@@ -202,3 +217,23 @@ def test_a_tenants_worker_cap_holds_on_a_cluster_with_room_for_more(ray_head, tm
                env=ray_head.env)  # fmt: skip
     assert "on 2 workers (1.0 GPU each)" in run.stdout
     assert job_doc(tmp_path / "out" / "capped")["runs"][0]["counters"]["workers"] == 2
+
+
+# ---------------------------------------------------------------- placement
+
+
+def test_workers_a_cluster_cannot_place_stop_after_a_bounded_wait(tmp_path, ray_head):
+    """The cluster has 4 GPUs, a worker asks for 8: it may autoscale, so the run waits
+    --worker-wait seconds, then stops resumably with exit 1; a resume that fits renders."""
+    spec = write_spec(tmp_path, "unplaced", prompts=["a red house"], seeds=[1],
+                      combine=[{"neon": 1}])  # fmt: skip
+    proc = farm("run", str(spec), "--address", ray_head.address, "--gpus-per-worker", "8",
+                "--worker-wait", "3", env=ray_head.env, check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no worker has been up for 3s" in proc.stdout
+    assert "farm resume" in proc.stderr and "Traceback" not in proc.stderr
+    job = tmp_path / "out" / "unplaced"
+    assert job_doc(job)["status"] == "failed"
+    farm("resume", str(job), "--address", ray_head.address, "--gpus-per-worker", "1",
+         env=ray_head.env)  # fmt: skip
+    assert len(list((job / "images").iterdir())) == 1

@@ -92,12 +92,11 @@ def test_ctrl_c_or_sigterm_waits_for_exactly_the_units_in_flight(tmp_path, tiny_
     # One unit renders; then every worker holds a full load at the gate, so exactly those
     # units are in flight when the signal comes. A graceful stop finishes them all (their
     # parts exist); one that dropped them would leave only the first unit's part.
-    # Ctrl-C also reaches the local Ray's workers (one process group); SIGTERM reaches the
-    # driver alone, and one worker shows it.
+    # Ctrl-C also reaches the local Ray's workers (one process group): on Ray, two of
+    # them. SIGTERM reaches the driver alone; the driver's own worker (--local) shows it.
     workers = 2 if stop == "ctrl-c" else 1
-    driver, hold, job, said, complaints = start_held_run(
-        tmp_path, "interrupted", 1, "--workers", str(workers)
-    )
+    where = ["--workers", "2"] if stop == "ctrl-c" else ["--local"]
+    driver, hold, job, said, complaints = start_held_run(tmp_path, "interrupted", 1, *where)
     wait_for_part(job, driver)
     first = parts_of(job)
     held = {unit for _, unit in hold.wait_held(workers * IN_FLIGHT, driver)}

@@ -55,11 +55,25 @@ def part_row(item, unit, image: bytes) -> dict:
     }  # fmt: skip
 
 
-def test_s3_jobs_past_a_thousand_parts_and_images_are_listed_and_read_whole(s3, tmp_path):
+@pytest.fixture
+def scratch(s3):
+    """A fresh prefix of the session's bucket, emptied afterwards: a thousand keys or a
+    64 MiB object left there would slow every later listing of the bucket."""
+    prefix = uuid4().hex
+    yield prefix
+    client = s3.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket,
+                                                                 Prefix=f"{prefix}/"):  # fmt: skip
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=s3.bucket, Delete={"Objects": keys})
+
+
+def test_s3_jobs_past_a_thousand_parts_and_images_are_listed_and_read_whole(s3, scratch, tmp_path):
     data = {"job": "paged", "prompts": ["a dot"], "seeds": {"start": 0, "count": MANY},
             "render": {"steps": 2, "width": 64, "height": 64}}  # fmt: skip
     plan = make_plan(parse_spec(data, base_dir=tmp_path))
-    job = S3Store.from_url(s3.url(f"paged/{uuid4().hex}/paged"))
+    job = S3Store.from_url(s3.url(f"{scratch}/paged"))
     open_job(plan, job, echo=quiet)
     # Units of one item: a part per item, as a job rendered one image per unit leaves.
     units = list(group_units(expand(plan), size=1))
@@ -149,8 +163,9 @@ def test_the_multipart_threshold_is_the_documented_64_mib():
     [(THRESHOLD, True), (THRESHOLD - 1, False)],
     ids=["at-64-mib", "one-byte-under"],
 )
-def test_s3_uploads_of_64_mib_go_multipart_and_smaller_ones_do_not(s3, size, multipart):
-    store = S3Store.from_url(s3.url(f"threshold/{uuid4().hex}"))
+def test_s3_uploads_of_64_mib_go_multipart_and_smaller_ones_do_not(s3, scratch, size,
+                                                                  multipart):  # fmt: skip
+    store = S3Store.from_url(s3.url(f"{scratch}/threshold"))
     data = os.urandom(size)  # random, so that parts put back out of order would show
     with Calls(store) as calls:
         store.put("images/big.png", data)
@@ -167,8 +182,8 @@ def test_s3_uploads_of_64_mib_go_multipart_and_smaller_ones_do_not(s3, size, mul
     assert ("-" in head["ETag"]) is multipart
 
 
-def test_s3_a_failed_multipart_upload_is_aborted_and_leaves_nothing(s3):
-    store = S3Store.from_url(s3.url(f"aborted/{uuid4().hex}"))
+def test_s3_a_failed_multipart_upload_is_aborted_and_leaves_nothing(s3, scratch):
+    store = S3Store.from_url(s3.url(f"{scratch}/aborted"))
     with Calls(store, fail_part=2) as calls, pytest.raises(StoreError, match="BadDigest") as info:
         store.put("images/big.png", bytes(THRESHOLD))
     assert "\n" not in str(info.value)  # farm's one-line error, not botocore's
