@@ -98,3 +98,11 @@ def ray_head(tiny_dir):
     head = Head(gpus=4, cpus=4)
     yield head
     head.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow modules (whole jobs on Ray, clusters) first: xdist hands out modules in
+    this order, so the two workers end on short ones instead of one waiting out the
+    other's long module."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -68,7 +68,7 @@ def ray_sessions() -> set[Path]:
 @pytest.fixture(scope="module")
 def s3_job(s3, tiny_dir, sweep48):
     before = ray_sessions()
-    proc = farm("run", sweep48, "--output", s3.url("e2e"), "--workers", "2")
+    proc = farm("run", sweep48, "--output", s3.url("e2e"), "--workers", "1")
     # The run's own session, among any that other processes started meanwhile.
     return s3.url("e2e/neon-sweep"), proc, ray_sessions() - before
 

@@ -100,7 +100,8 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
     keys = {"AWS_ACCESS_KEY_ID": "AKIAFARMLEAK" + secrets.token_hex(4).upper(),
             "AWS_SECRET_ACCESS_KEY": "leaked-secret-" + secrets.token_hex(8),
             "AWS_SESSION_TOKEN": "leaked-session-" + secrets.token_hex(8)}  # fmt: skip
-    out = farm("submit", str(spec), "--address", ray_head.jobs_url, "--wait",
+    # One worker: the head's four GPUs would start four cold ones for 12 images.
+    out = farm("submit", str(spec), "--address", ray_head.jobs_url, "--wait", "--workers", "1",
                env={**ray_head.env, **keys}).stdout  # fmt: skip
     assert "submitted farm-submitted-" in out and "succeeded" in out
     job = tmp_path / "out" / "submitted"
@@ -167,7 +168,7 @@ def test_cancel_stops_a_submitted_job_and_submitting_again_finishes_it(ray_head,
     assert doc["runs"][-1]["rendered"] == 8 * len(parts)
     # The same spec submitted again is the same job: it renders only what is missing.
     again = farm("submit", str(spec), "--address", ray_head.jobs_url, "--wait", "--workers",
-                 "2", env=ray_head.env).stdout  # fmt: skip
+                 "1", env=ray_head.env).stdout  # fmt: skip
     assert "succeeded" in again
     already = int(re.search(r"; (\d+) already rendered", again).group(1))
     assert already == 8 * len(parts)
@@ -235,5 +236,5 @@ def test_workers_a_cluster_cannot_place_stop_after_a_bounded_wait(tmp_path, ray_
     job = tmp_path / "out" / "unplaced"
     assert job_doc(job)["status"] == "failed"
     farm("resume", str(job), "--address", ray_head.address, "--gpus-per-worker", "1",
-         env=ray_head.env)  # fmt: skip
+         "--workers", "1", env=ray_head.env)  # fmt: skip
     assert len(list((job / "images").iterdir())) == 1

@@ -33,18 +33,18 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 1, "num_gpus": 0})  # fmt: skip
     try:
-        nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
+        nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
-        # 24 units in 2 adapter sets: enough that every node's worker takes its full load
-        # of units in flight, whichever stream it keeps to.
-        spec = write_spec(tmp_path, "node-loss", seeds={"start": 0, "count": 24})
+        # 12 units in 2 adapter sets: enough that both nodes' workers take their full load
+        # of units in flight, whichever stream each keeps to.
+        spec = write_spec(tmp_path, "node-loss", seeds={"start": 0, "count": 12})
         job = tmp_path / "out" / "node-loss"
         driver = subprocess.Popen(
             [*FARM, "run", str(spec), "--address", cluster.address], cwd=REPO,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         wait_for_part(job, driver)
-        hold.wait_held(3 * IN_FLIGHT, driver)  # every node's worker: units in flight
+        hold.wait_held(2 * IN_FLIGHT, driver)  # every node's worker: units in flight
         cluster.remove_node(nodes[1])
         hold.open()
         out, err = driver.communicate(timeout=600)
@@ -52,7 +52,7 @@ def test_a_lost_node_is_rendered_around_and_the_job_completes(tmp_path, tiny_dir
         counters = job_doc(job)["runs"][0]["counters"]
         assert counters["worker_deaths"] >= 1
         assert counters["failures"] == 0
-        assert_verified(job, 192)
+        assert_verified(job, 96)
     finally:
         cluster.shutdown()
 
@@ -148,7 +148,8 @@ def test_a_second_ctrl_c_stops_at_once_and_resume_renders_the_rest(tmp_path, tin
     assert "stopped now: units in flight render again on resume" in out
     assert "Traceback" not in out + err
     assert parts_of(job) == set() and job_doc(job)["status"] == "interrupted"
-    resumed = farm("resume", str(job), *args).stdout
+    # Where resume renders is not the subject: no Ray to start for it.
+    resumed = farm("resume", str(job), "--local").stdout
     assert "; 0 already rendered" in resumed
     assert_verified(job, 64)
 
