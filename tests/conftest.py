@@ -17,6 +17,11 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # The clusters tests start (`ray start`, ray.cluster_utils) skip the idle Python workers Ray
 # would start per CPU, as farm's own local Ray does: on a 2-core runner they only cost time.
 os.environ["RAY_prestart_worker_first_driver"] = "0"  # noqa: SIM112 (Ray reads it in this case)
+# Two test processes share the runner's cores, each rendering and starting renders of its
+# own. OpenMP's idle threads spin by default, waiting for the next parallel region; with
+# more threads than cores they spin on each other's cores, and a render pair took 3 to 5
+# times as long. Passive waiting changes no result, only who gets the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 FARM = [sys.executable, "-m", "farm"]
