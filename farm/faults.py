@@ -15,13 +15,12 @@ metadata (held there under the job's name).
 A test sets FARM_TEST_HOLD to a folder whose `at` file names one point (none:
 `unit-start`). While the folder exists, a unit reaching that point takes a ticket for it
 (a `ticket-{point}-*` file) or waits for one, leaving a `held-{pid}-{unit_id}` mark: the
-test lets
-exactly N units through, kills the driver or a worker while the rest are held, then
-removes the folder to let them go (tests/midjob.py). The point is read at each reach, so a
-test can move the gate while a job runs. Only a unit's first attempt is held: the retries
-of units a test struck pass, so a unit is never struck twice. FARM_TEST_DIE_ON_PROMPT
-makes a worker exit, as on a lost node, when it is given a unit with that prompt. Unset,
-each point costs one environment lookup.
+test lets exactly N units through, kills the driver or a worker while the rest are held,
+then removes the folder to let them go (tests/midjob.py). The point is read at each
+reach, so a test can move the gate while a job runs. Only a unit's first attempt is held:
+the retries of units a test struck pass, so a unit is never struck twice.
+FARM_TEST_DIE_ON_PROMPT makes a worker exit, as on a lost node, when it is given a unit
+with that prompt. Unset, each point costs one environment lookup.
 """
 
 from __future__ import annotations

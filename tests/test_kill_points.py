@@ -20,6 +20,7 @@ from midjob import Hold, kill_process, kill_session
 
 from farm.cli import main
 from farm.faults import POINTS
+from farm.job import read_job
 from farm.records import PARTS, read_rows
 from farm.stores import open_store
 
@@ -82,7 +83,7 @@ def test_a_driver_killed_at_any_point_resumes_exactly_the_rest(tmp_path, tiny_di
     resumed = CliRunner().invoke(main, ["resume", f"{output}/killed", "--local"])
     assert resumed.exit_code == 0, resumed.output
     assert f"; {len(before)} already rendered" in resumed.output
-    assert job_doc_at(store)["runs"][-1]["rendered"] == ITEMS - len(before)
+    assert read_job(store)["runs"][-1]["rendered"] == ITEMS - len(before)
     after = rows_by_item(store)
     assert {i: after[i] for i in before} == before  # finished units are not rendered again
     verified = CliRunner().invoke(main, ["verify", f"{output}/killed"]).output
@@ -125,7 +126,7 @@ def test_a_worker_killed_at_each_point_is_replaced_and_nothing_is_written_twice(
     hold.open()
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
-    run = job_doc_at(store)["runs"][0]
+    run = read_job(store)["runs"][0]
     counters = run["counters"]
     assert (counters["worker_deaths"], counters["retries"], counters["failures"]) == (4, 8, 0)
     # The units whose parts were written before the kill are not rendered again: their
@@ -134,9 +135,3 @@ def test_a_worker_killed_at_each_point_is_replaced_and_nothing_is_written_twice(
     assert {unit: store.get(f"{PARTS}{unit}.parquet") for unit in kept} == kept
     verified = CliRunner().invoke(main, ["verify", f"{output}/worker-killed"]).output
     assert "ok: 64 planned items, 64 rows, 64 images" in verified
-
-
-def job_doc_at(store) -> dict:
-    import json
-
-    return json.loads(store.get("job.json"))

@@ -7,7 +7,6 @@ flight (tests/midjob.py's gate) until the store is gone, then let through into t
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -19,6 +18,7 @@ from conftest import FARM, REPO
 from midjob import Hold, kill_session
 from test_s3 import farm, rendered, small_spec
 
+from farm.job import read_job
 from farm.s3store import S3Store
 
 pytestmark = pytest.mark.slow
@@ -60,10 +60,6 @@ def parts_on_server(s3, prefix: str) -> int:
     return sum(k["Key"].endswith(".parquet") for k in listing.get("Contents", []))
 
 
-def job_doc(store: S3Store) -> dict:
-    return json.loads(store.get("job.json"))
-
-
 def test_a_store_gone_for_less_than_the_budget_costs_only_time(s3, tmp_path, tiny_dir):
     job_url = s3.url("outage-short/small")
     store = S3Store.from_url(job_url)
@@ -91,7 +87,7 @@ def test_a_store_gone_for_less_than_the_budget_costs_only_time(s3, tmp_path, tin
     assert written == 1 and still_running, stdout + stderr
     assert driver.returncode == 0, stdout + stderr
     assert "failed:" not in stdout and "stopped:" not in stdout
-    counters = job_doc(store)["runs"][-1]["counters"]
+    counters = read_job(store)["runs"][-1]["counters"]
     assert counters["failures"] == 0 and counters["retries"] == 0
     assert rendered(subprocess.CompletedProcess([], 0, stdout, stderr)) == ITEMS
     assert (
@@ -134,7 +130,7 @@ def test_a_longer_outage_stops_the_job_and_resume_finishes_it(s3, tmp_path, tiny
     assert "units failed in a row" in stdout and "failed: unit" in stdout
     assert "Traceback" not in stdout
     assert f"`farm resume {job_url}` renders them" in stderr, stderr
-    doc = job_doc(store)
+    doc = read_job(store)
     assert doc["status"] == "failed" and "units failed in a row" in doc["stopped"]
     done = doc["runs"][-1]["rendered"]
     assert done == 8  # the unit let through before the cut; none finished in the outage
