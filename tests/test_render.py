@@ -148,3 +148,24 @@ def test_the_pipeline_cache_keeps_the_most_recent_models(tiny_dir, tmp_path):
     cache.get(str(a))
     assert list(cache.pipelines) == [str(a)] and cache.loads == 3
     assert weights_bytes(str(a)) > 0
+
+
+def test_a_folder_of_another_pipeline_loads_as_its_text_to_image_pipeline(tiny_dir, tmp_path):
+    """A text-to-image folder loads with its own class; one saved as another pipeline
+    (img2img here) goes through diffusers' mapping and still renders from text."""
+    import json
+    import shutil
+
+    from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
+
+    from farm.render.pipelines import load_pipeline, pick_device, pipeline_class
+
+    assert pipeline_class(str(tiny_dir)) is StableDiffusionPipeline
+    other = shutil.copytree(tiny_dir, tmp_path / "img2img")
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(
+        json.dumps(index | {"_class_name": "StableDiffusionImg2ImgPipeline"})
+    )
+    assert pipeline_class(str(other)) is AutoPipelineForText2Image
+    assert pipeline_class("org/not-a-local-folder") is AutoPipelineForText2Image
+    assert type(load_pipeline(str(other), pick_device("cpu"))) is StableDiffusionPipeline
