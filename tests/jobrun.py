@@ -21,6 +21,37 @@ def farm(*args: str, env: dict | None = None, check: bool = True,
     return proc
 
 
+def farm_here(
+    *args: str, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`farm` in this process (click's CliRunner), answered as `farm` answers: for the
+    commands whose start-up is not what a test is about. A cold `farm` that renders spends
+    about 5 CPU-seconds importing torch and diffusers; this process has paid that once.
+
+    Only for commands that stay in the process: `--local` renders, rerender, verify. The
+    signal handlers a run installs are put back, and FARM_TENANTS/FARM_TENANT are unset
+    unless `env` sets them, as for a fresh process given `env`."""
+    import signal
+
+    from click.testing import CliRunner
+
+    from farm.cli import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        unset = {"FARM_TENANTS": None, "FARM_TENANT": None}
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False,
+                                    env=unset | (env or {}))  # fmt: skip
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    proc = subprocess.CompletedProcess(["farm", *args], result.exit_code, result.stdout,
+                                       result.stderr)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"farm {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 def write_spec(folder: Path, name: str, **over) -> Path:
     spec = {
         "job": name,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from jobrun import farm
+from jobrun import farm, farm_here
 
 from farm.spec import SpecError, parse_spec
 
@@ -59,7 +59,7 @@ def test_a_catalog_renders_each_row_in_its_categorys_preset(tmp_path, tiny_dir):
     products = write_catalog(tmp_path / "products.csv", ROWS)
     tenants = tenants_file(tmp_path)
     spec = catalog_spec(tmp_path, "catalog", name="{sku}/{preset}-{seed}")
-    farm("run", str(spec), "--tenants", str(tenants), "--local")
+    farm_here("run", str(spec), "--tenants", str(tenants), "--local")
     job = tmp_path / "renders" / "shop" / "catalog"
     table = pq.read_table(job / "metadata.parquet").to_pylist()
     assert len(table) == ROWS
@@ -81,7 +81,7 @@ def test_a_catalog_renders_each_row_in_its_categorys_preset(tmp_path, tiny_dir):
     assert proc.returncode == 1 and f"{table[0]['named_key']}: missing" in proc.stdout
     (job / table[0]["named_key"]).write_bytes((job / table[0]["image_key"]).read_bytes())
     # Run again: nothing renders, nothing is rewritten.
-    again = farm("run", str(spec), "--tenants", str(tenants), "--local").stdout
+    again = farm_here("run", str(spec), "--tenants", str(tenants), "--local").stdout
     assert f"{ROWS} already rendered" in again and "nothing to render" in again
 
 

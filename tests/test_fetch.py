@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import FARM, REPO
+from conftest import REPO
+from jobrun import farm_here
 
 from farm import fetch
 from farm.fetch import fetch_dir, fetch_file, s3_dir_fingerprint
@@ -341,17 +342,11 @@ def test_run_with_an_s3_model_and_lora_then_verify(s3, prefix, tiny_dir, tmp_pat
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "renders"
-    env = {**os.environ, "FARM_HOME": str(home)}
-
-    def farm(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*FARM, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc
-
-    # In the driver's process: the worker fetches into its node's cache all the same.
-    farm("run", str(path), "--output", str(out), "--local")
-    assert "ok: 4 planned items, 4 rows, 4 images" in farm("verify", str(out / "s3-inputs")).stdout
+    # In this process, whose FARM_HOME is `home`: the worker fetches into its node's cache
+    # as in any other.
+    farm_here("run", str(path), "--output", str(out), "--local")
+    verified = farm_here("verify", str(out / "s3-inputs")).stdout
+    assert "ok: 4 planned items, 4 rows, 4 images" in verified
     doc = json.loads((out / "s3-inputs" / "job.json").read_text())
     assert lora_url in json.dumps(doc) and str(home) not in json.dumps(doc)
     # The worker loaded the node-local copies: the model folder and the LoRA by sha256.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jobrun import assert_verified, farm, job_doc, write_spec
+from jobrun import assert_verified, farm, farm_here, job_doc, write_spec
 from PIL import Image
 from test_render import pixels, render
 
@@ -102,7 +102,7 @@ def test_a_unit_whose_worker_always_dies_is_tried_max_attempts_times_then_failed
     assert last["failed_items"] == 2 and last["rendered"] == 0
     assert scan_parts(LocalStore(job)) == (set(), [])
 
-    resumed = farm("resume", str(job), "--local")  # no doomed prompt now; no Ray needed
+    resumed = farm_here("resume", str(job), "--local")  # no doomed prompt now; no Ray needed
     assert "0 already rendered" in resumed.stdout and "rendered 2 images" in resumed.stdout
     assert job_doc(job)["status"] == "done"
     assert_verified(job, 2)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import FARM, REPO
-from jobrun import farm
+from jobrun import farm, farm_here
 from PIL import Image
 
 from farm.report.response import MONOTONE_TOLERANCE
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_dir) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("renders")
-    proc = farm("run", str(EXAMPLE), "--output", str(out), "--local", "--report")
+    proc = farm_here("run", str(EXAMPLE), "--output", str(out), "--local", "--report")
     return out / "overdrive", proc
 
 

@@ -8,26 +8,14 @@ exits 1 (README's exit codes: 1 is a failed check or job, 2 bad input).
 from __future__ import annotations
 
 import hashlib
-import signal
 
-from click.testing import CliRunner
+from jobrun import farm_here
 
 from farm.job import job_context, open_job
 from farm.records import decode_part, encode_rows, part_key
 from farm.spec import parse_spec
 from farm.store import LocalStore
 from farm.sweep import make_plan, unit_streams
-
-
-def cli(*args: str):
-    from farm.cli import main
-
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        return CliRunner().invoke(main, list(args), catch_exceptions=False,
-                                  env={"FARM_TENANTS": None, "FARM_TENANT": None})  # fmt: skip
-    finally:
-        signal.signal(signal.SIGTERM, handler)
 
 
 def test_rerender_reports_a_mismatch_and_exits_1(cpu_worker, tmp_path):
@@ -50,11 +38,12 @@ def test_rerender_reports_a_mismatch_and_exits_1(cpu_worker, tmp_path):
     store.put(off["image_key"], store.get(on["image_key"]))
     off["image_sha256"] = on["image_sha256"]
     store.put(key, encode_rows([r if r["item_id"] != off["item_id"] else off for r in rows]))
-    assert cli("verify", str(store.root)).exit_code == 0
+    assert farm_here("verify", str(store.root)).returncode == 0
 
     out = tmp_path / "again.png"
-    result = cli("rerender", str(store.root), off["item_id"], "--device", "cpu", "--out", str(out))
-    assert result.exit_code == 1, result.output
+    result = farm_here("rerender", str(store.root), off["item_id"], "--device", "cpu",
+                       "--out", str(out), check=False)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
     line = result.stdout.strip().splitlines()[-1]
     # It names both hashes: the row's, and that of the image it rendered, which is the
     # image first rendered for this item.

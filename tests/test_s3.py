@@ -11,21 +11,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import FARM, REPO
+from jobrun import farm, farm_here
 from s3server import free_port, start_moto
 
 from farm.s3store import S3Store
 
 pytestmark = pytest.mark.slow
-
-
-def farm(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [*FARM, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"farm {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def keys(s3, prefix: str) -> list[str]:
@@ -164,7 +155,7 @@ def test_corrupt_parts_are_named_by_verify_and_rendered_again(s3, s3_job):
     assert f"{garbage}: corrupt part" in checked.stdout
     assert f"{truncated}: corrupt part" in checked.stdout
 
-    resumed = farm("resume", job_url, "--local")
+    resumed = farm_here("resume", job_url, "--local")
     assert f"removing corrupt part {garbage}" in resumed.stdout
     assert f"removing corrupt part {truncated}" in resumed.stdout
     assert rendered(resumed) == 16  # the two damaged units, 8 items each

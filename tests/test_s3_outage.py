@@ -15,8 +15,9 @@ from pathlib import Path
 import boto3
 import pytest
 from conftest import FARM, REPO
+from jobrun import farm, farm_here
 from midjob import Hold, kill_session
-from test_s3 import farm, rendered, small_spec
+from test_s3 import rendered, small_spec
 
 from farm.job import read_job
 from farm.s3store import S3Store
@@ -135,7 +136,7 @@ def test_a_longer_outage_stops_the_job_and_resume_finishes_it(s3, tmp_path, tiny
     done = doc["runs"][-1]["rendered"]
     assert done == 8  # the unit let through before the cut; none finished in the outage
 
-    resumed = farm("resume", job_url, "--local")
+    resumed = farm_here("resume", job_url, "--local")
     assert f"{done} already rendered" in resumed.stdout
     assert rendered(resumed) == ITEMS - done
     assert (

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import FARM, REPO
-from jobrun import assert_verified, farm, job_doc, wait_for_part, write_spec
+from jobrun import assert_verified, farm_here, job_doc, wait_for_part, write_spec
 from midjob import Hold
 
 from farm.demo_loras import demo_lora_path
@@ -122,7 +122,7 @@ def test_ctrl_c_or_sigterm_waits_for_exactly_the_units_in_flight(tmp_path, tiny_
     done = doc["runs"][0]["rendered"]
     assert done == 8 * len(first | held)
     # What resume renders is the subject here, not where: no Ray to start for it.
-    resumed = farm("resume", str(job), "--local").stdout
+    resumed = farm_here("resume", str(job), "--local").stdout
     assert f"; {done} already rendered" in resumed
     assert job_doc(job)["runs"][-1]["rendered"] == 64 - done
     assert_verified(job, 64)
@@ -149,7 +149,7 @@ def test_a_second_ctrl_c_stops_at_once_and_resume_renders_the_rest(tmp_path, tin
     assert "Traceback" not in out + err
     assert parts_of(job) == set() and job_doc(job)["status"] == "interrupted"
     # Where resume renders is not the subject: no Ray to start for it.
-    resumed = farm("resume", str(job), "--local").stdout
+    resumed = farm_here("resume", str(job), "--local").stdout
     assert "; 0 already rendered" in resumed
     assert_verified(job, 64)
 

@@ -14,14 +14,12 @@ import csv
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from click.testing import CliRunner
-from jobrun import farm
+from jobrun import farm_here
 
 CAP = 1.2
 RENDER = {"steps": 2, "width": 64, "height": 64}
@@ -93,19 +91,7 @@ def shared(tmp_path_factory, s3, tiny_dir) -> Farm:
 
 def cli(*args: str, env: dict | None = None):
     """`farm ARGS` in this process, FARM_TENANTS and FARM_TENANT unset unless given."""
-    from farm.cli import main
-
-    handler = signal.getsignal(signal.SIGTERM)  # `farm run` installs its own
-    try:
-        result = CliRunner().invoke(
-            main,
-            list(args),
-            catch_exceptions=False,
-            env={"FARM_TENANTS": None, "FARM_TENANT": None} | (env or {}),
-        )
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    return result
+    return farm_here(*args, env=env, check=False)
 
 
 def refused(shared: Farm, args: list[str], expected: str, env: dict | None = None) -> str:
@@ -114,7 +100,7 @@ def refused(shared: Farm, args: list[str], expected: str, env: dict | None = Non
     before = shared.snapshot()
     result = cli(*args, env=env)
     err = result.stderr.strip()
-    assert result.exit_code == 2, (args, result.stdout, err)
+    assert result.returncode == 2, (args, result.stdout, err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert expected in err, err
     assert shared.snapshot() == before
@@ -127,7 +113,7 @@ def run_refused(shared: Farm, spec: Path, expected: str, *more: str) -> str:
 
 def planned(shared: Farm, spec: Path, *more: str) -> dict:
     result = cli("plan", str(spec), "--json", "--tenants", str(shared.tenants), *more)
-    assert result.exit_code == 0, result.stderr
+    assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
@@ -311,7 +297,7 @@ def test_a_catalog_template_cannot_pad_or_flood(shared):
 def job(shared) -> tuple[Path, str]:
     """One finished job of acme's (one image), and its item id."""
     spec = shared.spec("stored", preset="bold")
-    farm("run", str(spec), "--tenants", str(shared.tenants), "--local")
+    farm_here("run", str(spec), "--tenants", str(shared.tenants), "--local")
     folder = shared.prefix["acme"] / "stored"
     return folder, pq.read_table(folder / "metadata.parquet")["item_id"][0].as_py()
 
@@ -331,7 +317,7 @@ def test_rerender_out_stays_inside_the_tenants_prefix(shared, job, tmp_path):
     # Inside the prefix it renders, and the file is written.
     out = shared.prefix["acme"] / "again.png"
     result = cli(*base, "--out", str(out))
-    assert result.exit_code == 0, result.stderr
+    assert result.returncode == 0, result.stderr
     assert f"match: {item}" in result.stdout and out.read_bytes().startswith(b"\x89PNG")
     out.unlink()
 
@@ -453,4 +439,4 @@ def test_farm_tenants_in_the_environment_always_applies(shared):
             env={"FARM_TENANTS": str(shared.tenants)})  # fmt: skip
     # Without it, farm is the operator's tool: no policy (docs/tenants.md says so).
     result = cli("plan", str(spec))
-    assert result.exit_code == 0, result.stderr
+    assert result.returncode == 0, result.stderr

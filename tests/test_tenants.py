@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import FARM, REPO
-from jobrun import farm
+from jobrun import farm, farm_here
 
 from farm.spec_errors import SpecError
 from farm.tenants import inside, parse_tenants
@@ -68,8 +68,8 @@ def shared(s3, tmp_path_factory, tiny_dir):
                        presets=["bold", "sketch"])  # fmt: skip
     # In the driver's process: where they render is not what these tests are about (the
     # worker cap on a cluster is test_scale's).
-    farm("run", str(acme), "--tenants", str(tenants), "--local")
-    farm("run", str(globex), "--tenants", str(tenants), "--local")
+    farm_here("run", str(acme), "--tenants", str(tenants), "--local")
+    farm_here("run", str(globex), "--tenants", str(tenants), "--local")
     return folder, tenants
 
 
