@@ -77,6 +77,9 @@ class RayBackend:
 
         ray.kill(actor, no_restart=True)
 
+    def settle(self, timeout: float) -> None:
+        """Nothing to wait for: a killed actor's process is gone."""
+
 
 class LocalWorker:
     """A RenderWorker in this process, once it has started."""
@@ -91,6 +94,7 @@ class LocalBackend:
 
     def __init__(self, device: str | None = None):
         self.device = device
+        self.calls: list[Future] = []
 
     def start(self) -> tuple[LocalWorker, Future]:
         from farm.worker import RenderWorker
@@ -101,10 +105,21 @@ class LocalBackend:
             actor.worker = RenderWorker(self.device)
             return actor.worker.ready()
 
-        return actor, _on_thread(build)
+        return actor, self._call(build)
 
     def render(self, actor: LocalWorker, unit, ctx, attempt: int) -> Future:
-        return _on_thread(actor.worker.render, unit, ctx, attempt)
+        return self._call(actor.worker.render, unit, ctx, attempt)
+
+    def _call(self, fn, *args) -> Future:
+        self.calls = [f for f in self.calls if not f.done()]
+        self.calls.append(_on_thread(fn, *args))
+        return self.calls[-1]
+
+    def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` s for stopped workers' calls to give up. A unit stopped
+        mid-way may be loading a LoRA, and diffusers loads under process-wide patches of
+        torch that a second run in this process would otherwise meet."""
+        wait_futures(self.calls, timeout=timeout)
 
     def wait(self, handles: list, timeout: float) -> list:
         done, _ = wait_futures(handles, timeout=timeout, return_when=FIRST_COMPLETED)

@@ -39,6 +39,10 @@ READY_GRACE = 30.0
 WORKER_WAIT = 300.0
 # While no worker is up, say so this often.
 WAITING_NOTICE = 30.0
+# A run stopped with units in flight (the store refused a write) waits this long for
+# in-process workers to give them up, so that nothing of this run is still loading when
+# the caller goes on; Ray's workers are killed instead.
+SETTLE_SECONDS = 10.0
 
 
 @dataclass
@@ -159,15 +163,19 @@ def execute(
     run = Dispatcher(pool, queue, ctx, progress or Progress(total, echo), echo,
                      count, _describe(resources), worker_wait)  # fmt: skip
     t0 = time.perf_counter()
+    now = False
     try:
         run.loop()
     except KeyboardInterrupt:
+        now = True
         run.say("stopped now: units in flight render again on resume")
     finally:
         run.progress.finish()
         run.outcome.seconds = time.perf_counter() - t0
         run.outcome.counters = run.summary()
         pool.kill()
+        if not now:  # a second Ctrl-C waits for nothing
+            backend.settle(SETTLE_SECONDS)
     _report(run.outcome, echo)
     return run.outcome
 
