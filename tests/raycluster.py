@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from s3server import free_port
+from s3server import free_ports
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -24,7 +24,7 @@ class Head:
         self.token = secrets.token_hex(16)
         # Short: Ray's unix socket paths live under it and have a ~100-character limit.
         self.temp_dir = tempfile.mkdtemp(prefix="rf", dir="/tmp")
-        self.port, self.dashboard_port = free_port(), free_port()
+        self.port, self.dashboard_port, client_port, agent_port = free_ports(4)
         self.address = f"127.0.0.1:{self.port}"
         self.jobs_url = f"http://127.0.0.1:{self.dashboard_port}"
         # The entrypoint of a submitted job runs `python`: the one with farm installed.
@@ -38,8 +38,8 @@ class Head:
             [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--port={self.port}", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={self.dashboard_port}",
-             f"--ray-client-server-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}",
+             f"--ray-client-server-port={client_port}",
+             f"--dashboard-agent-listen-port={agent_port}",
              f"--num-gpus={gpus}", f"--num-cpus={cpus}", f"--temp-dir={self.temp_dir}",
              "--disable-usage-stats"],
             env={**self.env, "FARM_TEST_HOLD": str(self.hold_folder)},

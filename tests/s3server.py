@@ -16,11 +16,41 @@ import threading
 import time
 import urllib.request
 
+# Ray's default worker ports are 10002-19999; ours are picked above them.
+LOWEST_PORT = 20000
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports on 127.0.0.1 that nothing holds, picked below the kernel's
+    ephemeral range: bind(0) never hands those out, so a port given to a server here
+    cannot also go to one that a server (Ray starts several) takes at random, nor come
+    back from a second bind(0), as a port just closed can."""
+    import random
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    picked: list[int] = []
+    held: list[socket.socket] = []
+    try:
+        for port in random.sample(range(LOWEST_PORT, max(low, LOWEST_PORT + 1000)), 200):
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)  # held until all are picked: the same port never twice
+            picked.append(port)
+            if len(picked) == count:
+                return picked
+    finally:
+        for sock in held:
+            sock.close()
+    raise RuntimeError(f"no {count} free ports from {LOWEST_PORT} up")
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, int]:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import FARM, REPO
-from jobrun import farm, farm_here
+from jobrun import farm_here
 from PIL import Image
 
 from farm.report.response import MONOTONE_TOLERANCE
@@ -191,7 +191,7 @@ def test_a_small_cap_pages_the_sheets(job, tmp_path):
     job, _ = job
     copy = tmp_path / "paged"
     shutil.copytree(job, copy)
-    farm("report", str(copy), "--max-pixels", "400000", "--cell-px", "128")
+    farm_here("report", str(copy), "--max-pixels", "400000", "--cell-px", "128")
     names = sorted(p.name for p in (copy / "report" / "sheets").iterdir())
     assert any(n.endswith("-p2.png") for n in names)
     for name in names:
@@ -203,7 +203,7 @@ def test_a_cap_too_small_is_refused_and_writes_nothing(job, tmp_path):
     job, _ = job
     copy = tmp_path / "tiny-cap"
     shutil.copytree(job, copy, ignore=shutil.ignore_patterns("report"))
-    proc = farm("report", str(copy), "--max-pixels", "1000", check=False)
+    proc = farm_here("report", str(copy), "--max-pixels", "1000", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--max-pixels" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -217,7 +217,7 @@ def test_rerun_gives_the_same_files_and_drops_stale_ones(job, tmp_path):
     before = sorted(p.relative_to(copy) for p in (copy / "report").rglob("*") if p.is_file())
     stale = copy / "report" / "sheets" / "999-old.png"
     stale.write_bytes(b"old")
-    farm("report", str(copy))
+    farm_here("report", str(copy))
     after = sorted(p.relative_to(copy) for p in (copy / "report").rglob("*") if p.is_file())
     assert after == before
     assert (copy / "report" / "response.parquet").read_bytes() == \
@@ -237,7 +237,7 @@ def test_partial_job_shows_what_exists_and_says_what_is_missing(job, tmp_path):
     lost = sum(pq.read_metadata(p).num_rows for p in parts[:2])
     for p in parts[:2]:
         p.unlink()
-    proc = farm("report", str(copy))
+    proc = farm_here("report", str(copy))
     assert f"{lost} of 84 planned images are missing" in proc.stdout
     rows = pq.read_table(copy / "report" / "response.parquet").to_pylist()
     missing = [r for r in rows if r["kind"] == "strength" and not r["rendered"]]
@@ -267,7 +267,7 @@ def test_report_of_a_job_in_a_bucket(job, s3):
         if path.is_file() and "report" not in path.relative_to(job).parts:
             client.upload_file(str(path), s3.bucket, f"{prefix}/{path.relative_to(job)}")
     url = s3.url(prefix)
-    proc = farm("report", url)
+    proc = farm_here("report", url)
     assert f"{url}/report/index.html" in proc.stdout
     body = client.get_object(Bucket=s3.bucket, Key=f"{prefix}/report/response.parquet")
     remote = pq.read_table(io.BytesIO(body["Body"].read())).to_pylist()
@@ -423,7 +423,7 @@ def test_presets_suggest_turns_the_sweep_into_ordered_presets(job, tmp_path):
     from farm.tenants import parse_tenants
 
     job, _ = job
-    out = farm("presets", "suggest", str(job), "--lora", "neon").stdout
+    out = farm_here("presets", "suggest", str(job), "--lora", "neon").stdout
     block = yaml.safe_load(out)["presets"]
     weights = {name: block[name]["weight"] for name in ("subtle", "standard", "bold")}
     measured = sorted(curve_points(job, "neon"))
@@ -439,7 +439,7 @@ def test_presets_suggest_turns_the_sweep_into_ordered_presets(job, tmp_path):
                            base=".")  # fmt: skip
     assert parsed.tenants["a"].presets["bold"].weight.unet == weights["bold"]
     # Without --lora, one set per LoRA swept alone.
-    both = yaml.safe_load(farm("presets", "suggest", str(job)).stdout)["presets"]
+    both = yaml.safe_load(farm_here("presets", "suggest", str(job)).stdout)["presets"]
     assert {"neon-subtle", "ink-bold"} <= set(both)
-    bad = farm("presets", "suggest", str(job), "--lora", "nope", check=False)
+    bad = farm_here("presets", "suggest", str(job), "--lora", "nope", check=False)
     assert bad.returncode == 2 and "no curve of nope" in bad.stderr

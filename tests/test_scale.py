@@ -67,21 +67,32 @@ def test_a_local_run_starts_its_own_ray_beside_a_running_cluster(ray_head, tmp_p
     assert "Found multiple active Ray instances" not in run.stderr
 
 
-def test_run_joins_a_cluster_from_one_of_its_nodes_with_the_token_only(ray_head, tmp_path):
-    spec = write_spec(tmp_path, "joined", seeds=[1, 2])
+def test_run_joins_a_cluster_with_the_token_only_and_a_tenants_worker_cap_holds_there(
+        ray_head, tmp_path):  # fmt: skip
+    import yaml
+
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(yaml.safe_dump({"tenants": {"acme": {
+        "output": str(tmp_path / "out"), "loras": {"neon": "tiny:neon", "ink": "tiny:ink"},
+        "caps": {"workers": 2}}}}))  # fmt: skip
+    spec = write_spec(tmp_path, "capped", tenant="acme", seeds=[1, 2],
+                      loras=[{"name": "neon"}, {"name": "ink"}])  # fmt: skip
+    args = ["run", str(spec), "--address", ray_head.address, "--tenants", str(tenants)]
     no_token = {k: v for k, v in ray_head.env.items() if not k.startswith("RAY_AUTH")}
-    refused = farm("run", str(spec), "--address", ray_head.address, env=no_token, check=False)
+    refused = farm(*args, env=no_token, check=False)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.strip().splitlines() == [
         f"error: --address {ray_head.address}: the cluster wants its token; set "
         "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to it, with RAY_AUTH_MODE=token"
     ]
     assert not (tmp_path / "out").exists()
-    run = farm("run", str(spec), "--address", ray_head.address, "--workers", "1",
-               env=ray_head.env).stdout  # fmt: skip
-    # The head's fake GPUs: the worker asked the cluster for one.
-    assert "rendering 16 images on 1 worker (1.0 GPU each)" in run
-    assert_verified(tmp_path / "out" / "joined", 16)
+    # With the token it joins. The head's 4 fake GPUs would get 4 workers, one each; the
+    # tenant may use two, replacements included.
+    run = farm(*args, env=ray_head.env).stdout
+    assert "rendering 16 images on 2 workers (1.0 GPU each)" in run, run
+    job = tmp_path / "out" / "capped"
+    assert job_doc(job)["runs"][0]["counters"]["workers"] == 2
+    assert_verified(job, 16)
 
 
 # ---------------------------------------------------------------- farm submit
@@ -202,22 +213,6 @@ def test_submit_refuses_what_cannot_reach_the_cluster(ray_head, tmp_path, tiny_d
     proc = farm("logs", "farm-nope", "--address", ray_head.jobs_url, env=ray_head.env,
                 check=False)  # fmt: skip
     assert proc.returncode == 2 and "farm-nope: no such job" in proc.stderr
-
-
-def test_a_tenants_worker_cap_holds_on_a_cluster_with_room_for_more(ray_head, tmp_path):
-    # Four GPUs would get four workers; the tenant may use two, replacements included.
-    import yaml
-
-    tenants = tmp_path / "tenants.yaml"
-    tenants.write_text(yaml.safe_dump({"tenants": {"acme": {
-        "output": str(tmp_path / "out"), "loras": {"neon": "tiny:neon", "ink": "tiny:ink"},
-        "caps": {"workers": 2}}}}))  # fmt: skip
-    spec = write_spec(tmp_path, "capped", tenant="acme",
-                      loras=[{"name": "neon"}, {"name": "ink"}])  # fmt: skip
-    run = farm("run", str(spec), "--address", ray_head.address, "--tenants", str(tenants),
-               env=ray_head.env)  # fmt: skip
-    assert "on 2 workers (1.0 GPU each)" in run.stdout
-    assert job_doc(tmp_path / "out" / "capped")["runs"][0]["counters"]["workers"] == 2
 
 
 # ---------------------------------------------------------------- placement

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import FARM, REPO
+from conftest import REPO
 from jobrun import farm, farm_here
 
 from farm.spec_errors import SpecError
@@ -306,13 +305,13 @@ def test_prefixes_compare_by_segment():
         inside("/data/tenants/acme/../acme/job", "/data/tenants/acme")
 
 
-def test_the_example_tenants_and_catalog_job_run(tmp_path, tiny_dir):
-    # From a folder of the user's own: the example's local prefixes land there.
+def test_the_example_tenants_and_catalog_job_run(tmp_path, tiny_dir, monkeypatch):
+    # From a folder of the user's own: the example's local prefixes land there. In this
+    # process, without Ray: the tenants file and the catalog are the subject here.
+    monkeypatch.chdir(tmp_path)
     examples = REPO / "jobs" / "examples"
-    args = ["--tenants", str(examples / "tenants.yaml")]
-    proc = subprocess.run([*FARM, "run", str(examples / "house-style.yaml"), *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    args = ["--tenants", str(examples / "tenants.yaml"), "--local"]
+    farm_here("run", str(examples / "house-style.yaml"), *args)
     job = tmp_path / "renders" / "tenants" / "acme" / "house-style"
     table = pq.read_table(job / "metadata.parquet").to_pylist()
     in_stock = [r for r in _csv(examples / "products.csv") if r["in_stock"] == "yes"]
@@ -330,9 +329,7 @@ def test_the_example_tenants_and_catalog_job_run(tmp_path, tiny_dir):
         named = job / row["named_key"]
         assert row["named_key"] == f"named/{fields['category']}/{fields['sku']}-{preset}-0.png"
         assert named.read_bytes() == (job / row["image_key"]).read_bytes()
-    verified = subprocess.run([*FARM, "verify", str(job)], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
-    assert "ok: 44 planned items" in verified.stdout
+    assert "ok: 44 planned items" in farm_here("verify", str(job)).stdout
 
 
 def _csv(path: Path) -> list[dict]:
