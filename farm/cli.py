@@ -12,7 +12,6 @@ from farm import __version__
 from farm.cli_models import lora as lora_command
 from farm.cli_models import model as model_command
 from farm.cli_options import (
-    EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     address_option,
@@ -28,24 +27,11 @@ from farm.cli_report import report as report_command
 from farm.cli_report import report_options, write_report
 from farm.cli_tenants import guard_job, load_config
 from farm.cli_tenants import presets as presets_command
-
-
-def _bad_input_errors() -> tuple[type[Exception], ...]:
-    from farm.cluster import ClusterError
-    from farm.job import JobError
-    from farm.job_lease import JobBusy
-    from farm.loras import LoraError
-    from farm.report.build import ReportError
-    from farm.spec import SpecError
-    from farm.store import StoreError
-    from farm.submit import SubmitError
-
-    return (SpecError, JobError, JobBusy, LoraError, StoreError, SubmitError, ClusterError,
-            ReportError)  # fmt: skip
+from farm.errors import EXIT_BAD_INPUT, FarmError
 
 
 class FarmGroup(click.Group):
-    """Turns known bad-input errors into one line on stderr and exit code 2."""
+    """Turns a FarmError into one line on stderr and its exit code (2: bad input)."""
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
@@ -71,12 +57,9 @@ class FarmGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except _bad_input_errors() as err:
-            from farm.urls import redact
-
-            # Most errors redact their own URLs; this catches one quoted by any other.
-            click.echo(f"error: {redact(str(err))}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+        except FarmError as err:  # one line, URLs redacted (farm/errors.py)
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             # Outside rendering nothing is half-written: stop without a traceback.
             click.echo("interrupted", err=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from farm.cli_options import EXIT_BAD_INPUT
+from farm.errors import EXIT_BAD_INPUT
 
 
 @click.group()

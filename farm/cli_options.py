@@ -6,9 +6,8 @@ import os
 
 import click
 
-# Exit codes: 0 ok, 1 the job failed (resumable), 2 bad input.
+# Exit codes: 0 ok, 1 the job failed (resumable), 2 bad input (farm.errors.EXIT_BAD_INPUT).
 EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 

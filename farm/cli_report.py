@@ -78,23 +78,36 @@ def report(job_url: str, max_pixels: int, cell_px: int, serve: bool, port: int,
     from farm.cli_tenants import guard_job
 
     guard_job(job_url, tenants_file, tenant)
-    write_report(job_url, max_pixels=max_pixels, cell_px=cell_px)
-    if serve:
-        serve_report(job_url, port)
+    # The port first: a flag this machine cannot satisfy is refused before anything is written.
+    server = listen(job_url, port) if serve else None
+    try:
+        write_report(job_url, max_pixels=max_pixels, cell_px=cell_px)
+    except BaseException:
+        if server is not None:
+            server.shutdown()
+        raise
+    if server is not None:
+        serve_report(server)
 
 
-def serve_report(job_url: str, port: int) -> None:
-    import signal
-
+def listen(job_url: str, port: int):
+    """A ReportServer bound to 127.0.0.1:`port` (0: any free one), not yet serving."""
+    from farm.report.build import ReportError
     from farm.report.serve import ReportServer
     from farm.stores import open_store
 
     try:
-        server = ReportServer(open_store(job_url), port=port)
-    except OSError as err:
-        raise click.ClickException(
+        return ReportServer(open_store(job_url), port=port)
+    except OSError as err:  # bad input, exit 2
+        raise ReportError(
             f"--port {port}: cannot listen on 127.0.0.1 ({err.strerror}); pick another port or 0"
         ) from None
+
+
+def serve_report(server) -> None:
+    """Serve until Ctrl-C or SIGTERM."""
+    import signal
+
     # Ctrl-C stops it even where it was started with SIGINT ignored (a background job of
     # a script inherits that), and SIGTERM stops it the same way.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 
+from farm.errors import FarmError
 from farm.urls import redact
 
 # Environment the workers need that is not a secret; credentials come from the nodes.
@@ -81,12 +82,8 @@ def start_ray(address: str | None, num_gpus: int | None = None) -> None:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-class ClusterError(ValueError):
-    """A Ray cluster that cannot be reached or joined (exit 2). An address's credentials
-    are cut out of the message."""
-
-    def __init__(self, message: str):
-        super().__init__(redact(message))
+class ClusterError(FarmError, ValueError):
+    """A Ray cluster that cannot be reached or joined (exit 2)."""
 
 
 def _join(address: str, runtime_env: dict | None) -> None:

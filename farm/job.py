@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 
 from farm import __version__, faults
+from farm.errors import FarmError
 from farm.models import model_hash, model_name
 from farm.records import compact, scan_parts
 from farm.spec import Spec, SpecError, parse_spec
@@ -24,7 +25,7 @@ from farm.sweep import Adapter, Plan, content_id, make_plan, unit_streams
 JOB_JSON = "job.json"
 
 
-class JobError(ValueError):
+class JobError(FarmError, ValueError):
     """A job that cannot be opened as asked (exit 2): say why and what to do."""
 
 

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from farm.errors import FarmError
 from farm.store import Store, StoreError
 
 LEASE = "running.json"
@@ -31,7 +32,7 @@ HEARTBEAT = 30.0
 STALE = 120.0  # four missed heartbeats
 
 
-class JobBusy(ValueError):
+class JobBusy(FarmError, ValueError):
     """Another driver is rendering this job (exit 2)."""
 
 

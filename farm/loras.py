@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from farm.errors import FarmError
 from farm.limits import PICKLE_SUFFIXES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -63,7 +64,7 @@ _RESNET = re.compile(
 )
 
 
-class LoraError(ValueError):
+class LoraError(FarmError, ValueError):
     """A LoRA file that cannot be used. str() names the file and what to do."""
 
 

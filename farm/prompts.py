@@ -35,6 +35,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from farm.errors import FarmError
 from farm.strength import (
     Strength,
     StrengthError,
@@ -70,17 +71,8 @@ class LoraTag:
         return self.strength.unet
 
 
-class PromptError(ValueError):
-    """A malformed tag. str() says which tag and why (the caller adds where), on one line:
-    line breaks inside a tag are shown as spaces, as SpecError does."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_BREAKS.sub(" ", str(message)).strip())
-
-
-# Every character str.splitlines() breaks at (spec_errors.one_line's set; prompts sits
-# below spec_errors, so it keeps its own copy).
-_BREAKS = re.compile(r"\s*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]\s*")
+class PromptError(FarmError, ValueError):
+    """A malformed tag. str() says which tag and why (the caller adds where), on one line."""
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[LoraTag]]:

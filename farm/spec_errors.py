@@ -7,26 +7,14 @@ file with the same one-line errors.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
 from typing import Any
 
+from farm.errors import FarmError
 
-class SpecError(ValueError):
+
+class SpecError(FarmError, ValueError):
     """A bad spec. str(err) is one line: '<field path>: <what is wrong and what to do>'."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
-
-
-# Every character str.splitlines() breaks at: a value quoted in a message (a key "\r")
-# must not start a new line on the terminal.
-_BREAKS = re.compile(r"\s*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]\s*")
-
-
-def one_line(message: object) -> str:
-    """The message with its line breaks, and the space around them, turned into one space."""
-    return _BREAKS.sub(" ", str(message)).strip()
 
 
 def suggest(word: Any, choices: Iterable[str]) -> str:

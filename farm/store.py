@@ -16,15 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm import faults
-from farm.urls import redact
+from farm.errors import FarmError
 
 
-class StoreError(RuntimeError):
-    """Storage is unreachable or refuses us. str() is one line, safe to print: the
-    credentials an endpoint URL may carry are cut out."""
-
-    def __init__(self, message: str):
-        super().__init__(redact(message))
+class StoreError(FarmError, RuntimeError):
+    """Storage is unreachable or refuses us (exit 2 before a run; a run that meets it
+    stops resumably)."""
 
 
 class StoreRefused(StoreError):

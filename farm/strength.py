@@ -28,6 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from farm.errors import FarmError
 from farm.infotext import format_number
 
 LBW_IDS = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", "OUT03", "OUT04",
@@ -50,7 +51,7 @@ _MODULE = re.compile(r"(down_blocks|up_blocks)\.(\d+)\.(attentions|resnets|downs
                      r"\.(\d+)|(mid_block)")  # fmt: skip
 
 
-class StrengthError(ValueError):
+class StrengthError(FarmError, ValueError):
     """A strength setting that cannot be used; str() says why (the caller adds where)."""
 
 

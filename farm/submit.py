@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from farm.errors import FarmError
 from farm.spec import Spec
-from farm.urls import redact
 
 # Ray refuses working_dir packages above 512 MiB; stay well below and say what to do.
 MAX_UPLOAD = 256 * 1024 * 1024
@@ -34,12 +34,8 @@ TOKEN_HINT = ("the cluster wants its token; set RAY_AUTH_TOKEN (or RAY_AUTH_TOKE
               "it, with RAY_AUTH_MODE=token")  # fmt: skip
 
 
-class SubmitError(ValueError):
-    """A job that cannot be submitted as asked (exit 2). An address's credentials are cut
-    out of the message."""
-
-    def __init__(self, message: str):
-        super().__init__(redact(message))
+class SubmitError(FarmError, ValueError):
+    """A job that cannot be submitted as asked (exit 2)."""
 
 
 @dataclass

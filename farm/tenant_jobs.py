@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 from farm.spec_errors import SpecError
+from farm.store import StoreError
 from farm.stores import open_store
 from farm.tenants import Tenant
 
@@ -24,15 +25,28 @@ STALE = 120.0  # four missed heartbeats
 
 
 def running_jobs(tenant: Tenant, now: float | None = None) -> dict[str, float]:
-    """{job_id: start time} of the tenant's jobs whose lease is fresh."""
+    """{job_id: start time} of the tenant's jobs whose lease is fresh.
+
+    A lease the store cannot read is not skipped: that would let the tenant past its cap
+    while the store is down. The count fails closed with a StoreError (exit 2).
+    """
     store = open_store(tenant.output)
     now = time.time() if now is None else now
     live = {}
     for key in store.list(LEASES):
-        with contextlib.suppress(Exception):  # a lease deleted or half-read meanwhile
+        try:
             doc = json.loads(store.get(key))
-            if now - float(doc["heartbeat"]) < STALE:
-                live[str(doc["job_id"])] = float(doc["started"])
+            heartbeat, started = float(doc["heartbeat"]), float(doc["started"])
+            job_id = str(doc["job_id"])
+        except FileNotFoundError:
+            continue  # its job ended between the listing and the read
+        except (ValueError, KeyError, TypeError):
+            continue  # not a lease farm wrote: both stores write whole objects
+        except StoreError as err:
+            raise StoreError(f"tenant {tenant.name}: cannot count its running jobs ({err}); "
+                             "try again once the store answers") from None  # fmt: skip
+        if now - heartbeat < STALE:
+            live[job_id] = started
     return live
 
 

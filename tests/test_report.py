@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -303,6 +304,23 @@ def test_serve_serves_the_report_until_ctrl_c(job, stop):
             proc.wait()
     assert proc.returncode == 0, err
     assert "stopped" in out and "Traceback" not in err
+
+
+def test_serve_on_a_port_in_use_is_bad_input(job, tmp_path):
+    job, _ = job
+    copy = tmp_path / "busy"
+    shutil.copytree(job, copy, ignore=shutil.ignore_patterns("report"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = farm_here("report", str(copy), "--serve", "--port", str(port), check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --port {port}: cannot listen on 127.0.0.1 (Address already in use); "
+        "pick another port or 0"
+    ]
+    assert not (copy / "report").exists()  # refused before anything was written
 
 
 # The gallery of the finished job, in a real browser.

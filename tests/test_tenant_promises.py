@@ -325,3 +325,34 @@ def test_two_presets_with_the_same_weights_are_refused(shared):
     # A slider position is a weight too.
     spec = shared.spec("slid", preset=None, presets=["standard", {"name": "style", "at": 0.6}])
     refused(shared, [*plan, spec], "preset 'style' sets the same weights as 'standard'")
+
+
+def test_a_lease_the_store_cannot_read_refuses_the_job(lease, monkeypatch):
+    """The tenant's one slot is held by a running job whose lease cannot be read (the store
+    is failing): counting it as absent would let a second job past the cap."""
+    from farm.store import LocalStore, StoreError
+
+    now = lease.clock.now
+    lease.folder.mkdir()
+    running = {"job_id": "running", "started": now, "heartbeat": now}
+    (lease.folder / "running.json").write_text(json.dumps(running))
+    real, fault = LocalStore.get, {}
+
+    def get(store, key: str) -> bytes:
+        if key.startswith(tenant_jobs.LEASES) and fault:
+            raise fault["error"]
+        return real(store, key)
+
+    monkeypatch.setattr(LocalStore, "get", get)
+    fault["error"] = StoreError("lease: Input/output error")
+    with (
+        pytest.raises(StoreError, match="tenant acme: cannot count its running jobs .*try again"),
+        tenant_jobs.job_slot(lease.acme, "second"),
+    ):
+        pass
+    assert sorted(p.name for p in lease.folder.iterdir()) == ["running.json"]
+    # A lease gone between the listing and the read is one job fewer, not a failure.
+    fault["error"] = FileNotFoundError("running.json")
+    assert tenant_jobs.running_jobs(lease.acme) == {}
+    fault.clear()
+    assert tenant_jobs.running_jobs(lease.acme) == {"running": now}

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from farm.errors import FarmError
 from farm.report.animate import strength_animation
 from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
@@ -35,7 +36,7 @@ CURVES = f"{REPORT}curves.png"
 INDEX = f"{REPORT}index.html"
 
 
-class ReportError(ValueError):
+class ReportError(FarmError, ValueError):
     """A report that cannot be drawn as asked; str() says what to change."""
 
 
