@@ -71,14 +71,14 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from farm.demo_loras import demo_lora_path
-    from farm.job import job_context
+    from farm.loras.demo import demo_lora_path
+    from farm.plan.sweep import expand, group_units, make_plan
     from farm.render.pipelines import quiet_libraries
     from farm.render.tiny import ensure_tiny
+    from farm.run.job import job_context
     from farm.spec import parse_spec
-    from farm.store import LocalStore
-    from farm.sweep import expand, group_units, make_plan
-    from farm.worker import RenderWorker
+    from farm.storage.store import LocalStore
+    from farm.worker.render_worker import RenderWorker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)

@@ -79,7 +79,7 @@ def build_model(root: Path) -> tuple[Path, Path]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from farm.render.tiny import build_tokenizer
-    from farm.tiny_identity import SCHEDULER_CONFIG
+    from farm.tiny.identity import SCHEDULER_CONFIG
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
@@ -139,10 +139,10 @@ def farm_worker(worker, model: Path, lora: Path, seeds: list[int], batch: int, o
                 steps: int, size: int, compile_: bool = False,
                 limit: int | None = None) -> tuple[float, int]:  # fmt: skip
     """RenderWorker.render over the sweep's units, two in flight as on a Ray actor."""
-    from farm.job import job_context
+    from farm.plan.sweep import expand, group_units, make_plan
+    from farm.run.job import job_context
     from farm.spec import parse_spec
-    from farm.store import LocalStore
-    from farm.sweep import expand, group_units, make_plan
+    from farm.storage.store import LocalStore
 
     name = f"bench-b{batch}{'-compiled' if compile_ else ''}-{len(list(out.iterdir()))}"
     spec = parse_spec({
@@ -173,7 +173,7 @@ def tolerance(worker, model: Path, lora: Path, out: Path, steps: int, size: int,
     import numpy as np
     from PIL import Image
 
-    from farm.store import LocalStore
+    from farm.storage.store import LocalStore
 
     images = []
     for b in (1, batch):
@@ -200,7 +200,7 @@ class Stages:
     wrappers time PNG encoding and writes."""
 
     def __init__(self, pipe, device: str):
-        import farm.worker as worker_module
+        import farm.worker.render_worker as worker_module
 
         self.seconds: dict[str, float] = {}
         self.device = device
@@ -219,7 +219,7 @@ class Stages:
 
         worker_module.encode_image = timed_encode
         self._undo.append(lambda: setattr(worker_module, "encode_image", encode))
-        from farm.store import LocalStore
+        from farm.storage.store import LocalStore
 
         put = LocalStore.put
 
@@ -260,7 +260,7 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     from farm.render.pipelines import quiet_libraries
-    from farm.worker import RenderWorker
+    from farm.worker.render_worker import RenderWorker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4, help="seeds: images = 11 × 2 × seeds")

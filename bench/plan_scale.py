@@ -52,11 +52,11 @@ def sweep_spec(root: Path, items: int) -> Path:
 
 def make_job(root: Path, rows: int) -> Path:
     """A finished job of `rows` rows in parts of 8, as workers write them (no images)."""
-    from farm.job import open_job
-    from farm.records import encode_rows, part_key
+    from farm.plan.sweep import expand, make_plan, unit_streams
+    from farm.records.parts import encode_rows, part_key
+    from farm.run.job import open_job
     from farm.spec import parse_spec
-    from farm.stores import open_store
-    from farm.sweep import expand, make_plan, unit_streams
+    from farm.storage import open_store
 
     spec = parse_spec({"job": f"resume-{rows}", "prompts": [f"p{i}" for i in range(100)],
                        "seeds": {"start": 0, "count": rows // 1000},
@@ -77,9 +77,11 @@ def make_job(root: Path, rows: int) -> Path:
 
 RESUME = """
 import sys
-from farm.job import open_job, stored_plan, read_job
-from farm.stores import open_store
-from farm.sweep import unit_streams
+from farm.plan.stored import stored_plan
+from farm.records.job_doc import read_job
+from farm.run.job import open_job
+from farm.storage import open_store
+from farm.plan.sweep import unit_streams
 store = open_store(sys.argv[1])
 plan = stored_plan(store, read_job(store))
 doc, done = open_job(plan, store, echo=lambda _: None)

@@ -36,11 +36,12 @@ PROMPTS = [p if i < 5 else p.replace("white", "gray") for i, p in enumerate(PROM
 
 def make_job(root: Path, seeds: int) -> Path:
     """A planned job with an image and a row for every item, as a finished run leaves it."""
-    from farm.job import open_job, write_job
-    from farm.records import compact, encode_rows, part_key
-    from farm.spec_parse import parse_spec
-    from farm.stores import open_store
-    from farm.sweep import expand, group_units, make_plan
+    from farm.plan.sweep import expand, group_units, make_plan
+    from farm.records.job_doc import write_job
+    from farm.records.parts import compact, encode_rows, part_key
+    from farm.run.job import open_job
+    from farm.spec.parse import parse_spec
+    from farm.storage import open_store
 
     spec = parse_spec({
         "job": f"scale-{seeds}", "model": "tiny", "prompts": PROMPTS,
@@ -96,7 +97,7 @@ def _image(seed: int, prompt: int, strength: float) -> bytes:
 def decode_all(job: Path) -> float:
     """The baseline: every image read from the store and decoded once."""
     from farm.report.measure import decode
-    from farm.stores import open_store
+    from farm.storage import open_store
 
     store = open_store(str(job))
     start = time.perf_counter()

@@ -85,7 +85,7 @@ class BareLoop:
 
     def run(self, spec, threads: int) -> tuple[float, int]:
         """Render the spec's items (the farm's own expansion) one call each; (seconds, n)."""
-        from farm.sweep import expand, make_plan
+        from farm.plan.sweep import expand, make_plan
 
         torch = self.torch
         torch.set_num_threads(threads)
@@ -110,9 +110,9 @@ class BareLoop:
 
 def run_farm(spec, workers: int) -> dict:
     """run_job with `workers` fake-GPU workers; times of each finished unit recorded."""
-    import farm.executor
-    from farm.job import run_job
-    from farm.progress import Progress
+    import farm.run.executor
+    from farm.run.job import run_job
+    from farm.run.progress import Progress
 
     done: list[tuple[float, int]] = []  # (perf_counter, images) per finished unit
     begun: list[float] = []  # when the first unit was dispatched: every worker is up
@@ -131,7 +131,7 @@ def run_farm(spec, workers: int) -> dict:
 
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    with mock.patch.object(farm.executor, "Progress", Recorder):
+    with mock.patch.object(farm.run.executor, "Progress", Recorder):
         result = run_job(spec, workers=workers, gpus_per_worker=1, echo=lambda *_: None)
     wall = time.perf_counter() - start
     assert result.ok and result.rendered == result.planned, result
@@ -186,7 +186,7 @@ def main() -> None:
     import ray
     import torch
 
-    from farm.demo_loras import demo_lora_path
+    from farm.loras.demo import demo_lora_path
     from farm.render.pipelines import quiet_libraries
     from farm.render.tiny import ensure_tiny
 

@@ -52,7 +52,7 @@ def main() -> None:
 
 
 def run_rounds(args) -> dict[str, list[float]]:
-    from farm.job import run_job
+    from farm.run.job import run_job
     from farm.spec import load_spec
 
     spec = dataclasses.replace(load_spec(args.spec), seeds=tuple(range(args.seeds)))

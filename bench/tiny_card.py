@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from farm.tiny_identity import BACKGROUNDS  # noqa: E402
+from farm.tiny.identity import BACKGROUNDS  # noqa: E402
 from farm.training.probe import STYLE_SCORES, read  # noqa: E402
 from farm.training.shapes import combinations  # noqa: E402
 
@@ -150,7 +150,7 @@ def render_time() -> str:
     import torch
 
     from farm.render.tiny import build_tiny_pipeline
-    from farm.tiny_identity import shipped_weights
+    from farm.tiny.identity import shipped_weights
 
     torch.set_num_threads(1)
     pipe = build_tiny_pipeline(shipped_weights())

@@ -55,7 +55,7 @@ def loop(args: argparse.Namespace) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from farm.demo_loras import demo_lora_path
+    from farm.loras.demo import demo_lora_path
     from farm.render.pipelines import quiet_libraries
     from farm.render.tiny import ensure_tiny
 

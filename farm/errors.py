@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from farm.urls import redact
+from farm.redact import redact
 
 EXIT_BAD_INPUT = 2
 

@@ -32,7 +32,7 @@ import time
 POINTS = ("unit-start", "image-written", "part-write", "part-written")
 JOB_END = "job-end"
 HOLD_LIMIT = 300.0  # seconds a held unit waits before it fails (nothing is written)
-PARTS = "parts/"  # as farm/records.py keys parts; storage sits below records
+PARTS = "parts/"  # as farm/records/parts.py keys parts; storage sits below records
 
 
 _retried: set[str] = set()  # units this process renders again after a failed attempt

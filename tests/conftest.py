@@ -43,7 +43,7 @@ def tiny_dir(farm_home) -> Path:
 @pytest.fixture(scope="session")
 def cpu_worker(tiny_dir):
     """A RenderWorker used as a plain class, in this process (no Ray)."""
-    from farm.worker import RenderWorker
+    from farm.worker.render_worker import RenderWorker
 
     return RenderWorker(device="cpu")
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import FARM, REPO
 
 from farm.cli import main
-from farm.sweep import AUTO_UNIT
+from farm.plan.sweep import AUTO_UNIT
 
 
 def write_spec(tmp_path, **over) -> str:
@@ -51,9 +51,9 @@ def snapshot(folder) -> dict:
 @pytest.fixture(scope="module")
 def opened_job(tmp_path_factory):
     """A job folder as `farm run` leaves it before rendering: a real job.json, no parts."""
-    from farm.job import job_store, open_job
+    from farm.plan.sweep import make_plan
+    from farm.run.job import job_store, open_job
     from farm.spec import load_spec
-    from farm.sweep import make_plan
 
     tmp = tmp_path_factory.mktemp("opened")
     spec = load_spec(write_spec(tmp))
@@ -174,7 +174,7 @@ def huge_sweep(tmp_path, loras: int) -> str:
              "alpha": "0:9999:1"} for i in range(loras)]  # fmt: skip
     if loras > 2:
         # A third LoRA file: the demo pair under another name would be refused as a twin.
-        from farm.demo_loras import demo_lora_path
+        from farm.loras.demo import demo_lora_path
 
         third = tmp_path / "third.safetensors"
         data = bytearray(demo_lora_path("tiny:neon").read_bytes())

@@ -15,15 +15,15 @@ import torch
 from PIL import Image
 from test_loras import locon_for_tiny
 
-from farm.job import job_context
-from farm.records import decode_part, part_key
+from farm.plan.sweep import Adapter, make_plan, unit_streams
+from farm.records.parts import decode_part, part_key
 from farm.render.adapters import AdapterSet
 from farm.render.sample_scales import SampleScales
+from farm.run.job import job_context
 from farm.spec import SpecError, parse_spec
-from farm.store import LocalStore
-from farm.strength import Strength, parse_blocks, parse_schedule
-from farm.sweep import Adapter, make_plan, unit_streams
-from farm.worker import RenderWorker, batches
+from farm.spec.strength import Strength, parse_blocks, parse_schedule
+from farm.storage.store import LocalStore
+from farm.worker.render_worker import RenderWorker, batches
 
 TOLERANCE = 2  # of 255, per pixel channel
 RENDER = {"steps": 6, "guidance": 7.5, "width": 64, "height": 64}
@@ -163,7 +163,7 @@ def test_each_kind_of_layer_takes_its_own_sample_scale_under_guidance(tiny_dir):
 def test_each_prompt_is_embedded_at_its_own_text_encoder_strength(cpu_worker):
     loaded = cpu_worker.pipelines.get("tiny")
     ink = Adapter("ink", "", "9" * 64, "9")
-    from farm.demo_loras import demo_lora_path
+    from farm.loras.demo import demo_lora_path
 
     loaded.adapters.ensure([Adapter("ink", str(demo_lora_path("tiny:ink")), "9" * 64, "9")])
     strengths = [Strength(0.0, 1.0), Strength(1.0, 1.0), Strength(0.4, 0.0)]
@@ -213,7 +213,7 @@ def test_sample_scales_follow_blocks_and_schedules_per_sample():
 
 
 def test_batches_cut_a_unit_into_calls():
-    from farm.sweep import Item
+    from farm.plan.sweep import Item
 
     def item(i, w):
         return Item(str(i), "p", "p", "", i, (("x", Strength.plain(w)),), w)
@@ -365,9 +365,9 @@ def test_a_compiled_denoiser_does_not_recompile_for_new_strengths(tmp_path):
 
 
 def test_rerender_renders_the_whole_call_again_and_matches(cpu_worker, tmp_path):
-    from farm.job import open_job
-    from farm.records import read_rows
-    from farm.rerender import rerender
+    from farm.audit.rerender import rerender
+    from farm.records.parts import read_rows
+    from farm.run.job import open_job
 
     data = {"job": "again", "prompts": ["a lighthouse"], "seeds": [1, 2],
             "loras": [{**NEON, "alpha": [0, 0.7, 1.4]}],

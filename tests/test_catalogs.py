@@ -12,6 +12,7 @@ import yaml
 from jobrun import farm, farm_here
 
 from farm.spec import SpecError, parse_spec
+from farm.tenancy.policy import resolver
 
 RENDER = {"steps": 4, "width": 64, "height": 64, "batch": 8}
 CATEGORIES = {"jewellery": "subtle", "sneakers": "bold", "bags": "standard"}
@@ -159,9 +160,9 @@ def test_preset_by_without_a_tenants_file_says_what_to_give(tmp_path):
 
 
 def test_lora_by_gives_each_row_its_lora_at_the_preset_weight(tmp_path):
+    from farm.plan.sweep import expand, make_plan
     from farm.spec import load_spec
-    from farm.sweep import expand, make_plan
-    from farm.tenants import load_tenants
+    from farm.tenancy.tenants import load_tenants
 
     (tmp_path / "p.csv").write_text("sku,colour,brand\nA,red,neon\nB,blue,ink\nC,green,other\n")
     tenants = tmp_path / "tenants.yaml"
@@ -175,7 +176,7 @@ def test_lora_by_gives_each_row_its_lora_at_the_preset_weight(tmp_path):
         "catalog": {"path": "p.csv", "key": "sku", "template": "a {colour} box",
                     "lora_by": {"column": "brand", "map": {"neon": "n", "ink": "i"},
                                 "default": "n"}}}))  # fmt: skip
-    plan = make_plan(load_spec(spec_path, load_tenants(str(tenants))))
+    plan = make_plan(load_spec(spec_path, resolver(load_tenants(str(tenants)))))
     got = {dict(i.catalog)["sku"]: [(n, w.unet) for n, w in i.loras] for i in expand(plan)}
     assert got == {"A": [("n", 0.3)], "B": [("i", 0.3)], "C": [("n", 0.3)]}
     assert {i.preset for i in expand(plan)} == {"subtle"}

@@ -58,7 +58,7 @@ def pickled_lora(tmp_path):
 
 
 def truncated_lora(tmp_path):
-    from farm.demo_loras import demo_lora_path
+    from farm.loras.demo import demo_lora_path
 
     data = demo_lora_path("tiny:neon").read_bytes()
     path = tmp_path / "cut.safetensors"

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FARM, REPO
 
-from farm.demo_loras import demo_lora_path
-from farm.encode import read_infotext
-from farm.infotext import parse_infotext
-from farm.loras import inspect_lora
+from farm.loras.demo import demo_lora_path
+from farm.loras.files import inspect_lora
+from farm.records.encode import read_infotext
+from farm.records.infotext import parse_infotext
 
 EXAMPLE = REPO / "jobs" / "examples" / "neon-sweep.yaml"
 

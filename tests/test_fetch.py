@@ -18,13 +18,13 @@ import yaml
 from conftest import REPO
 from jobrun import farm_here
 
-from farm import fetch
-from farm.fetch import fetch_dir, fetch_file, s3_dir_fingerprint
-from farm.local_files import local_lora_path, local_model_path, resolve_model_path
-from farm.models import model_fingerprint
+from farm.plan.model_refs import model_fingerprint
+from farm.plan.sweep import Adapter, make_plan
 from farm.spec import SpecError, parse_spec
-from farm.store import StoreError
-from farm.sweep import Adapter, make_plan
+from farm.storage import fetch
+from farm.storage.fetch import fetch_dir, fetch_file, s3_dir_fingerprint
+from farm.storage.store import StoreError
+from farm.worker.localize import local_lora_path, local_model_path, resolve_model_path
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +116,7 @@ def test_sha_mismatch_is_refused_and_leaves_nothing(s3, prefix, home):
 
 
 def watched_fcntl(found_held) -> SimpleNamespace:
-    """fcntl for farm.fetch, whose blocking exclusive flock first tries without blocking
+    """fcntl for farm.storage.fetch, whose blocking exclusive flock first tries without blocking
     and calls `found_held()` when that finds the lock taken (then waits, as asked)."""
 
     def flock(fd, operation):
@@ -177,7 +177,7 @@ def test_concurrent_threads_download_once(s3, prefix, downloads, monkeypatch):
 CHILD = """
 import fcntl, os, sys, time, types
 from pathlib import Path
-from farm import fetch
+from farm.storage import fetch
 url, sha256, rendezvous = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 def flock(fd, operation):
     if operation == fcntl.LOCK_EX:
@@ -303,8 +303,8 @@ def spec_with(lora_url: str, model: str = "tiny"):
 
 
 def test_plan_checks_an_s3_lora_and_keeps_its_url(s3, prefix):
-    from farm.demo_loras import DEMO_LORAS, write_demo_lora
-    from farm.loras import inspect_lora
+    from farm.loras.demo import DEMO_LORAS, write_demo_lora
+    from farm.loras.files import inspect_lora
 
     local = write_demo_lora(DEMO_LORAS["neon"], Path(os.environ["FARM_HOME"]) / "neon.safetensors")
     url = put(s3, f"{prefix}/loras/neon.safetensors", local.read_bytes())
@@ -329,7 +329,7 @@ def test_plan_names_the_field_for_a_bad_s3_lora(s3, prefix, case):
 
 @pytest.mark.slow
 def test_run_with_an_s3_model_and_lora_then_verify(s3, prefix, tiny_dir, tmp_path, home):
-    from farm.demo_loras import DEMO_LORAS, write_demo_lora
+    from farm.loras.demo import DEMO_LORAS, write_demo_lora
 
     model = upload_dir(s3, tiny_dir, f"{prefix}/models/tiny")
     lora = write_demo_lora(DEMO_LORAS["neon"], tmp_path / "neon.safetensors")

@@ -10,11 +10,11 @@ import pytest
 # Read by `datasets` when it is imported: never reach for the Hub.
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from farm.job import job_context, open_job  # noqa: E402
-from farm.records import METADATA, compact, completed_items  # noqa: E402
+from farm.plan.sweep import expand, group_units, make_plan  # noqa: E402
+from farm.records.parts import METADATA, compact, completed_items  # noqa: E402
+from farm.run.job import job_context, open_job  # noqa: E402
 from farm.spec import parse_spec  # noqa: E402
-from farm.store import LocalStore  # noqa: E402
-from farm.sweep import expand, group_units, make_plan  # noqa: E402
+from farm.storage.store import LocalStore  # noqa: E402
 
 PRODUCTS = {"A1": {"name": "mug", "color": "red"}, "A2": {"name": "cap", "color": "blue"}}
 

@@ -2,7 +2,7 @@
 
 A stored job is resumed, verified and rerendered by its ids: `parts/` holds the item_ids
 that are done, and a resume renders exactly the planned items whose id has no row. If
-the id hash changes (farm/sweep.py `expand` and `content_id`, `Strength.key`), every
+the id hash changes (farm/plan/sweep.py `expand` and `content_id`, `Strength.key`), every
 stored job's ids stop matching its plan, and a resume renders the whole job again
 beside the old images.
 
@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from farm.plan.sweep import Plan, expand, make_plan, unit_streams
 from farm.spec import load_spec
-from farm.sweep import Plan, expand, make_plan, unit_streams
-from farm.tenants import load_tenants
+from farm.tenancy.policy import resolver
+from farm.tenancy.tenants import load_tenants
 
 RENDER = {"steps": 2, "width": 64, "height": 64}
 NEON = {"name": "neon", "path": "tiny:neon"}
@@ -42,7 +43,7 @@ def planned(folder: Path, spec: dict, tenants: Path | None = None) -> Plan:
     path = folder / f"{spec['job']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     config = load_tenants(str(tenants)) if tenants is not None else None
-    return make_plan(load_spec(path, config))
+    return make_plan(load_spec(path, resolver(config)))
 
 
 def ids(plan: Plan) -> tuple[dict[tuple, str], set[str]]:

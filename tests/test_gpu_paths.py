@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from farm.render.pipelines import Device, Loaded, PipelineCache, load_pipeline, weights_bytes
-from farm.spec_model import Render
+from farm.spec.model import Render
 
 GiB = 2**30
 GPU_NAME = "NVIDIA Stand-In 80GB"
@@ -87,8 +87,8 @@ def test_the_dtype_flag_reaches_the_workers(hardware, monkeypatch):
     # `farm run --dtype bfloat16` sets FARM_DTYPE for this process and the workers it
     # starts (Ray's runtime env forwards it): the worker then reports bfloat16.
     from farm.cli import main
-    from farm.cluster import FORWARDED_ENV
-    from farm.worker import RenderWorker
+    from farm.run.cluster import FORWARDED_ENV
+    from farm.worker.render_worker import RenderWorker
 
     monkeypatch.setenv("FARM_DTYPE", "")  # restored (unset) after the test
     handler = signal.getsignal(signal.SIGTERM)
@@ -118,7 +118,7 @@ def test_a_cpu_worker_renders_in_float32(hardware, monkeypatch):
 
 
 def gpu_worker():
-    from farm.worker import RenderWorker
+    from farm.worker.render_worker import RenderWorker
 
     worker = RenderWorker()
     assert worker.device.name == "cuda:0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import a1111
 import pytest
 
-from farm.infotext import build_infotext, format_number, parse_infotext, quote
+from farm.records.infotext import build_infotext, format_number, parse_infotext, quote
 
 BASE = dict(
     prompt="a cat <lora:neon:0.2>",

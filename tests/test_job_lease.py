@@ -1,5 +1,5 @@
 """One driver per job: a second run or resume of a job being rendered is refused with one
-line naming the running driver; a lease whose driver is gone gives way (farm/job_lease.py)."""
+line naming the running driver; a lease whose driver is gone gives way (farm/run/job_lease.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from jobrun import assert_verified, write_spec
 from midjob import Hold
 
 from farm.cli import main
-from farm.job_lease import LEASE, STALE, holder
+from farm.run.job_lease import LEASE, STALE, holder
 
 
 def dead_pid() -> int:

@@ -20,9 +20,9 @@ from midjob import Hold, kill_process, kill_session
 
 from farm.cli import main
 from farm.faults import POINTS
-from farm.job import read_job
-from farm.records import PARTS, read_rows
-from farm.stores import open_store
+from farm.records.job_doc import read_job
+from farm.records.parts import PARTS, read_rows
+from farm.storage import open_store
 
 pytestmark = pytest.mark.slow
 

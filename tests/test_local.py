@@ -65,7 +65,7 @@ def test_local_rows_name_this_process_as_the_worker(tmp_path, tiny_dir):
 
     import pyarrow.parquet as pq
 
-    from farm.job import run_job
+    from farm.run.job import run_job
     from farm.spec import load_spec
 
     spec = load_spec(write_spec(tmp_path, "rows", seeds={"start": 0, "count": 1}))

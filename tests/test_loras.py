@@ -16,16 +16,16 @@ import pytest
 from conftest import FARM, REPO
 from safetensors.numpy import load_file, save_file
 
-from farm.demo_loras import (
+from farm.loras.demo import (
     DEMO_LORAS,
     demo_lora_path,
     unet_attention_modules,
     unet_resnet_convs,
     write_demo_lora,
 )
-from farm.families import Family, check_compatible, lora_family, model_family
-from farm.lora_report import describe_lora
-from farm.loras import LoraError, a1111_block, detect_layout, inspect_lora, read_header
+from farm.loras.describe import describe_lora
+from farm.loras.families import Family, check_compatible, lora_family, model_family
+from farm.loras.files import LoraError, a1111_block, detect_layout, inspect_lora, read_header
 
 PEFT = {
     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": (4, 32),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from farm.progress import Progress
+from farm.run.progress import Progress
 
 
 class Terminal(io.StringIO):

@@ -17,11 +17,11 @@ from jobrun import assert_verified, farm, farm_here, job_doc, write_spec
 from PIL import Image
 from test_render import pixels, render
 
-from farm.demo_loras import demo_lora_path
-from farm.records import decode_part, encode_rows, read_rows, scan_parts
+from farm.loras.demo import demo_lora_path
+from farm.plan.sweep import make_plan
+from farm.records.parts import decode_part, encode_rows, read_rows, scan_parts
 from farm.spec import parse_spec
-from farm.store import LocalStore
-from farm.sweep import make_plan
+from farm.storage.store import LocalStore
 
 SMALL = {"steps": 2, "width": 64, "height": 64, "batch": 8}  # units of 8
 
@@ -81,12 +81,13 @@ DOOMED = "a prompt whose worker always dies"
 
 @pytest.mark.slow
 def test_a_unit_whose_worker_always_dies_is_tried_max_attempts_times_then_failed(tmp_path):
-    from farm.executor import MAX_ATTEMPTS
+    from farm.run.executor import MAX_ATTEMPTS
 
     spec = write_spec(tmp_path, "doomed", prompts=[DOOMED], seeds=[1, 2], loras=[],
                       combine="product", render=SMALL)  # fmt: skip
     job = tmp_path / "out" / "doomed"
-    # Read by the worker (farm/worker.py): a worker given a unit with this prompt exits.
+    # Read by the worker (farm/worker/render_worker.py): a worker given a unit with this
+    # prompt exits.
     env = {**os.environ, "FARM_TEST_DIE_ON_PROMPT": DOOMED}
     run = farm("run", str(spec), "--workers", "1", env=env, check=False)
     assert run.returncode == 1, run.stdout + run.stderr
@@ -165,7 +166,7 @@ def rows_of(tmp_path: Path, name: str) -> list[dict]:
 
 
 def test_every_scheduler_the_spec_accepts_renders(cpu_worker, tiny_dir, tmp_path):
-    from farm.schedulers import SAMPLERS
+    from farm.spec.samplers import SAMPLERS
 
     tiny = make_plan(parse_spec({"job": "tiny", "prompts": ["x"], "seeds": [1]}))
     images = {}
@@ -219,7 +220,7 @@ def exif_user_comment(exif: bytes) -> str:
                          [("png", "PNG", ".png"), ("jpeg", "JPEG", ".jpg"),
                           ("webp", "WEBP", ".webp")])  # fmt: skip
 def test_every_output_format_embeds_the_infotext(cpu_worker, tmp_path, fmt, pil_format, suffix):
-    from farm.encode import read_infotext
+    from farm.records.encode import read_infotext
 
     (data,) = render(cpu_worker, tmp_path, f"format-{fmt}", seeds=[7],
                      render=SMALL | {"format": fmt}).values()  # fmt: skip

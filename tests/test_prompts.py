@@ -5,8 +5,8 @@ from __future__ import annotations
 import a1111
 import pytest
 
-from farm.prompts import LoraTag, PromptError, lora_tag, parse_prompt
-from farm.strength import Strength, parse_blocks, parse_schedule
+from farm.spec.prompts import LoraTag, PromptError, lora_tag, parse_prompt
+from farm.spec.strength import Strength, parse_blocks, parse_schedule
 
 LBW_17 = "1,0,0,0,1,1,1,0.5,1,1,1,1,0,0,0,0,0"
 

@@ -15,8 +15,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from farm.prompts import PromptError, parse_prompt
 from farm.spec import Spec, SpecError, load_spec, parse_spec
+from farm.spec.prompts import PromptError, parse_prompt
 
 # Fast in CI, and no example database written into the repository.
 settings.register_profile(

@@ -14,11 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from farm.job import job_context, open_job
-from farm.records import LORA_TYPE, SCHEMA, decode_part, encode_rows, part_key, read_rows
+from farm.plan.sweep import expand, group_units, make_plan
+from farm.records.parts import LORA_TYPE, SCHEMA, decode_part, encode_rows, part_key, read_rows
+from farm.run.job import job_context, open_job
 from farm.spec import parse_spec
-from farm.store import LocalStore
-from farm.sweep import expand, group_units, make_plan
+from farm.storage.store import LocalStore
 
 OLD_LORA = pa.struct([f for f in LORA_TYPE if f.name not in ("blocks", "schedule")])
 OLD_TYPES = {"loras": pa.list_(OLD_LORA), "catalog": pa.map_(pa.string(), pa.string())}
@@ -66,7 +66,7 @@ def test_reading_parts_starts_no_arrow_threads():
     script = (
         "import os\n"
         "from test_records import row\n"
-        "from farm.records import decode_part, encode_rows\n"
+        "from farm.records.parts import decode_part, encode_rows\n"
         "data = encode_rows([row() for _ in range(64)])\n"
         "before = len(os.listdir('/proc/self/task'))\n"
         "for _ in range(20):\n"
@@ -108,7 +108,7 @@ def test_rerender_uses_the_rows_thread_count(cpu_worker, tmp_path):
     # process at a different count to begin with, and gives it back afterwards.
     import torch
 
-    from farm.rerender import rerender
+    from farm.audit.rerender import rerender
 
     store = render_job(cpu_worker, tmp_path, threads=1)
     rows = read_rows(store).to_pylist()

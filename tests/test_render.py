@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.job import job_context
-from farm.records import decode_part, part_key
+from farm.plan.sweep import expand, group_units, make_plan
+from farm.records.parts import decode_part, part_key
+from farm.run.job import job_context
 from farm.spec import parse_spec
-from farm.store import LocalStore
-from farm.sweep import expand, group_units, make_plan
+from farm.storage.store import LocalStore
 
 PROMPT = "cyberpunk cityscape with neon lights"
 NEGATIVE = "low quality, blurry"
@@ -108,7 +108,7 @@ def test_parity_with_plain_diffusers(cpu_worker, tiny_dir, tmp_path, lora, weigh
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    from farm.demo_loras import demo_lora_path
+    from farm.loras.demo import demo_lora_path
 
     loras = [{"name": "x", "path": lora, "alpha": [weight]}] if lora else []
     farm_images = render(cpu_worker, tmp_path, "parity", loras)

@@ -364,7 +364,7 @@ def test_gallery_over_http_loads_images_through_relative_links(job, browser):
     import threading
 
     from farm.report.serve import ReportServer
-    from farm.stores import open_store
+    from farm.storage import open_store
 
     job, _ = job
     server = ReportServer(open_store(str(job)))
@@ -438,7 +438,7 @@ def test_a_report_never_loads_torch_ray_or_diffusers(job, tmp_path):
 
 
 def test_presets_suggest_turns_the_sweep_into_ordered_presets(job, tmp_path):
-    from farm.tenants import parse_tenants
+    from farm.tenancy.tenants import parse_tenants
 
     job, _ = job
     out = farm_here("presets", "suggest", str(job), "--lora", "neon").stdout

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from farm.report.serve import ReportServer, content_type, store_key
-from farm.store import LocalStore
-from farm.stores import open_store
+from farm.storage import open_store
+from farm.storage.store import LocalStore
 
 SECRET = b"not-for-the-browser"
 INDEX_HTML = "<!doctype html><title>sweep — ünïcode</title>".encode()

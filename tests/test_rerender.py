@@ -11,11 +11,11 @@ import hashlib
 
 from jobrun import farm_here
 
-from farm.job import job_context, open_job
-from farm.records import decode_part, encode_rows, part_key
+from farm.plan.sweep import make_plan, unit_streams
+from farm.records.parts import decode_part, encode_rows, part_key
+from farm.run.job import job_context, open_job
 from farm.spec import parse_spec
-from farm.store import LocalStore
-from farm.sweep import make_plan, unit_streams
+from farm.storage.store import LocalStore
 
 
 def test_rerender_reports_a_mismatch_and_exits_1(cpu_worker, tmp_path):

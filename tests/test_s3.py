@@ -14,7 +14,7 @@ import yaml
 from jobrun import farm, farm_here
 from s3server import free_port, start_moto
 
-from farm.s3store import S3Store
+from farm.storage.s3 import S3Store
 
 pytestmark = pytest.mark.slow
 

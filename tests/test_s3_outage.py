@@ -19,8 +19,8 @@ from jobrun import farm, farm_here
 from midjob import Hold, kill_session
 from test_s3 import rendered, small_spec
 
-from farm.job import read_job
-from farm.s3store import S3Store
+from farm.records.job_doc import read_job
+from farm.storage.s3 import S3Store
 
 pytestmark = pytest.mark.slow
 SEEDS = 12  # 2 prompts x 12 seeds x 2 strengths = 48 items in 6 units

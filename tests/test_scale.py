@@ -15,8 +15,8 @@ from conftest import FARM, REPO
 from jobrun import assert_verified, farm, job_doc, wait_for_part, write_spec
 from midjob import Hold
 
-from farm.backends import IN_FLIGHT
-from farm.demo_loras import demo_lora_path
+from farm.loras.demo import demo_lora_path
+from farm.run.backends import IN_FLIGHT
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_submit_to_a_ray_head_carries_local_loras_and_verifies(ray_head, tmp_pat
         assert name not in json.dumps(info.get("runtime_env")), f"{name} travelled with the job"
     # The LoRA travelled with the job: the cluster rendered with the same file.
     adapters = job_doc(job)["adapters"]
-    from farm.loras import inspect_lora
+    from farm.loras.files import inspect_lora
 
     assert adapters[0]["sha256"] == inspect_lora(loras / "neon.safetensors").sha256
     # The cluster's token and the driver's keys never land in the job or its output.

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from conftest import FARM, REPO
 
-from farm.demo_loras import demo_lora_path
+from farm.loras.demo import demo_lora_path
+from farm.plan.sweep import make_plan
+from farm.redact import redact
 from farm.spec import SpecError, parse_spec
-from farm.sweep import make_plan
-from farm.urls import redact
 
 KEY = "AKIAFARMLEAK" + secrets.token_hex(4).upper()
 SECRET = "leaked-secret-" + secrets.token_hex(8)
@@ -73,7 +73,7 @@ LOCAL_RAY = """
 import json, os, secrets, subprocess, sys, time, urllib.error, urllib.request
 import ipaddress
 import psutil
-from farm.cluster import start_ray
+from farm.run.cluster import start_ray
 
 start_ray(None)
 import ray

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from farm.catalog import CatalogRow, read_catalog, validate_catalog
 from farm.spec import (
     Catalog,
     LoraAxis,
@@ -20,7 +19,8 @@ from farm.spec import (
     parse_spec,
     parse_strengths,
 )
-from farm.strength import Strength
+from farm.spec.catalog_rows import CatalogRow, read_catalog, validate_catalog
+from farm.spec.strength import Strength
 
 DROP = object()  # an override value that removes the key
 BASE = {"job": "t", "prompts": ["a cat"], "seeds": [0]}
@@ -631,7 +631,7 @@ def test_parquet_catalog(farmdir: Path) -> None:
 
 def test_no_heavy_imports() -> None:
     code = (
-        "import farm.spec, farm.catalog, sys; "
+        "import farm.spec, farm.spec.catalog_rows, sys; "
         "assert not any(m.split('.')[0] in {'torch','ray','diffusers','transformers'} "
         "for m in sys.modules)"
     )

@@ -14,8 +14,8 @@ from conftest import FARM, REPO
 from jobrun import assert_verified, farm_here, job_doc, wait_for_part, write_spec
 from midjob import Hold
 
-from farm.demo_loras import demo_lora_path
-from farm.executor import IN_FLIGHT
+from farm.loras.demo import demo_lora_path
+from farm.run.executor import IN_FLIGHT
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,7 @@ def test_a_second_ctrl_c_stops_at_once_and_resume_renders_the_rest(tmp_path, tin
 def local_ray(tiny_dir):
     import ray
 
-    from farm.cluster import start_ray
+    from farm.run.cluster import start_ray
 
     start_ray(None, num_gpus=2)
     yield
@@ -169,7 +169,7 @@ def local_ray(tiny_dir):
 
 
 def test_worker_layout_follows_gpus_per_worker(local_ray):
-    from farm.cluster import worker_layout
+    from farm.run.cluster import worker_layout
 
     assert worker_layout(None, None) == (2, {"num_gpus": 1.0, "num_cpus": 1})
     assert worker_layout(None, 0.5) == (4, {"num_gpus": 0.5, "num_cpus": 1})
@@ -180,7 +180,7 @@ def test_worker_layout_follows_gpus_per_worker(local_ray):
 def test_cpu_workers_take_a_core_each_while_memory_holds_the_model(local_ray):
     import ray
 
-    from farm.cluster import WORKER_BASE_BYTES, cpu_worker_bytes, worker_layout
+    from farm.run.cluster import WORKER_BASE_BYTES, cpu_worker_bytes, worker_layout
 
     cpus = int(ray.cluster_resources()["CPU"])
     memory = ray.cluster_resources()["memory"]
@@ -214,10 +214,10 @@ def test_a_local_runs_workers_are_not_deprioritised(local_ray):
 def test_a_unit_failing_by_itself_is_not_retried_and_resume_renders_only_it(tmp_path, tiny_dir):
     # Dispatch and failure handling are the executor's loop, the same on either backend:
     # the worker in this process shows it without starting Ray.
-    from farm.executor import execute
-    from farm.job import job_context, job_store, open_job, run_job
+    from farm.plan.sweep import make_plan, unit_streams
+    from farm.run.executor import execute
+    from farm.run.job import job_context, job_store, open_job, run_job
     from farm.spec import load_spec
-    from farm.sweep import make_plan, unit_streams
 
     ink = tmp_path / "ink.safetensors"
     shutil.copy(demo_lora_path("tiny:ink"), ink)
@@ -245,7 +245,7 @@ def test_a_first_stop_signal_is_kept_even_inside_a_finalizer():
     # Ray's ObjectRef finalizers run on every loop of the executor; a KeyboardInterrupt
     # raised inside one is printed and dropped. The first Ctrl-C or SIGTERM only sets a
     # flag, so it cannot be lost; the second stops at once.
-    from farm.executor import Dispatcher
+    from farm.run.executor import Dispatcher
 
     run = Dispatcher.__new__(Dispatcher)
     run.stop_asked = False

@@ -29,9 +29,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
 
-import farm.s3store
-from farm.job import job_context, open_job
-from farm.records import (
+import farm.storage.s3
+from farm.audit.verify import verify_job
+from farm.plan.sweep import expand, group_units, make_plan
+from farm.records.parts import (
     METADATA,
     SCHEMA,
     CorruptPart,
@@ -44,12 +45,11 @@ from farm.records import (
     read_rows,
     scan_parts,
 )
-from farm.s3store import S3Store
+from farm.run.job import job_context, open_job
 from farm.spec import parse_spec
-from farm.store import LocalStore, Store, StoreError, split_job_url
-from farm.stores import open_store
-from farm.sweep import expand, group_units, make_plan
-from farm.verify import verify_job
+from farm.storage import open_store
+from farm.storage.s3 import S3Store
+from farm.storage.store import LocalStore, Store, StoreError, split_job_url
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -486,7 +486,7 @@ def test_local_files_get_the_umask_mode_not_mkstemps_0600(tmp_path, umask, mode)
     """Images and reports are served and shared as plain files: they get what open()
     would give under the writer's umask, not mkstemp's private 0600."""
     script = (
-        "import sys; from farm.store import LocalStore; s = LocalStore(sys.argv[1]); "
+        "import sys; from farm.storage.store import LocalStore; s = LocalStore(sys.argv[1]); "
         "s.put('images/a.png', b'x'); s.put_if_absent('parts/u.parquet', b'y')"
     )
     subprocess.run(["sh", "-c", f"umask {umask:03o} && exec {sys.executable} -c \"{script}\" "
@@ -878,7 +878,7 @@ def test_s3_conditional_writes_are_used_where_the_server_has_them(s3):
 
 
 def test_s3_large_objects_go_multipart(s3, monkeypatch):
-    monkeypatch.setattr(farm.s3store, "MULTIPART_BYTES", 1024 * 1024)
+    monkeypatch.setattr(farm.storage.s3, "MULTIPART_BYTES", 1024 * 1024)
     store = S3Store.from_url(s3.url(f"multipart/{uuid4().hex}"))
     data = os.urandom(9 * 1024 * 1024)  # above s3transfer's 8 MiB: two parts
     store.put("images/big.png", data)

@@ -19,12 +19,12 @@ from conftest import FARM, REPO
 from jobrun import farm_here, wait_for_part, write_spec
 from midjob import Hold
 
+from farm.audit.verify import verify_job
 from farm.cli import main
-from farm.job import run_job
-from farm.s3store import S3Store
+from farm.run.job import run_job
 from farm.spec import load_spec
-from farm.stores import open_store
-from farm.verify import verify_job
+from farm.storage import open_store
+from farm.storage.s3 import S3Store
 
 
 @pytest.fixture
@@ -120,11 +120,11 @@ def refuse_puts_after(client, allowed: int, status: int, code: str):
 ])  # fmt: skip
 def test_an_s3_store_refusing_writes_stops_the_run_and_resume_finishes(
         tmp_path, tiny_dir, s3, monkeypatch, status, code, said):  # fmt: skip
-    import farm.s3store
+    import farm.storage.s3
 
     # A 503 is ridden out as an outage first (FARM_S3_OUTAGE_SECONDS); keep that short.
-    monkeypatch.setattr(farm.s3store, "OUTAGE_SECONDS", 0.5)
-    monkeypatch.setattr(farm.s3store, "OUTAGE_PAUSE", 0.1)
+    monkeypatch.setattr(farm.storage.s3, "OUTAGE_SECONDS", 0.5)
+    monkeypatch.setattr(farm.storage.s3, "OUTAGE_PAUSE", 0.1)
     output = s3.url(f"refused-{code}")
     spec = load_spec(write_spec(tmp_path, "refused", output=output))
     job_url = f"{output}/refused"

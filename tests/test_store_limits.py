@@ -24,16 +24,17 @@ from uuid import uuid4
 
 import pytest
 
-import farm.worker
-from farm.job import inspect_job, job_context, open_job
-from farm.records import SCHEMA, decode_part, encode_rows, part_key
-from farm.s3store import MULTIPART_BYTES, S3Store
+import farm.worker.render_worker
+from farm.audit.verify import job_status, verify_job
+from farm.plan.stored import inspect_job
+from farm.plan.sweep import expand, group_units, make_plan, unit_streams
+from farm.records.parts import SCHEMA, decode_part, encode_rows, part_key
+from farm.run.job import job_context, open_job
 from farm.spec import parse_spec
-from farm.store import LocalStore, StoreError
-from farm.stores import open_store
-from farm.sweep import expand, group_units, make_plan, unit_streams
-from farm.verify import job_status, verify_job
-from farm.worker import UPLOAD_QUEUE
+from farm.storage import open_store
+from farm.storage.s3 import MULTIPART_BYTES, S3Store
+from farm.storage.store import LocalStore, StoreError
+from farm.worker.render_worker import UPLOAD_QUEUE
 
 MIB = 1024 * 1024
 S3_PAGE = 1000  # keys per listing page, S3's (and moto's) default and maximum
@@ -265,7 +266,7 @@ def test_slow_storage_stops_rendering_at_the_upload_queue_and_the_unit_then_fini
     (unit,) = group_units(expand(plan), size=count)
     ctx = job_context(plan, store)
     # The worker opens its store from the job's URL; this one URL opens the stalled store.
-    monkeypatch.setattr(farm.worker, "open_store",
+    monkeypatch.setattr(farm.worker.render_worker, "open_store",
                         lambda url: store if url == store.url else open_store(url))  # fmt: skip
     loaded = cpu_worker.on_torch_thread(cpu_worker.pipelines.get, ctx.model_path,
                                         ctx.model_fingerprint)  # fmt: skip

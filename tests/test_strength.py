@@ -15,15 +15,15 @@ from conftest import FARM, REPO
 from PIL import Image
 
 from farm.cli import main
-from farm.demo_loras import demo_lora_path
-from farm.job import job_context
-from farm.records import decode_part, part_key, read_rows
+from farm.loras.demo import demo_lora_path
+from farm.plan.sweep import Adapter, expand, make_plan, unit_streams
+from farm.records.parts import decode_part, part_key, read_rows
 from farm.render.adapters import adapter_name
+from farm.run.job import job_context
 from farm.spec import SpecError, parse_spec
-from farm.store import LocalStore
-from farm.strength import LBW_PRESETS, Strength, StrengthError, parse_blocks, parse_schedule
-from farm.sweep import Adapter, expand, make_plan, unit_streams
-from farm.worker import image_flags
+from farm.spec.strength import LBW_PRESETS, Strength, StrengthError, parse_blocks, parse_schedule
+from farm.storage.store import LocalStore
+from farm.worker.render_worker import image_flags
 
 # Batch 1: these compare images bit for bit (tests/test_batched.py checks mixed calls).
 RENDER = {"steps": 6, "guidance": 7.5, "width": 64, "height": 64, "batch": 1}
@@ -342,7 +342,7 @@ def test_block_multipliers_reach_resnet_layers_of_a_locon(cpu_worker, tmp_path):
     # leave it fully on; here a zero multiplier on its blocks turns it off.
     from safetensors.numpy import save_file
 
-    from farm.demo_loras import unet_resnet_convs
+    from farm.loras.demo import unet_resnet_convs
 
     rng = np.random.default_rng(1)
     tensors = {}

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.spec import SpecError, parse_spec
-from farm.sweep import (
+from farm.plan.sweep import (
     AUTO_UNIT,
     Item,
     Plan,
@@ -18,6 +17,7 @@ from farm.sweep import (
     make_plan,
     unit_streams,
 )
+from farm.spec import SpecError, parse_spec
 
 NEON = {"name": "neon", "path": "tiny:neon", "alpha": [0, 0.5, 1]}
 INK = {"name": "ink", "path": "tiny:ink", "alpha": [0.4, 0.6]}
@@ -421,7 +421,7 @@ def test_a_lora_for_another_model_family_is_refused_at_plan_time(base):
 
 
 def test_prompt_tags_resolve_from_the_lora_library(base):
-    from farm.demo_loras import demo_lora_path
+    from farm.loras.demo import demo_lora_path
 
     library = base / "library" / "styles"
     library.mkdir(parents=True)

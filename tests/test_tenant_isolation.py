@@ -388,7 +388,7 @@ def test_a_refused_run_writes_nothing_not_even_job_json_or_a_lease(shared):
 
 
 def test_a_local_store_leaves_no_empty_folder_behind_a_delete(tmp_path):
-    from farm.store import LocalStore
+    from farm.storage.store import LocalStore
 
     store = LocalStore(tmp_path / "prefix")
     store.put(".running/job.json", b"{}")
@@ -422,7 +422,7 @@ def test_messages_say_what_happened(shared, job):
 
 
 def test_the_redactor_leaves_lora_schedules_alone():
-    from farm.urls import redact
+    from farm.redact import redact
 
     tag = "<lora:house:1:sched=0.5@0,3@0.5>"
     assert redact(f"prompts[0]: {tag}: too strong") == f"prompts[0]: {tag}: too strong"

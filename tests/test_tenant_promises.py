@@ -21,9 +21,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from farm import tenant_jobs
-from farm.spec_errors import SpecError
-from farm.tenants import load_tenants
+from farm.run import tenant_leases
+from farm.spec.errors import SpecError
+from farm.tenancy.tenants import load_tenants
 
 RENDER = {"steps": 2, "width": 64, "height": 64}
 # docs/tenants.md, "Concurrent jobs": rewritten every 30 s, lapses after 120 s.
@@ -128,13 +128,14 @@ def test_submitting_a_tenants_job_is_refused(shared):
 def test_a_job_json_naming_another_tenant_is_out_of_reach(shared):
     """A job folder inside acme's prefix whose job.json is globex's: every command acting
     for acme refuses it, from job.json alone."""
-    from farm.job import open_job
+    from farm.plan.sweep import make_plan
+    from farm.run.job import open_job
     from farm.spec import load_spec
-    from farm.store import LocalStore
-    from farm.sweep import make_plan
+    from farm.storage.store import LocalStore
+    from farm.tenancy.policy import resolver
 
     spec = shared.spec("borrowed", tenant="globex", loras=["ink"])
-    plan = make_plan(load_spec(spec, load_tenants(str(shared.tenants))))
+    plan = make_plan(load_spec(spec, resolver(load_tenants(str(shared.tenants)))))
     folder = shared.prefix["acme"] / "borrowed"
     store = LocalStore(folder)
     open_job(plan, store, echo=lambda _: None)
@@ -220,8 +221,8 @@ class Beats:
 @pytest.fixture
 def lease(shared, monkeypatch):
     clock, beats = Clock(1_000_000.0), Beats()
-    monkeypatch.setattr(tenant_jobs, "time", clock)
-    monkeypatch.setattr(tenant_jobs, "threading", beats)
+    monkeypatch.setattr(tenant_leases, "time", clock)
+    monkeypatch.setattr(tenant_leases, "threading", beats)
     acme = load_tenants(str(shared.tenants)).tenants["acme"]
     assert acme.caps.jobs == 1
     return SimpleNamespace(clock=clock, beats=beats, acme=acme,
@@ -234,7 +235,7 @@ def read_lease(lease, job_id: str) -> dict:
 
 def test_a_heartbeat_renews_the_lease(lease):
     t0 = lease.clock.now
-    with tenant_jobs.job_slot(lease.acme, "long"):
+    with tenant_leases.job_slot(lease.acme, "long"):
         assert read_lease(lease, "long") == {"job_id": "long", "started": t0, "heartbeat": t0}
         lease.clock.now = t0 + HEARTBEAT_S
         lease.beats.beat()
@@ -243,10 +244,10 @@ def test_a_heartbeat_renews_the_lease(lease):
         assert set(lease.beats.timeouts) == {HEARTBEAT_S}
         # Past the lapse of its first write, the renewed lease still holds the only slot.
         lease.clock.now = t0 + HEARTBEAT_S + LAPSE_S - 1
-        assert tenant_jobs.running_jobs(lease.acme) == {"long": t0}
+        assert tenant_leases.running_jobs(lease.acme) == {"long": t0}
         with (
             pytest.raises(SpecError, match=r"already runs 1 jobs, its cap \(long\)"),
-            tenant_jobs.job_slot(lease.acme, "other"),
+            tenant_leases.job_slot(lease.acme, "other"),
         ):
             pass
     assert not (lease.folder / "long.json").exists()  # deleted when the job ends
@@ -261,35 +262,35 @@ def test_a_lapsed_lease_is_taken_over(lease):
     lease.clock.now = t0 + LAPSE_S - 1
     with (
         pytest.raises(SpecError, match=r"already runs 1 jobs, its cap \(killed\)"),
-        tenant_jobs.job_slot(lease.acme, "next"),
+        tenant_leases.job_slot(lease.acme, "next"),
     ):
         pass
     lease.clock.now = t0 + LAPSE_S + 1
-    assert tenant_jobs.running_jobs(lease.acme) == {}
-    with tenant_jobs.job_slot(lease.acme, "next"):
-        assert tenant_jobs.running_jobs(lease.acme) == {"next": t0 + LAPSE_S + 1}
+    assert tenant_leases.running_jobs(lease.acme) == {}
+    with tenant_leases.job_slot(lease.acme, "next"):
+        assert tenant_leases.running_jobs(lease.acme) == {"next": t0 + LAPSE_S + 1}
 
 
 def test_of_two_racing_leases_the_later_gives_way(lease, monkeypatch):
     """Both jobs count the leases before either writes its own, so both pass the cap of 1;
     the one that started later (named first, so a tie-break by name would keep it) yields."""
     t0 = lease.clock.now
-    counted = tenant_jobs.running_jobs
+    counted = tenant_leases.running_jobs
     first = []
 
     def racing(tenant, now=None):
         live = counted(tenant, now)
         if not first:  # the later job has counted: now the earlier one starts and writes
-            first.append(tenant_jobs.job_slot(lease.acme, "zz-earlier"))
+            first.append(tenant_leases.job_slot(lease.acme, "zz-earlier"))
             first[0].__enter__()
             lease.clock.now = t0 + 1
         return live
 
-    monkeypatch.setattr(tenant_jobs, "running_jobs", racing)
+    monkeypatch.setattr(tenant_leases, "running_jobs", racing)
     try:
         with (
             pytest.raises(SpecError, match="already runs 1 jobs, its cap; wait"),
-            tenant_jobs.job_slot(lease.acme, "aa-later"),
+            tenant_leases.job_slot(lease.acme, "aa-later"),
         ):
             pass
         assert sorted(p.name for p in lease.folder.iterdir()) == ["zz-earlier.json"]
@@ -330,7 +331,7 @@ def test_two_presets_with_the_same_weights_are_refused(shared):
 def test_a_lease_the_store_cannot_read_refuses_the_job(lease, monkeypatch):
     """The tenant's one slot is held by a running job whose lease cannot be read (the store
     is failing): counting it as absent would let a second job past the cap."""
-    from farm.store import LocalStore, StoreError
+    from farm.storage.store import LocalStore, StoreError
 
     now = lease.clock.now
     lease.folder.mkdir()
@@ -339,7 +340,7 @@ def test_a_lease_the_store_cannot_read_refuses_the_job(lease, monkeypatch):
     real, fault = LocalStore.get, {}
 
     def get(store, key: str) -> bytes:
-        if key.startswith(tenant_jobs.LEASES) and fault:
+        if key.startswith(tenant_leases.LEASES) and fault:
             raise fault["error"]
         return real(store, key)
 
@@ -347,12 +348,12 @@ def test_a_lease_the_store_cannot_read_refuses_the_job(lease, monkeypatch):
     fault["error"] = StoreError("lease: Input/output error")
     with (
         pytest.raises(StoreError, match="tenant acme: cannot count its running jobs .*try again"),
-        tenant_jobs.job_slot(lease.acme, "second"),
+        tenant_leases.job_slot(lease.acme, "second"),
     ):
         pass
     assert sorted(p.name for p in lease.folder.iterdir()) == ["running.json"]
     # A lease gone between the listing and the read is one job fewer, not a failure.
     fault["error"] = FileNotFoundError("running.json")
-    assert tenant_jobs.running_jobs(lease.acme) == {}
+    assert tenant_leases.running_jobs(lease.acme) == {}
     fault.clear()
-    assert tenant_jobs.running_jobs(lease.acme) == {"running": now}
+    assert tenant_leases.running_jobs(lease.acme) == {"running": now}

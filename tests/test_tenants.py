@@ -17,8 +17,8 @@ import yaml
 from conftest import REPO
 from jobrun import farm, farm_here
 
-from farm.spec_errors import SpecError
-from farm.tenants import inside, parse_tenants
+from farm.spec.errors import SpecError
+from farm.tenancy.tenants import inside, parse_tenants
 
 pytestmark = pytest.mark.slow
 RENDER = {"steps": 4, "width": 64, "height": 64, "batch": 8}
@@ -187,8 +187,8 @@ def test_another_tenants_jobs_are_out_of_reach(shared, s3):
 
 
 def test_the_job_and_worker_caps_hold(shared, s3):
-    from farm.tenant_jobs import running_jobs
-    from farm.tenants import load_tenants
+    from farm.run.tenant_leases import running_jobs
+    from farm.tenancy.tenants import load_tenants
 
     folder, tenants = shared
     acme = load_tenants(str(tenants)).tenants["acme"]
@@ -350,7 +350,7 @@ def test_the_tenants_file_can_live_in_s3(shared, s3):
     shown = json.loads(farm("presets", "show", "bold", "--tenant", "acme", "--tenants", url,
                             "--json").stdout)  # fmt: skip
     assert shown["weight"]["unet"] == 0.9
-    from farm.tenants import load_tenants
+    from farm.tenancy.tenants import load_tenants
 
     assert load_tenants(url).tenants["globex"].loras["extra"] == s3.url(
         "config/loras/extra.safetensors")  # fmt: skip

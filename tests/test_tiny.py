@@ -50,7 +50,7 @@ def test_model_tiny_writes_a_loadable_deterministic_pipeline(tmp_path, tiny_dir)
 def test_the_shipped_weights_are_small_fp16_safetensors():
     from safetensors import safe_open
 
-    from farm.tiny_identity import shipped_weights
+    from farm.tiny.identity import shipped_weights
 
     files = sorted(shipped_weights().glob("*"))
     names = ("unet", "vae", "text_encoder", "neon", "ink")
@@ -71,7 +71,7 @@ def test_model_tiny_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_lora_demo_writes_both_layouts(tmp_path):
-    from farm.loras import inspect_lora
+    from farm.loras.files import inspect_lora
 
     proc = subprocess.run([*FARM, "lora", "demo", str(tmp_path)], capture_output=True, text=True,
                           timeout=300)  # fmt: skip

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_render import pixels, render
 
-from farm.tiny_identity import BACKGROUNDS, COLOURS, SHAPES
+from farm.tiny.identity import BACKGROUNDS, COLOURS, SHAPES
 from farm.training.evaluate import prompts_on, score
 from farm.training.probe import STYLE_SCORES, read
 

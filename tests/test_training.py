@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import FARM, REPO
 
-from farm.tiny_identity import BACKGROUNDS, COLOURS, SHAPES
+from farm.tiny.identity import BACKGROUNDS, COLOURS, SHAPES
 from farm.training.data import draw_set, drop_prompts
 from farm.training.probe import STYLE_SCORES, read
 from farm.training.shapes import combinations

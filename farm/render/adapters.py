@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from farm.strength import Strength
-from farm.sweep import Adapter
+from farm.plan.sweep import Adapter
+from farm.spec.strength import Strength
 
 
 def adapter_name(adapter: Adapter) -> str:

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from farm.schedulers import SAMPLERS
+from farm.spec.samplers import SAMPLERS
 
 _LOADING = threading.Lock()
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from farm.strength import Strength
+from farm.spec.strength import Strength
 
 
 class BatchingUnsupported(Exception):

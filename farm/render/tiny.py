@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from farm.tiny_identity import (
+from farm.tiny.identity import (
     SCHEDULER_CONFIG,
     TEXT_CONFIG,
     UNET_CONFIG,

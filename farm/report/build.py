@@ -27,8 +27,8 @@ from farm.report.response import Summary, collapsed, curve_spans, summarize
 from farm.report.series import Series, series_of, swept_loras
 from farm.report.sheets import DEFAULT_MAX_PIXELS, Axis, SheetCell, layout, sheet_pages
 from farm.report.shots import JobShots, Shot, detail_row, read_shots, row_tables, shot_from_row
-from farm.store import Store
-from farm.strength import format_number
+from farm.spec.strength import format_number
+from farm.storage.store import Store
 
 REPORT = "report/"
 RESPONSE = f"{REPORT}response.parquet"

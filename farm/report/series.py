@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from farm.report.shots import Shot
-from farm.strength import format_number
+from farm.spec.strength import format_number
 
 
 @dataclass(frozen=True)

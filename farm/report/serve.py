@@ -13,7 +13,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote_to_bytes
 
-from farm.store import Store, StoreError
+from farm.storage.store import Store, StoreError
 
 HOST = "127.0.0.1"
 INDEX = "/report/index.html"

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from farm.job import read_job, stored_plan
-from farm.prompts import PromptError, parse_prompt
-from farm.records import METADATA, decode_part, iter_parts
-from farm.store import Store
-from farm.strength import format_number, schedule_text
-from farm.sweep import expand
+from farm.plan.stored import stored_plan
+from farm.plan.sweep import expand
+from farm.records.job_doc import read_job
+from farm.records.parts import METADATA, decode_part, iter_parts
+from farm.spec.prompts import PromptError, parse_prompt
+from farm.spec.strength import format_number, schedule_text
+from farm.storage.store import Store
 
 # The columns a report needs; the rest of a row is read only for the gallery's details.
 COLUMNS = [

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from farm.report.build import RESPONSE, ReportError
-from farm.store import Store
+from farm.storage.store import Store
 
 TIERS = ("subtle", "standard", "bold")
 
@@ -38,7 +38,7 @@ def suggest_presets(store: Store, lora: str | None = None) -> list[Suggestion]:
         raise ReportError(f"{store.url}: no response analysis ({RESPONSE}); run "
                           f"`farm report {store.url}` first")  # fmt: skip
     try:
-        # No reader threads: they can abort the interpreter at exit (farm/records.py).
+        # No reader threads: they can abort the interpreter at exit (farm/records/parts.py).
         parquet = pq.ParquetFile(pa.BufferReader(store.get(RESPONSE)), pre_buffer=False)
         rows = parquet.read(use_threads=False).to_pylist()
     except Exception as err:  # noqa: BLE001 - any damage reads as one message

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farm.tiny_identity import BACKGROUNDS, COLOURS, SHAPES
+from farm.tiny.identity import BACKGROUNDS, COLOURS, SHAPES
 from farm.training.probe import read
 
 

@@ -14,7 +14,7 @@ from functools import cache
 
 import numpy as np
 
-from farm.tiny_identity import BACKGROUNDS, COLOURS, SHAPES
+from farm.tiny.identity import BACKGROUNDS, COLOURS, SHAPES
 from farm.training.shapes import PALETTE, shape_mask
 
 FOREGROUND = 80.0  # RGB distance from the background that counts as foreground

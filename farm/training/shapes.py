@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farm.tiny_identity import BACKGROUNDS, COLOURS, SHAPES
+from farm.tiny.identity import BACKGROUNDS, COLOURS, SHAPES
 
 SIZE = 128
 SUPERSAMPLE = 4  # drawn large, then averaged down: smooth edges at 128 px

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from farm.tiny_identity import TINY_VERSION
+from farm.tiny.identity import TINY_VERSION
 from farm.training.data import draw_set, drop_prompts
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
@@ -454,7 +454,7 @@ def save_modules(modules: dict, out: Path, recipe: Recipe) -> None:
 
 def save_lora(tensors: dict, lora: LoraRecipe, path: Path, name: str) -> None:
     """Write a trained LoRA in its shipped layout, fp16."""
-    from farm.lora_layouts import peft_to_kohya, write_lora
+    from farm.loras.layouts import peft_to_kohya, write_lora
 
     arrays = {k: v.half().numpy() for k, v in tensors.items()}
     if lora.layout == "kohya":

@@ -1,0 +1,1 @@
+"""Answers read from a finished job: verify, status, rerender."""

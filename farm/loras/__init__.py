@@ -1,0 +1,1 @@
+"""LoRA files read without torch: headers, layouts, families, descriptions, demos."""

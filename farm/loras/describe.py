@@ -1,0 +1,129 @@
+"""`farm lora inspect`: everything a LoRA file says about itself, from its header (and
+its kohya `.alpha` scalars)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.loras.families import Family, family_of
+from farm.loras.files import (
+    DTYPE_BYTES,
+    LoraFile,
+    _block_order,
+    a1111_block,
+    inspect_lora,
+    modules,
+    read_header,
+)
+
+
+@dataclass(frozen=True)
+class LoraReport:
+    """What `farm lora inspect` shows."""
+
+    file: LoraFile
+    modules: dict[str, int]  # component → adapted layers
+    blocks: tuple[str, ...]  # A1111 UNet block ids, in UNet order; "other" for the rest
+    rank: tuple[int, int]  # min, max over layers
+    alpha: tuple[float, float] | None  # min, max of stored `.alpha`; None: none stored
+    alpha_missing: bool  # some layers store no alpha (they behave as alpha = rank)
+    family: Family
+    dtypes: tuple[str, ...]
+
+    @property
+    def layout(self) -> str:
+        return f"{self.file.layout} LoCon" if self.file.locon else self.file.layout
+
+    def as_dict(self) -> dict:
+        f = self.file
+        return {
+            "file": f.path, "format": "safetensors", "layout": f.layout,
+            "kind": "LoCon" if f.locon else "LoRA", "modules": sum(self.modules.values()),
+            "modules_by_component": self.modules,
+            "text_encoders": [c for c in self.modules if c.startswith("text_encoder")],
+            "blocks": list(self.blocks), "rank": {"min": self.rank[0], "max": self.rank[1]},
+            "alpha": None if self.alpha is None else {"min": self.alpha[0], "max": self.alpha[1]},
+            "family": str(self.family), "family_name": self.family.name,
+            "context": self.family.context, "dtypes": list(self.dtypes),
+            "sha256": f.sha256, "shorthash": f.shorthash,
+            "metadata": {k: v for k, v in sorted(f.metadata.items()) if k.startswith("ss_")},
+        }  # fmt: skip
+
+    def rows(self, width: int = 120) -> list[tuple[str, str]]:
+        """(key, value) lines for people; long metadata values are cut to `width`."""
+        counts = ", ".join(f"{c} {n}" for c, n in self.modules.items())
+        encoders = [c for c in self.modules if c.startswith("text_encoder")]
+        rows = [
+            ("file", self.file.path),
+            ("format", "safetensors"),
+            ("layout", self.layout),
+            ("modules", f"{sum(self.modules.values())} ({counts})"),
+            ("text encoders", ", ".join(encoders) or "none"),
+            ("unet blocks", " ".join(self.blocks) or "none"),
+            ("rank", _span(self.rank)),
+            ("alpha", self._alpha_text()),
+            ("family", str(self.family)),
+            ("dtype", ", ".join(self.dtypes)),
+            ("sha256", self.file.sha256),
+            ("shorthash", self.file.shorthash),
+        ]
+        for key, value in sorted(self.file.metadata.items()):
+            if key.startswith("ss_"):
+                cut = value if len(value) <= width else f"{value[:width]}… ({len(value)} chars)"
+                rows.append((key, cut))
+        return rows
+
+    def _alpha_text(self) -> str:
+        if self.alpha is None:
+            return "rank (not stored)"
+        return _span(self.alpha) + (" (rank where not stored)" if self.alpha_missing else "")
+
+
+def _span(pair: tuple[float, float]) -> str:
+    low, high = (f"{x:g}" for x in pair)
+    return low if low == high else f"{low}–{high}"
+
+
+def describe_lora(path: str | Path) -> LoraReport:
+    """Everything `farm lora inspect` reports; raises LoraError for files farm refuses."""
+    info = inspect_lora(path)
+    header, _ = read_header(info.path)
+    mods = modules(header, info.layout, info.path)
+    counts: dict[str, int] = {}
+    for m in mods:
+        counts[m.component] = counts.get(m.component, 0) + 1
+    blocks = {a1111_block(m.name) for m in mods if m.component == "unet"}
+    ordered = sorted((b for b in blocks if b), key=_block_order)
+    ranks = [m.rank for m in mods]
+    alphas = _read_scalars(info.path, [m.parts["alpha"] for m in mods if "alpha" in m.parts])
+    return LoraReport(
+        file=info,
+        modules=dict(sorted(counts.items(), key=lambda kv: kv[0] != "unet")),
+        blocks=tuple(ordered + (["other"] if None in blocks else [])),
+        rank=(min(ranks), max(ranks)),
+        alpha=(min(alphas), max(alphas)) if alphas else None,
+        alpha_missing=bool(alphas) and len(alphas) < len(mods),
+        family=family_of(mods),
+        dtypes=tuple(sorted({e["dtype"] for e in header.values()})),
+    )
+
+
+SCALAR_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<i"}
+
+
+def _read_scalars(path: str, entries: list[dict]) -> list[float]:
+    """The values of one-element tensors (kohya alphas), read at their header offsets."""
+    values = []
+    with open(path, "rb") as f:
+        start = 8 + struct.unpack("<Q", f.read(8))[0]
+        for entry in entries:
+            begin, end = entry["data_offsets"]
+            f.seek(start + begin)
+            raw = f.read(end - begin)
+            if entry["dtype"] == "BF16" and len(raw) == 2:
+                values.append(struct.unpack("<f", b"\0\0" + raw)[0])  # bf16: top half of f32
+            elif entry["dtype"] in SCALAR_FORMATS and len(raw) == DTYPE_BYTES[entry["dtype"]]:
+                values.append(float(struct.unpack(SCALAR_FORMATS[entry["dtype"]], raw)[0]))
+    return values

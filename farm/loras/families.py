@@ -1,0 +1,105 @@
+"""Base-model families: which model a LoRA was trained for, told from tensor shapes, and
+which a model is, told from its diffusers configs. An SDXL LoRA on an SD1.5 model is
+refused at plan time, naming both."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.loras.files import LoraError, Module, detect_layout, modules, read_header
+from farm.tiny.identity import UNET_CONFIG
+
+KNOWN_CONTEXTS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+_CROSS_KV = re.compile(r"attn2_(processor_)?to_[kv]$")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A base-model family, as far as tensor shapes and configs tell it."""
+
+    name: str  # "SD1.x", "SD2.x", "SDXL", "SD1.x-architecture", "unknown", …
+    context: int | None  # cross-attention context width; None: no cross-attention layers
+    second_text_encoder: bool = False
+
+    @property
+    def detail(self) -> str:
+        return f"context {self.context}" if self.context else "no cross-attention layers"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.detail})"
+
+
+def lora_family(path: str | Path) -> Family:
+    """The base-model family a LoRA was trained for, from its header alone."""
+    header, _ = read_header(path)
+    return family_of(modules(header, detect_layout(list(header), path), path))
+
+
+def family_of(mods: list[Module]) -> Family:
+    # The in-features of cross-attention's to_k/to_v are the text encoder's context width.
+    contexts = {
+        m.parts["down"]["shape"][1]
+        for m in mods
+        if m.component == "unet" and _CROSS_KV.search(m.name) and len(m.parts["down"]["shape"]) == 2
+    }
+    te2 = any(m.component == "text_encoder_2" for m in mods)
+    context = max(contexts) if contexts else None
+    if len(contexts) == 1 and context in KNOWN_CONTEXTS:
+        return Family(KNOWN_CONTEXTS[context], context, te2)
+    return Family("SDXL" if te2 else "unknown", context, te2)
+
+
+def model_family(model: str) -> Family | None:
+    """A model's family from its diffusers configs; None when the folder is not local."""
+    if model == "tiny":
+        return _model_family(UNET_CONFIG["cross_attention_dim"], "StableDiffusionPipeline", False)
+    root = Path(model)
+    try:
+        unet = json.loads((root / "unet" / "config.json").read_text())
+        index = json.loads((root / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None  # s3://, a hub id, or no diffusers folder: nothing to compare against
+    if not isinstance(unet, dict) or not isinstance(index, dict):
+        return None
+    context = unet.get("cross_attention_dim")
+    if isinstance(context, list) and len(set(context)) == 1:
+        context = context[0]  # some configs spell it per block
+    te2 = index.get("text_encoder_2")
+    te2 = isinstance(te2, list) and bool(te2) and te2[0] is not None
+    cls = str(index.get("_class_name", ""))
+    return _model_family(context if isinstance(context, int) else None, cls, te2)
+
+
+def _model_family(context: int | None, pipeline_class: str, te2: bool) -> Family:
+    if context in KNOWN_CONTEXTS:
+        return Family(KNOWN_CONTEXTS[context], context, te2)
+    # Small or custom models of a known pipeline class: same tree, other widths.
+    if te2 or pipeline_class.startswith("StableDiffusionXL"):
+        return Family("SDXL-architecture", context, te2)
+    if pipeline_class == "StableDiffusionPipeline":
+        return Family("SD1.x-architecture", context, te2)
+    return Family("unknown", context, te2)
+
+
+def check_compatible(lora_path: str | Path, model: str) -> None:
+    """Raise LoraError if the LoRA was trained for another family than the model's."""
+    ours = lora_family(lora_path)  # first, so a refused file is refused for every model
+    theirs = model_family(model)
+    if theirs is None:
+        return
+    problems = []
+    if ours.context and theirs.context and ours.context != theirs.context:
+        problems.append(
+            f"its cross-attention layers take context {ours.context}, the model's {theirs.context}"
+        )
+    if ours.second_text_encoder and not theirs.second_text_encoder:
+        problems.append("it adapts a second text encoder (text_encoder_2) that the model lacks")
+    if problems:
+        raise LoraError(
+            f"{lora_path}: an {ours.name} LoRA ({ours.detail}) cannot be used on {theirs.name} "
+            f"model {model!r} ({theirs.detail}): {' and '.join(problems)}; "
+            "pick a LoRA trained for this model"
+        )

@@ -1,0 +1,2 @@
+"""From a spec to items and units: the sweep, its ids, and model references. No torch,
+no Ray."""

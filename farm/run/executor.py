@@ -1,0 +1,515 @@
+"""The executor: a pool of RenderWorkers, fed units with adapter affinity.
+
+Each adapter set of the sweep is a stream of units. A worker stays on one stream until
+it runs dry, then joins the stream with the most work per worker, so each LoRA is loaded
+on no more workers than it takes to keep them all busy. Each worker holds at most
+IN_FLIGHT units so the next one is queued while the current one renders. A unit whose
+worker died is sent again elsewhere (up to MAX_ATTEMPTS); a unit that fails by itself is
+recorded as failed and the job goes on. The workers are Ray actors, or with `local` run in
+this process (farm/run/backends.py); the loop is the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from farm.plan.sweep import Unit, UnitStream
+from farm.run.backends import IN_FLIGHT, LocalBackend, RayBackend, UnitFailed, WorkerLost
+from farm.run.cluster import cpu_worker_bytes, first_line, start_ray, worker_layout
+from farm.run.progress import Progress
+from farm.worker.render_worker import JobContext, UnitReport
+
+MAX_ATTEMPTS = 3
+# A worker whose stream ran dry joins a stream other workers hold only when it has at
+# least this many units per holder left: loading adapters for one last unit costs more
+# than it saves.
+STEAL_MIN = 4
+# Start dispatching once every worker is up, or this long after the first one is, so
+# early workers don't take every adapter set before the others arrive.
+READY_GRACE = 30.0
+# With no worker alive for this long (none placed yet, or a node lost and no room for a
+# replacement), stop: the job stays resumable. `--worker-wait` sets it per run.
+WORKER_WAIT = 300.0
+# While no worker is up, say so this often.
+WAITING_NOTICE = 30.0
+# A run stopped with units in flight (the store refused a write) waits this long for
+# in-process workers to give them up, so that nothing of this run is still loading when
+# the caller goes on; Ray's workers are killed instead.
+SETTLE_SECONDS = 10.0
+
+
+@dataclass
+class Outcome:
+    images: int = 0
+    units: int = 0
+    failed_items: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    counters: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: bool = False
+    stopped: str = ""
+    flagged: list = field(default_factory=list)  # (item_id, cell, flags)
+
+
+@dataclass
+class Stream:
+    """One adapter set's units and the workers currently on it."""
+
+    adapters: tuple[str, ...]
+    units: Iterable[Unit]
+    left: int  # planned units not yet dispatched (an estimate on resume)
+    holders: set[int] = field(default_factory=set)
+    buffered: deque = field(default_factory=deque)
+    dry: bool = False
+
+    def take(self) -> Unit | None:
+        if self.empty:
+            return None
+        self.left = max(0, self.left - 1)
+        return self.buffered.popleft()
+
+    @property
+    def empty(self) -> bool:
+        # Pulls one unit ahead: a stream is empty only once its iterator is exhausted.
+        if not self.buffered and not self.dry:
+            unit = next(self.units, None)  # type: ignore[call-overload]
+            if unit is None:
+                self.dry, self.left = True, 0
+            else:
+                self.buffered.append(unit)
+        return not self.buffered
+
+
+@dataclass
+class Slot:
+    """One worker actor and what the scheduler knows about it."""
+
+    id: int
+    actor: object
+    ready_ref: object = None
+    ready: bool = False
+    info: dict = field(default_factory=dict)
+    stream: Stream | None = None
+    in_flight: int = 0
+    images: int = 0
+    units: int = 0
+    adapter_loads: int = 0
+    pipeline_loads: int = 0
+    loaded: set = field(default_factory=set)  # adapter names loaded in this worker
+    rendered: set = field(default_factory=set)  # adapter sets it rendered units of
+
+    def detail(self) -> dict:
+        return {
+            "worker": self.info.get("worker", f"worker-{self.id}"),
+            "node": self.info.get("node", ""),
+            "gpu": self.info.get("gpu", ""),
+            "images": self.images,
+            "units": self.units,
+            "pipeline_loads": self.pipeline_loads,
+            "adapter_loads": self.adapter_loads,
+            "adapters_loaded": sorted(self.loaded),
+            "adapter_sets_rendered": sorted(list(s) for s in self.rendered),
+        }
+
+
+def execute(
+    streams: list[UnitStream],
+    ctx: JobContext,
+    *,
+    total: int,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    address: str | None = None,
+    echo: Callable[[str], object] = print,
+    progress: Progress | None = None,
+    worker_wait: float = WORKER_WAIT,
+    max_workers: int | None = None,
+    local: bool = False,
+) -> Outcome:
+    """Render every unit on a pool of workers; returns counts, failures and counters.
+    `max_workers` (a tenant's cap) bounds the pool, replacements included; `local` keeps
+    the workers in this process, without Ray."""
+    if local:
+        # One worker: a process holds one torch thread pool (farm/worker/render_worker.py),
+        # and torch's OpenMP teams on several threads of one process slow each other down.
+        count, resources = 1, {"num_cpus": os.cpu_count() or 1}
+        backend = LocalBackend()
+        where = "in this process, no Ray; "
+    else:
+        start_ray(address)
+        model_bytes = cpu_worker_bytes(ctx.model_path)
+        count, resources = worker_layout(workers, gpus_per_worker, model_bytes)
+        if max_workers is not None and count > max_workers:
+            count, resources = worker_layout(max_workers, gpus_per_worker, model_bytes)
+        backend, where = RayBackend(resources), ""
+    ids = iter(range(1 << 30))
+
+    def new_slot() -> Slot:
+        actor, ready = backend.start()
+        return Slot(next(ids), actor, ready_ref=ready)
+
+    pool = Pool(backend, [new_slot() for _ in range(count)], new_slot,
+                max_replacements=2 * count + 2)  # fmt: skip
+    echo(f"rendering {total} images on {count} worker{'s' if count > 1 else ''} "
+         f"({where}{_describe(resources)})")  # fmt: skip
+    queue = [Stream(s.adapters, iter(s.units), -(-s.items // s.size)) for s in streams]
+    run = Dispatcher(pool, queue, ctx, progress or Progress(total, echo), echo,
+                     count, _describe(resources), worker_wait)  # fmt: skip
+    t0 = time.perf_counter()
+    now = False
+    try:
+        run.loop()
+    except KeyboardInterrupt:
+        now = True
+        run.say("stopped now: units in flight render again on resume")
+    finally:
+        run.progress.finish()
+        run.outcome.seconds = time.perf_counter() - t0
+        run.outcome.counters = run.summary()
+        pool.kill()
+        if not now:  # a second Ctrl-C waits for nothing
+            backend.settle(SETTLE_SECONDS)
+    _report(run.outcome, echo)
+    return run.outcome
+
+
+class Dispatcher:
+    """One run of the executor's loop, in named steps: dispatch units to ready workers,
+    wait for whatever comes back, and take in finished units, started workers and deaths."""
+
+    def __init__(self, pool: Pool, queue: list[Stream], ctx: JobContext, progress: Progress,
+                 echo: Callable[[str], object], workers: int, resources: str,
+                 worker_wait: float):  # fmt: skip
+        self.pool, self.queue, self.ctx, self.workers = pool, queue, ctx, workers
+        self.progress, self.echo = progress, echo
+        self.resources, self.worker_wait = resources, worker_wait
+        self.outcome = Outcome()
+        self.counters = {"pipeline_loads": 0, "adapter_loads": 0, "retries": 0, "failures": 0,
+                         "worker_deaths": 0}  # fmt: skip
+        self.retries: deque[tuple[Unit, int]] = deque()
+        self.running: dict = {}  # ObjectRef -> (slot, unit, attempt)
+        self.failures_in_a_row = 0
+        self.stopping = False
+        self.stop_asked = False  # a Ctrl-C or SIGTERM came (stop_signals)
+        self.first_ready: float | None = None
+        self.last_alive = self.last_notice = time.monotonic()
+
+    def loop(self) -> None:
+        """Until every unit is back, or the run stops; the first Ctrl-C lets units finish."""
+        with self.stop_signals():
+            self._loop()
+
+    @contextlib.contextmanager
+    def stop_signals(self):
+        """The first Ctrl-C or SIGTERM asks the loop to stop; the second stops now.
+
+        The first only sets a flag the loop reads between waits. Raised as
+        KeyboardInterrupt instead, it could land inside a finalizer (a Ray ObjectRef's
+        __del__ runs on every loop) and be swallowed there, and the run would go on.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum, frame) -> None:
+            if self.stop_asked:
+                raise KeyboardInterrupt
+            self.stop_asked = True
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> None:
+        # A KeyboardInterrupt here is the second stop signal (stop_signals): it leaves the
+        # loop, and execute() stops now.
+        while True:
+            if self.stop_asked and not self.stopping:
+                self.begin_stopping()
+            if not self.stopping:
+                self.dispatch()
+                if self.all_done:
+                    return
+            if self.stopping and not self.running:
+                return
+            if self.no_worker_for_too_long():
+                return
+            self.take_in(self.wait())
+            if self.outcome.stopped:
+                return
+            busy = sum(s.in_flight > 0 for s in self.pool.slots)
+            self.progress.show(busy=busy, workers=self.workers)
+
+    def begin_stopping(self) -> None:
+        """Dispatch no more; the units in flight finish and the run is recorded."""
+        self.stopping = self.outcome.interrupted = True
+        self.say(f"stopping: waiting for {len(self.running)} units in flight to "
+                 "finish (Ctrl-C again to stop now)")  # fmt: skip
+
+    # 1. Dispatch
+    def dispatch(self) -> None:
+        """Fill every ready worker up to IN_FLIGHT units, once the pool may start."""
+        grace_over = self.first_ready is not None and (
+            time.monotonic() - self.first_ready > READY_GRACE
+        )
+        if not (self.pool.all_ready or grace_over):
+            return
+        for slot in self.pool.ready_slots():
+            while slot.in_flight < IN_FLIGHT:
+                picked = _next_unit(slot, self.queue, self.retries)
+                if picked is None:
+                    break
+                unit, attempt = picked
+                self.progress.begin()
+                ref = self.pool.backend.render(slot.actor, unit, self.ctx, attempt)
+                self.running[ref] = (slot, unit, attempt)
+                slot.in_flight += 1
+
+    @property
+    def all_done(self) -> bool:
+        return not self.running and not self.retries and all(s.empty for s in self.queue)
+
+    # 2. Watch for a pool with no worker up
+    def no_worker_for_too_long(self) -> bool:
+        now = time.monotonic()
+        if self.pool.ready_slots():
+            self.last_alive = self.last_notice = now
+        elif now - self.last_alive > self.worker_wait:
+            self.outcome.stopped = (
+                f"no worker has been up for {self.worker_wait:g}s: the cluster has no room "
+                f"for a worker ({self.resources}); add nodes or ask for less "
+                "(--gpus-per-worker, --workers), or wait longer (--worker-wait)"
+            )
+            return True
+        elif now - self.last_notice > WAITING_NOTICE:
+            self.last_notice = now
+            left = self.worker_wait - (now - self.last_alive)
+            self.say(f"waiting for the cluster to place a worker ({self.resources}); "
+                     f"giving up in {left:.0f}s")  # fmt: skip
+        return False
+
+    # 3. Wait
+    def wait(self) -> list:
+        waiting = list(self.running) + self.pool.pending_refs()
+        if not waiting:
+            time.sleep(0.5)
+            return []
+        return self.pool.backend.wait(waiting, 0.5)
+
+    # 4. Take in what came back
+    def take_in(self, refs: list) -> None:
+        for ref in refs:
+            if ref in self.running:
+                self.unit_returned(ref)
+            else:
+                self.worker_started(ref)
+
+    def worker_started(self, ref) -> None:
+        try:
+            self.pool.mark_ready(ref, self.pool.backend.result(ref))
+        except (WorkerLost, UnitFailed) as err:
+            self.counters["worker_deaths"] += 1
+            if not self.pool.replace(ref):
+                self.outcome.stopped = f"workers keep dying ({first_line(err)})"
+        if self.first_ready is None and self.pool.ready_slots():
+            self.first_ready = time.monotonic()
+
+    def unit_returned(self, ref) -> None:
+        slot, unit, attempt = self.running.pop(ref)
+        slot.in_flight -= 1
+        try:
+            report: UnitReport = self.pool.backend.result(ref)
+        except WorkerLost as err:
+            self.worker_died(slot, err)
+            _retry(unit, attempt, self.retries, self.outcome, self.counters, "its worker died")
+            return
+        except UnitFailed as err:
+            self.unit_failed(unit, err)
+            return
+        self.failures_in_a_row = 0
+        _account(slot, unit, report, self.counters)
+        self.outcome.flagged += report.flagged
+        self.outcome.images += report.images
+        self.outcome.units += 1
+        self.progress.update(report.images)
+
+    def worker_died(self, slot: Slot, err: Exception) -> None:
+        """The worker process or its node died: replace it once, however many of its
+        units in flight report the death."""
+        if not self.pool.owns(slot):
+            return
+        self.counters["worker_deaths"] += 1
+        if slot.stream:
+            slot.stream.holders.discard(slot.id)
+        if not self.pool.replace(slot):
+            self.outcome.stopped = f"workers keep dying ({first_line(err)})"
+
+    def unit_failed(self, unit: Unit, err: Exception) -> None:
+        """A unit that failed by itself is recorded, not retried."""
+        self.outcome.failed_items += [i.item_id for i in unit.items]
+        self.outcome.errors.append(f"unit {unit.unit_id}: {first_line(err)}")
+        self.counters["failures"] += 1
+        self.failures_in_a_row += 1
+        if getattr(err, "stops", False):
+            self.outcome.stopped = str(err)  # names the store and what to do
+        elif self.failures_in_a_row >= max(4, 2 * self.workers):
+            # Storage down or a broken model: every unit would fail alike.
+            self.outcome.stopped = f"{self.failures_in_a_row} units failed in a row"
+
+    # 5. Record
+    def summary(self) -> dict:
+        counters = dict(self.counters)
+        counters["seconds"] = round(self.outcome.seconds, 3)
+        counters["workers"] = self.workers
+        slots = self.pool.all_slots
+        counters["images_per_worker"] = [s.images for s in slots if s.images]
+        counters["worker_details"] = [s.detail() for s in slots if s.ready or s.units]
+        return counters
+
+    def say(self, text: str) -> None:
+        self.progress.clear()
+        self.echo(text)
+
+
+def _report(outcome: Outcome, echo: Callable[[str], object]) -> None:
+    for error in outcome.errors[:10]:
+        echo(f"failed: {error}")
+    if len(outcome.errors) > 10:
+        echo(f"… and {len(outcome.errors) - 10} more failed units")
+    if outcome.flagged:
+        echo(f"flagged {len(outcome.flagged)} images (NaN, clipped, flat or overdriven output):")
+        for item_id, cell, flags in outcome.flagged[:20]:
+            echo(f"  {item_id}  {cell}: {', '.join(flags)}")
+        if len(outcome.flagged) > 20:
+            echo(f"  … and {len(outcome.flagged) - 20} more (the rows' `flags` column)")
+    if outcome.stopped:
+        echo(f"stopped: {outcome.stopped}")
+    if outcome.interrupted:
+        echo("interrupted: finished units are kept; resume renders the rest")
+
+
+class Pool:
+    """The live workers, their start-up, and replacements for the ones that die."""
+
+    def __init__(self, backend, slots: list[Slot], new_slot: Callable[[], Slot],
+                 max_replacements: int):  # fmt: skip
+        self.backend = backend
+        self.slots = slots
+        self.all_slots = list(slots)
+        self.new_slot = new_slot
+        self.replacements_left = max_replacements
+
+    @property
+    def all_ready(self) -> bool:
+        return all(s.ready for s in self.slots)
+
+    def ready_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s.ready]
+
+    def pending_refs(self) -> list:
+        return [s.ready_ref for s in self.slots if not s.ready]
+
+    def owns(self, slot: Slot) -> bool:
+        return any(s is slot for s in self.slots)
+
+    def mark_ready(self, ref, info: dict) -> None:
+        for slot in self.slots:
+            if slot.ready_ref == ref:
+                slot.ready, slot.info = True, info
+
+    def replace(self, dead) -> bool:
+        """Swap a dead slot (or the slot whose start-up failed) for a new worker."""
+        for index, slot in enumerate(self.slots):
+            if slot is dead or slot.ready_ref == dead:
+                self.backend.stop(slot.actor)
+                if self.replacements_left <= 0:
+                    del self.slots[index]
+                    return bool(self.slots)
+                self.replacements_left -= 1
+                self.slots[index] = self.new_slot()
+                self.all_slots.append(self.slots[index])
+                return True
+        return True
+
+    def kill(self) -> None:
+        for slot in self.slots:
+            self.backend.stop(slot.actor)
+
+
+def _next_unit(slot: Slot, streams: list[Stream], retries: deque) -> tuple[Unit, int] | None:
+    # 1. Units sent back by a dead worker, preferring ones whose adapters this one holds.
+    if retries:
+        for i, (unit, attempt) in enumerate(retries):
+            if set(unit.adapters) <= slot.loaded:
+                del retries[i]
+                return unit, attempt
+        return retries.popleft()
+    # 2. The worker's own stream.
+    if slot.stream is not None:
+        unit = slot.stream.take()
+        if unit is not None:
+            return unit, 1
+        slot.stream.holders.discard(slot.id)
+        slot.stream = None
+    # 3. The stream with the most work per worker; those this worker holds win ties. A
+    # fresh worker takes any work; one that already rendered only joins a held stream
+    # with enough left to be worth loading its adapters.
+    fresh = slot.units == 0 and slot.in_flight == 0
+    best, best_score = None, -1.0
+    for stream in streams:
+        if stream.empty:
+            continue
+        holders = len(stream.holders)
+        left = max(stream.left, len(stream.buffered))
+        if holders and not fresh and left < STEAL_MIN * holders:
+            continue
+        score = max(stream.left, 1) / (holders + 1)
+        if set(stream.adapters) <= slot.loaded:
+            score *= 1.5
+        if score > best_score:
+            best, best_score = stream, score
+    if best is None:
+        return None
+    best.holders.add(slot.id)
+    slot.stream = best
+    unit = best.take()
+    return (unit, 1) if unit is not None else None
+
+
+def _account(slot: Slot, unit: Unit, report: UnitReport, counters: dict) -> None:
+    slot.images += report.images
+    slot.units += 1
+    slot.pipeline_loads += report.pipeline_loads
+    slot.adapter_loads += report.adapter_loads
+    slot.loaded.update(report.loaded_adapters)
+    if report.images:
+        slot.rendered.add(unit.adapters)
+    counters["pipeline_loads"] += report.pipeline_loads
+    counters["adapter_loads"] += report.adapter_loads
+
+
+def _retry(unit: Unit, attempt: int, retries: deque, outcome: Outcome, counters: dict,
+           why: str) -> None:  # fmt: skip
+    if attempt < MAX_ATTEMPTS:
+        counters["retries"] += 1
+        retries.append((unit, attempt + 1))
+    else:
+        counters["failures"] += 1
+        outcome.failed_items += [i.item_id for i in unit.items]
+        outcome.errors.append(f"unit {unit.unit_id}: {why} {attempt} times")
+
+
+def _describe(resources: dict) -> str:
+    if resources.get("num_gpus"):
+        return f"{resources['num_gpus']} GPU each"
+    return f"{resources['num_cpus']} CPU each"

@@ -1,0 +1,347 @@
+"""How strongly one LoRA acts: text-encoder and UNet weights, per-block multipliers and a
+per-step schedule.
+
+The effective scale of a LoRA layer is its part's weight (te or unet) times the
+multiplier of the block it sits in, times (UNet only) the schedule's value at the
+current denoising step. A plain strength `w` is te = unet = w with no blocks and no
+schedule, and renders exactly like diffusers' `set_adapters([name], [w])`.
+
+Blocks come in two spellings, both multipliers:
+- LoRA Block Weight's 17 values for SD1.x (BASE is the text encoder, then IN01 … OUT11),
+  or one of its presets (ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, NONE, ALL0.5);
+- diffusers' dict: {text_encoder: x, unet: {down: x | {block_i: x | [per layer]},
+  mid: x, up: …}}.
+Unlike diffusers' own block-wise set_adapters (attention layers only), a multiplier
+here applies to every LoRA layer in its block: attentions, ResNets (LoCon) and the
+block's down/upsampler.
+
+A schedule is a list of keyframes `value@fraction`: the value holds from that fraction
+of the steps until the next keyframe (`0.2@0,1@0.5` is 0.2 for the first half, then 1).
+`{start: a, stop: b}` is `0@0,1@a,0@b`. The text encoder runs once before denoising,
+so schedules act on the UNet only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+from farm.errors import FarmError
+from farm.records.infotext import format_number
+
+LBW_IDS = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", "OUT03", "OUT04",
+           "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11")  # fmt: skip
+# LoRA Block Weight's built-in presets, value for value.
+LBW_PRESETS = {
+    "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
+    "ALL": "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+    "INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0",
+    "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
+    "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0",
+    "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
+    "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1",
+    "ALL0.5": "0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5",
+}
+_DICT_KEY = re.compile(r"(down|up)(\.\d+(\.\d+)?)?|mid|te")
+_MODULE = re.compile(r"(down_blocks|up_blocks)\.(\d+)\.(attentions|resnets|downsamplers|upsamplers)"
+                     r"\.(\d+)|(mid_block)")  # fmt: skip
+
+
+class StrengthError(FarmError, ValueError):
+    """A strength setting that cannot be used; str() says why (the caller adds where)."""
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Per-block multipliers: `name` as written (a preset, 17 values or a dict's JSON) and
+    the canonical (key, multiplier) pairs. Keys: te, IN01…OUT11, M00 (LBW), or down,
+    down.i, down.i.j, mid, up, up.i, up.i.j (diffusers)."""
+
+    name: str
+    pairs: tuple[tuple[str, float], ...]
+    source: object = field(default=None, compare=False)  # as the spec wrote it
+
+    @property
+    def lbw(self) -> bool:
+        return any(k.startswith(("IN", "OUT", "M0")) for k, _ in self.pairs)
+
+    def te(self) -> float:
+        return dict(self.pairs).get("te", 1.0)
+
+    def unet(self, module: str, layers_per_block: int) -> float:
+        """The multiplier for a UNet module (diffusers name); 1 outside named blocks."""
+        where = _block_of(module)
+        if where is None:
+            return 1.0
+        section, i, j = where
+        table = dict(self.pairs)
+        if self.lbw:
+            return table.get(_a1111_id(section, i, j, layers_per_block), 1.0)
+        if section == "mid":
+            return table.get("mid", 1.0)
+        for key in (f"{section}.{i}.{j}", f"{section}.{i}", section):
+            if key in table:
+                return table[key]
+        return 1.0
+
+
+@dataclass(frozen=True)
+class Strength:
+    te: float
+    unet: float
+    blocks: Blocks | None = None
+    schedule: tuple[tuple[float, float], ...] | None = None  # (fraction, value), sorted
+    # The swept value this strength came from (an axis's alpha); not part of identity.
+    alpha: float | None = field(default=None, compare=False)
+
+    @classmethod
+    def plain(cls, weight: float) -> Strength:
+        return cls(weight, weight, alpha=weight)
+
+    @property
+    def is_plain(self) -> bool:
+        return self.te == self.unet and self.blocks is None and self.schedule is None
+
+    @property
+    def weight(self) -> float:
+        """The headline number: the UNet weight (the text encoder's when it is all)."""
+        return self.unet
+
+    def key(self) -> object:
+        """What item ids hash: a bare number for a plain strength, as ids always were."""
+        if self.is_plain:
+            return self.unet
+        blocks = [list(p) for p in self.blocks.pairs] if self.blocks else None
+        schedule = [list(k) for k in self.schedule] if self.schedule else None
+        return {"te": self.te, "unet": self.unet, "blocks": blocks, "schedule": schedule}
+
+    def tag_args(self) -> list[str]:
+        """The `<lora:name:…>` arguments that give this strength back (A1111 order)."""
+        args = [format_number(self.te)]
+        if self.unet != self.te:
+            args.append(format_number(self.unet))
+        if self.blocks is not None:
+            args.append(f"lbw={self.blocks.name}" if self.blocks.lbw else "blocks=dict")
+        if self.schedule is not None:
+            args.append(f"sched={schedule_text(self.schedule)}")
+        return args
+
+    def layer_scale(self, part: str, module: str, layers_per_block: int) -> float:
+        """A LoRA layer's scale before any schedule: its part's weight (te or unet) times
+        the multiplier of the block the module sits in."""
+        if part == "te":
+            return self.te * (self.blocks.te() if self.blocks else 1.0)
+        block = self.blocks.unet(module, layers_per_block) if self.blocks else 1.0
+        return self.unet * block
+
+    def scales(self) -> list[tuple[float, str]]:
+        """Every scale the render may give a LoRA layer, each with the factors that make
+        it: the weights themselves, te times the text encoder's block multiplier, and
+        unet times each block multiplier (1 outside named blocks) times each schedule
+        value. A cap on strength bounds all of them, since the render multiplies."""
+        out = [(self.te, f"te {format_number(self.te)}"),
+               (self.unet, f"unet {format_number(self.unet)}")]  # fmt: skip
+        blocks = [(1.0, "")]
+        if self.blocks is not None:
+            te_block = self.blocks.te()
+            te_text = f"te {format_number(self.te)} × block te {format_number(te_block)}"
+            out.append((self.te * te_block, te_text))
+            blocks += [(v, f" × block {k} {format_number(v)}") for k, v in self.blocks.pairs
+                       if k != "te"]  # fmt: skip
+        steps = [(1.0, "")]
+        if self.schedule is not None:
+            steps = [(v, f" × schedule {format_number(v)}@{format_number(at)}")
+                     for at, v in self.schedule]  # fmt: skip
+        for b, b_text in blocks:
+            for s, s_text in steps:
+                out.append((self.unet * b * s, f"unet {format_number(self.unet)}{b_text}{s_text}"))
+        return out
+
+    def unet_at(self, step: int, steps: int) -> float:
+        """The schedule's multiplier at a denoising step (1 without a schedule)."""
+        if not self.schedule:
+            return 1.0
+        fraction = step / max(steps, 1)
+        value = self.schedule[0][1]
+        for at, v in self.schedule:
+            if at <= fraction + 1e-9:
+                value = v
+        return value
+
+
+def finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise StrengthError(f"{what}: {value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise StrengthError(f"{what}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise StrengthError(f"{what}: {value!r} must be a finite number")
+    return number
+
+
+def parse_blocks(value: object) -> Blocks:
+    """A preset name, 17 LBW values (list or comma string) or a diffusers-style dict."""
+    if isinstance(value, str) and value.strip().upper() in LBW_PRESETS:
+        name = value.strip().upper()
+        return Blocks(name, _lbw_pairs(LBW_PRESETS[name].split(",")), name)
+    if isinstance(value, str):
+        values = [v for v in value.replace(" ", "").split(",") if v]
+        if len(values) == 1 and not _is_number(values[0]):
+            raise StrengthError(_unknown_preset(value))
+        pairs = _lbw_pairs(values)
+        name = ",".join(format_number(v) for _, v in pairs)
+        return Blocks(name, pairs, name)
+    if isinstance(value, list | tuple):
+        pairs = _lbw_pairs(list(value))
+        name = ",".join(format_number(v) for _, v in pairs)
+        return Blocks(name, pairs, name)
+    if isinstance(value, dict):
+        return _dict_blocks(value)
+    raise StrengthError(
+        f"{value!r}: use an LBW preset ({', '.join(LBW_PRESETS)}), 17 values, or a dict "
+        "{text_encoder, unet: {down, mid, up}}"
+    )
+
+
+def _is_number(value: object) -> bool:
+    try:
+        finite(value, "")
+    except StrengthError:
+        return False
+    return True
+
+
+def _unknown_preset(value: object) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value).strip().upper(), LBW_PRESETS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (f"{value!r} is not a LoRA Block Weight preset ({hint}presets: "
+            f"{', '.join(LBW_PRESETS)}); or give 17 values")  # fmt: skip
+
+
+def is_lbw_preset(value: object) -> bool:
+    return isinstance(value, str) and value.strip().upper() in LBW_PRESETS
+
+
+def _lbw_pairs(values: list) -> tuple[tuple[str, float], ...]:
+    if len(values) != len(LBW_IDS):
+        raise StrengthError(
+            f"{len(values)} block values; LoRA Block Weight takes 17 "
+            "(BASE, IN01, IN02, IN04, IN05, IN07, IN08, M00, OUT03 … OUT11) or a preset"
+        )
+    numbers = [finite(v, f"block {block}") for block, v in zip(LBW_IDS, values, strict=True)]
+    return tuple(("te" if b == "BASE" else b, v) for b, v in zip(LBW_IDS, numbers, strict=True))
+
+
+def _dict_blocks(value: dict) -> Blocks:
+    pairs: dict[str, float] = {}
+    for top, item in value.items():
+        if top == "text_encoder":
+            pairs["te"] = finite(item, "blocks.text_encoder")
+        elif top == "unet":
+            if not isinstance(item, dict):
+                number = finite(item, "blocks.unet")
+                pairs.update(down=number, mid=number, up=number)
+                continue
+            for section, sub in item.items():
+                where = f"blocks.unet.{section}"
+                if section == "mid":
+                    pairs["mid"] = finite(sub, where)
+                elif section not in ("down", "up"):
+                    raise StrengthError(f"{where}: unknown part; use down, mid or up")
+                elif isinstance(sub, dict):
+                    for block, per in sub.items():
+                        match = re.fullmatch(r"block_(\d+)", str(block))
+                        if not match:
+                            raise StrengthError(f"{where}.{block}: write block_0, block_1, …")
+                        key = f"{section}.{match[1]}"
+                        if isinstance(per, list):
+                            for j, v in enumerate(per):
+                                pairs[f"{key}.{j}"] = finite(v, f"{where}.{block}[{j}]")
+                        else:
+                            pairs[key] = finite(per, f"{where}.{block}")
+                else:
+                    pairs[section] = finite(sub, where)
+        else:
+            raise StrengthError(f"blocks.{top}: unknown part; use text_encoder or unet")
+    if not pairs:
+        raise StrengthError("blocks: empty; give text_encoder and/or unet multipliers")
+    canonical = tuple(sorted(pairs.items()))
+    return Blocks(json.dumps(dict(canonical), separators=(",", ":")), canonical, value)
+
+
+def parse_schedule(value: object) -> tuple[tuple[float, float], ...]:
+    """`value@fraction,…` keyframes, or {start, stop} as fractions of the steps."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"start", "stop"}
+        if unknown:
+            # Keys of any type (YAML allows numbers): sorted by their text.
+            raise StrengthError(f"unknown keys {sorted(unknown, key=str)}; use start and stop")
+        start = finite(value.get("start", 0.0), "start")
+        stop = finite(value.get("stop", 1.0), "stop")
+        if not 0 <= start < stop <= 1:
+            raise StrengthError(f"start {start} and stop {stop} must be fractions, start < stop")
+        frames = [(0.0, 0.0), (start, 1.0)] if start > 0 else [(0.0, 1.0)]
+        if stop < 1:
+            frames.append((stop, 0.0))
+        return _frames(frames)
+    if isinstance(value, str):
+        frames = []
+        for part in value.replace(" ", "").split(","):
+            if part.count("@") != 1:
+                raise StrengthError(f"{part!r}: write keyframes as value@fraction: 0.2@0,1@0.5")
+            v, at = part.split("@")
+            frames.append((finite(at, f"{part!r} fraction"), finite(v, f"{part!r} value")))
+        return _frames(frames)
+    raise StrengthError(f"{value!r}: use keyframes 'value@fraction,…' or {{start, stop}}")
+
+
+def _frames(frames: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    frames = sorted(frames)
+    fractions = [at for at, _ in frames]
+    if any(not 0 <= at <= 1 for at in fractions):
+        raise StrengthError("keyframe fractions must lie in [0, 1]")
+    if len(set(fractions)) != len(fractions):
+        raise StrengthError("two keyframes at the same fraction")
+    if fractions[0] != 0:
+        frames.insert(0, (0.0, frames[0][1]))
+    return tuple(frames)
+
+
+def schedule_text(schedule: tuple[tuple[float, float], ...]) -> str:
+    return ",".join(f"{format_number(v)}@{format_number(at)}" for at, v in schedule)
+
+
+def _block_of(module: str) -> tuple[str, int, int] | None:
+    match = _MODULE.search(module)
+    if match is None:
+        return None
+    if match[5]:
+        return "mid", 0, 0
+    section = "down" if match[1] == "down_blocks" else "up"
+    i, j = int(match[2]), int(match[4])
+    if match[3] in ("downsamplers", "upsamplers"):
+        j = -1  # the block's sampler: A1111 numbers it after the block's layers
+    return section, i, j
+
+
+def _a1111_id(section: str, i: int, j: int, layers_per_block: int) -> str:
+    # A1111's input_blocks count conv_in as 0, then each down block's layers and its
+    # downsampler; output_blocks count each up block's layers (one more than down) with
+    # the upsampler inside the last one.
+    if section == "mid":
+        return "M00"
+    if section == "down":
+        stride = layers_per_block + 1
+        k = i * stride + (layers_per_block if j < 0 else j) + 1
+        return f"IN{k:02d}"
+    stride = layers_per_block + 1
+    k = i * stride + (layers_per_block if j < 0 else j)
+    return f"OUT{k:02d}"

@@ -1,0 +1,1 @@
+"""The embedded tiny model's identity and shipped weights; torch-free."""

@@ -1,0 +1,1 @@
+"""The render worker: one unit at a time, from its items to its images and part."""
