@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import FARM, REPO
 
 from farm.cli import main
-from farm.plan.sweep import AUTO_UNIT
+from farm.plan.items import AUTO_UNIT
 
 
 def write_spec(tmp_path, **over) -> str:

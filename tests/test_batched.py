@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from test_loras import locon_for_tiny
 
-from farm.plan.sweep import Adapter, make_plan, unit_streams
+from farm.plan.items import Adapter
+from farm.plan.sweep import make_plan, unit_streams
 from farm.records.parts import decode_part, part_key
 from farm.render.adapters import AdapterSet
 from farm.render.sample_scales import SampleScales
@@ -213,7 +214,7 @@ def test_sample_scales_follow_blocks_and_schedules_per_sample():
 
 
 def test_batches_cut_a_unit_into_calls():
-    from farm.plan.sweep import Item
+    from farm.plan.items import Item
 
     def item(i, w):
         return Item(str(i), "p", "p", "", i, (("x", Strength.plain(w)),), w)

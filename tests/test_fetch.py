@@ -18,8 +18,9 @@ import yaml
 from conftest import REPO
 from jobrun import farm_here
 
+from farm.plan.items import Adapter
 from farm.plan.model_refs import model_fingerprint
-from farm.plan.sweep import Adapter, make_plan
+from farm.plan.sweep import make_plan
 from farm.spec import SpecError, parse_spec
 from farm.storage import fetch
 from farm.storage.fetch import fetch_dir, fetch_file, s3_dir_fingerprint

@@ -16,7 +16,8 @@ from PIL import Image
 
 from farm.cli import main
 from farm.loras.demo import demo_lora_path
-from farm.plan.sweep import Adapter, expand, make_plan, unit_streams
+from farm.plan.items import Adapter
+from farm.plan.sweep import expand, make_plan, unit_streams
 from farm.records.parts import decode_part, part_key, read_rows
 from farm.render.adapters import adapter_name
 from farm.run.job import job_context

@@ -17,8 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.plan.items import Unit
 from farm.plan.stored import plan_fingerprint, spec_from_job
-from farm.plan.sweep import Unit, expand, make_plan
+from farm.plan.sweep import expand, make_plan
 from farm.records.job_doc import JobError, read_job
 from farm.records.parts import decode_part, part_key, read_rows
 from farm.run.job import job_context

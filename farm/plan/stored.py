@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farm.plan.sweep import Adapter, Plan, content_id, make_plan
+from farm.plan.items import Adapter, content_id
+from farm.plan.sweep import Plan, make_plan
 from farm.records.job_doc import JOB_JSON, JobError, load_job
 from farm.records.parts import scan_parts
 from farm.spec import Spec, SpecError, parse_spec

@@ -2,121 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import math
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
 from farm.limits import MAX_ITEMS
-from farm.loras.families import check_compatible
-from farm.loras.files import LoraError, inspect_lora
+from farm.plan.combos import Combos
+from farm.plan.items import (
+    AUTO_UNIT,
+    UNIT_SIZE,
+    Adapter,
+    Item,
+    Source,
+    Unit,
+    UnitStream,
+    adapter_key,
+    content_id,
+)
 from farm.plan.model_refs import model_fingerprint
+from farm.plan.sources import adapter_for, prompt_sources
 from farm.spec import Spec, SpecError
-from farm.spec.prompts import PromptError, lora_tag, parse_prompt
-from farm.spec.strength import Strength
-
-# Items per unit: enough to amortise a dispatch, small enough to spread over workers. A
-# spec's batch N makes units of max(UNIT_SIZE, N); `batch: auto` makes units of AUTO_UNIT,
-# the largest call auto takes (16 renders some 12-20% cheaper an image than 8 on a CPU).
-UNIT_SIZE = 8
-AUTO_UNIT = 16
-ID_HEX = 20  # 80 bits: collision-free for any realistic sweep
-
-
-@dataclass(frozen=True)
-class Adapter:
-    name: str
-    path: str
-    sha256: str
-    shorthash: str
-
-
-@dataclass(frozen=True)
-class Item:
-    item_id: str
-    prompt: str  # as stored and shown: with its <lora:…> tags
-    text: str  # what the text encoder sees: tags removed
-    negative_prompt: str
-    seed: int
-    loras: tuple[tuple[str, Strength], ...]  # (adapter name, strength), in prompt order
-    alpha: float | None  # the swept strength when exactly one LoRA is swept
-    catalog: tuple[tuple[str, str], ...] = ()
-    preset: str | None = None  # the preset its strengths came from
-    name: str | None = None  # a catalog's friendly output name, without the extension
-
-
-@dataclass(frozen=True)
-class Unit:
-    unit_id: str
-    adapters: tuple[str, ...]  # adapter names this unit needs loaded
-    items: tuple[Item, ...]
-
-
-@dataclass(frozen=True)
-class Source:
-    """One entry of the prompt axis: a prompt, or a catalog row's filled template."""
-
-    prompt: str
-    text: str
-    tags: tuple[tuple[str, Strength], ...]
-    catalog: tuple[tuple[str, str], ...] = ()
-    preset: str | None = None  # a catalog row's preset (preset_by), set in its tags
-
-
-class Combos:
-    """The sweep's LoRA combinations, made on demand: a product of axes is never a list.
-
-    `count` is arithmetic, so a plan of 10¹² items is counted (and refused) at once.
-    """
-
-    def __init__(self, spec: Spec):
-        self.explicit: tuple | None = None
-        self.labels: tuple[str | None, ...] = ()  # the preset of each explicit combination
-        if spec.presets and not spec.row_presets:
-            names = tuple(x.name for x in spec.loras)
-            self.explicit = tuple(p.bind(names) for p in spec.presets)
-            self.labels = tuple(p.preset for p in spec.presets)
-            self.axes = []
-            self.count = len(self.explicit)
-            self.names = frozenset(n for c in self.explicit for n, _ in c)
-            return
-        if not isinstance(spec.combine, str):
-            self.explicit = tuple(tuple(c) for c in spec.combine)
-            self.axes: list[list[tuple[str, Strength]]] = []
-            self.count = len(self.explicit)
-            self.names = frozenset(n for c in self.explicit for n, _ in c)
-            return
-        swept = spec.loras if spec.combine == "zip" else [x for x in spec.loras if x.alphas]
-        self.axes = [[(x.name, w) for w in x.strengths()] for x in swept]
-        self.zip = spec.combine == "zip"
-        self.names = frozenset(x.name for x in swept)
-        if self.zip:
-            self.count = len(self.axes[0]) if self.axes else 1
-        else:
-            self.count = math.prod(len(axis) for axis in self.axes)
-
-    def labelled(self) -> Iterator[tuple[tuple[tuple[str, Strength], ...], str | None]]:
-        """Each combination with the preset it came from (None without presets)."""
-        if self.labels:
-            return zip(self.explicit, self.labels, strict=True)
-        return ((combo, None) for combo in self)
-
-    def __iter__(self) -> Iterator[tuple[tuple[str, Strength], ...]]:
-        if self.explicit is not None:
-            return iter(self.explicit)
-        if self.zip and self.axes:
-            return zip(*self.axes, strict=True)
-        return itertools.product(*self.axes)
-
-    def __len__(self) -> int:
-        return self.count
-
-    @property
-    def uniform(self) -> bool:
-        """Every combination sets the same LoRAs (product and zip)."""
-        return self.explicit is None
+from farm.spec.prompts import lora_tag
 
 
 @dataclass
@@ -196,7 +103,7 @@ def make_plan(
     else:
         fingerprint = model_fingerprint(spec.model)
         adapters = {
-            lora.name: _adapter(lora.name, lora.path, f"loras[{i}].path", spec.model)
+            lora.name: adapter_for(lora.name, lora.path, f"loras[{i}].path", spec.model)
             for i, lora in enumerate(spec.loras)
         }
         # item_ids hash files, not names: one file under two names would give two items
@@ -208,7 +115,7 @@ def make_plan(
                 raise SpecError(
                     f"loras[{i}].path: the same file as loras[{j}].path; give it one name"
                 )
-    sources = list(_sources(spec, adapters, combos))
+    sources = list(prompt_sources(spec, adapters, combos))
     if spec.row_presets:
         # Rows of one preset share strengths, so they can share pipeline calls: keep them
         # together (the order of items never changes their ids).
@@ -239,124 +146,6 @@ def _check_size(items: int, limit: int) -> None:
             f"the sweep has {items:,} items, more than the limit of {limit:,}; shrink an axis "
             "(prompts, seeds, strengths) or raise the limit with --max-items"
         )
-
-
-def _adapter(name: str, path: str, field_path: str, model: str) -> Adapter:
-    # The driver checks a local copy; the adapter keeps the reference (tiny:NAME, s3://),
-    # so workers on other nodes make their own (checked against this sha256).
-    local = path
-    if path.startswith("tiny:"):
-        from farm.loras.demo import demo_lora_path
-
-        local = str(demo_lora_path(path))
-    if path.startswith("s3://"):
-        from farm.storage.fetch import fetch_file
-        from farm.storage.store import StoreError
-
-        try:
-            local = str(fetch_file(path))
-        except StoreError as err:
-            raise SpecError(f"{field_path}: {err}") from None
-    try:
-        info = inspect_lora(local)
-        # An SDXL LoRA on an SD1.5 model (or the reverse) is refused here, not mid-job.
-        check_compatible(local, model)
-    except LoraError as err:
-        raise SpecError(f"{field_path}: {str(err).replace(local, path)}") from None
-    return Adapter(name, path, info.sha256, info.shorthash)
-
-
-def _library_adapter(spec: Spec, name: str, where: str) -> Adapter | None:
-    """A prompt tag's LoRA from the spec's lora_dir, found by file stem like A1111."""
-    if not spec.lora_dir:
-        return None
-    from pathlib import Path
-
-    # A tag's name is a file stem, compared literally: never a glob pattern (`*` would
-    # pick any file) nor a path (`../x` would reach outside the library).
-    if "/" in name or "\\" in name:
-        raise SpecError(f"{where}: <lora:{name}:…>: a tag names a LoRA file in lora_dir by "
-                        "its stem, not a path; write <lora:STEM:…>")  # fmt: skip
-    library = Path(spec.lora_dir).resolve()
-    target = f"{name}.safetensors"
-    matches = sorted(p for p in library.rglob("*.safetensors") if p.name == target)
-    if len(matches) > 1:
-        found = ", ".join(str(m) for m in matches[:3])
-        raise SpecError(f"{where}: <lora:{name}:…> matches several files in lora_dir ({found})")
-    if not matches:
-        return None
-    # A link in the library may point anywhere; only files inside it are the library's.
-    if not matches[0].resolve().is_relative_to(library):
-        raise SpecError(f"{where}: <lora:{name}:…>: {matches[0]} links to a file outside "
-                        "lora_dir; copy the file into lora_dir")  # fmt: skip
-    return _adapter(name, str(matches[0]), where, spec.model)
-
-
-def _sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos) -> Iterator[Source]:
-    swept = combos.names
-    if spec.catalog is not None:
-        from farm.spec.catalog_rows import read_catalog
-
-        rows = ((f"catalog[{r.key}]", r.prompt, tuple(sorted(r.fields.items())))
-                for r in read_catalog(spec.catalog))  # fmt: skip
-    else:
-        rows = ((f"prompts[{i}]", p, ()) for i, p in enumerate(spec.prompts))
-    seen: set[tuple] = set()
-    for where, prompt, catalog in rows:
-        try:
-            text, tags = parse_prompt(prompt)
-        except PromptError as err:
-            raise SpecError(f"{where}: {err}") from None
-        row_tags, preset = _row_preset(spec, dict(catalog), where)
-        for name, _ in row_tags:
-            if any(t.name == name for t in tags):
-                raise SpecError(f"{where}: {name} is both set by the row's preset and "
-                                "tagged in the prompt; keep one")  # fmt: skip
-        for tag in tags:
-            if tag.name not in adapters:
-                found = _library_adapter(spec, tag.name, where)
-                if found is None:
-                    raise SpecError(
-                        f"{where}: <lora:{tag.name}:…> names no LoRA in `loras`"
-                        + (" or lora_dir" if spec.lora_dir else "")
-                        + "; add it there"
-                    )
-                adapters[tag.name] = found
-            if tag.name in swept:
-                raise SpecError(
-                    f"{where}: {tag.name} is both swept in `loras` and tagged in the prompt; "
-                    "keep one"
-                )
-        if len({t.name for t in tags}) != len(tags):
-            raise SpecError(f"{where}: a LoRA is tagged twice; merge the tags")
-        key = (text, tuple((t.name, t.strength) for t in tags) + row_tags, catalog)
-        if key in seen:
-            raise SpecError(f"{where}: duplicate of an earlier prompt; remove it")
-        seen.add(key)
-        # The row's strengths are shown as tags, as a swept LoRA's are (A1111 reads them).
-        shown = " ".join([prompt, *(lora_tag(n, w) for n, w in row_tags)])
-        yield Source(shown, text, key[1], catalog, preset)
-
-
-def _row_preset(spec: Spec, fields: dict[str, str],
-                where: str) -> tuple[tuple[tuple[str, Strength], ...], str | None]:  # fmt: skip
-    """A catalog row's own strengths and preset label (preset_by, lora_by); none without."""
-    if not spec.row_presets:
-        return (), None
-    c = spec.catalog
-    by_label = {p.preset: p for p in spec.presets}
-    label = c.preset_by.pick(fields) if c.preset_by is not None else spec.presets[0].preset
-    preset = by_label.get(label)
-    if preset is None:
-        raise SpecError(f"{where}: preset {label!r} has no weights")
-    names = (c.lora_by.pick(fields),) if c.lora_by is not None else \
-        tuple(x.name for x in spec.loras)  # fmt: skip
-    return preset.bind(names), label
-
-
-def adapter_key(loras: Iterable[tuple[str, float]]) -> tuple[str, ...]:
-    """The adapter set items share when they can go in one unit: names, sorted."""
-    return tuple(sorted(n for n, _ in loras))
 
 
 def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
@@ -440,16 +229,6 @@ def group_units(items: Iterable[Item], size: int = UNIT_SIZE) -> Iterator[Unit]:
             yield Unit(content_id(sorted(i.item_id for i in chunk)), adapters, chunk)
 
 
-@dataclass
-class UnitStream:
-    """The units of one adapter set, made lazily; `items` is what the plan counts."""
-
-    adapters: tuple[str, ...]
-    units: Iterator[Unit]
-    items: int
-    size: int = UNIT_SIZE  # items per unit
-
-
 def unit_streams(plan: Plan, done: Set[str] = frozenset()) -> list[UnitStream]:
     """One stream of not-yet-rendered units per adapter set, so the executor can keep
     each adapter set on few workers instead of loading every LoRA everywhere."""
@@ -459,9 +238,3 @@ def unit_streams(plan: Plan, done: Set[str] = frozenset()) -> list[UnitStream]:
                                     size), n, size)
         for key, n in plan.groups()
     ]  # fmt: skip
-
-
-def content_id(payload: object) -> str:
-    """A short, stable hash of a JSON-able value."""
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:ID_HEX]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from farm.plan.sweep import Adapter
+from farm.plan.items import Adapter
 from farm.spec.strength import Strength
 
 

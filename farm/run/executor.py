@@ -1,12 +1,10 @@
-"""The executor: a pool of RenderWorkers, fed units with adapter affinity.
+"""The executor: a pool of RenderWorkers (farm/run/pool.py), fed units with adapter
+affinity (farm/run/affinity.py), in one dispatch loop.
 
-Each adapter set of the sweep is a stream of units. A worker stays on one stream until
-it runs dry, then joins the stream with the most work per worker, so each LoRA is loaded
-on no more workers than it takes to keep them all busy. Each worker holds at most
-IN_FLIGHT units so the next one is queued while the current one renders. A unit whose
-worker died is sent again elsewhere (up to MAX_ATTEMPTS); a unit that fails by itself is
-recorded as failed and the job goes on. The workers are Ray actors, or with `local` run in
-this process (farm/run/backends.py); the loop is the same.
+Each worker holds at most IN_FLIGHT units so the next one is queued while the current one
+renders. A unit whose worker died is sent again elsewhere (up to MAX_ATTEMPTS); a unit that
+fails by itself is recorded as failed and the job goes on. The workers are Ray actors, or
+with `local` run in this process (farm/run/backends.py); the loop is the same.
 """
 
 from __future__ import annotations
@@ -17,20 +15,18 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from farm.plan.sweep import Unit, UnitStream
+from farm.plan.items import Unit, UnitStream
+from farm.run.affinity import Slot, Stream, account, next_unit
 from farm.run.backends import IN_FLIGHT, LocalBackend, RayBackend, UnitFailed, WorkerLost
 from farm.run.cluster import cpu_worker_bytes, first_line, start_ray, worker_layout
+from farm.run.pool import Pool
 from farm.run.progress import Progress
 from farm.worker.render_worker import JobContext, UnitReport
 
 MAX_ATTEMPTS = 3
-# A worker whose stream ran dry joins a stream other workers hold only when it has at
-# least this many units per holder left: loading adapters for one last unit costs more
-# than it saves.
-STEAL_MIN = 4
 # Start dispatching once every worker is up, or this long after the first one is, so
 # early workers don't take every adapter set before the others arrive.
 READY_GRACE = 30.0
@@ -56,67 +52,6 @@ class Outcome:
     interrupted: bool = False
     stopped: str = ""
     flagged: list = field(default_factory=list)  # (item_id, cell, flags)
-
-
-@dataclass
-class Stream:
-    """One adapter set's units and the workers currently on it."""
-
-    adapters: tuple[str, ...]
-    units: Iterable[Unit]
-    left: int  # planned units not yet dispatched (an estimate on resume)
-    holders: set[int] = field(default_factory=set)
-    buffered: deque = field(default_factory=deque)
-    dry: bool = False
-
-    def take(self) -> Unit | None:
-        if self.empty:
-            return None
-        self.left = max(0, self.left - 1)
-        return self.buffered.popleft()
-
-    @property
-    def empty(self) -> bool:
-        # Pulls one unit ahead: a stream is empty only once its iterator is exhausted.
-        if not self.buffered and not self.dry:
-            unit = next(self.units, None)  # type: ignore[call-overload]
-            if unit is None:
-                self.dry, self.left = True, 0
-            else:
-                self.buffered.append(unit)
-        return not self.buffered
-
-
-@dataclass
-class Slot:
-    """One worker actor and what the scheduler knows about it."""
-
-    id: int
-    actor: object
-    ready_ref: object = None
-    ready: bool = False
-    info: dict = field(default_factory=dict)
-    stream: Stream | None = None
-    in_flight: int = 0
-    images: int = 0
-    units: int = 0
-    adapter_loads: int = 0
-    pipeline_loads: int = 0
-    loaded: set = field(default_factory=set)  # adapter names loaded in this worker
-    rendered: set = field(default_factory=set)  # adapter sets it rendered units of
-
-    def detail(self) -> dict:
-        return {
-            "worker": self.info.get("worker", f"worker-{self.id}"),
-            "node": self.info.get("node", ""),
-            "gpu": self.info.get("gpu", ""),
-            "images": self.images,
-            "units": self.units,
-            "pipeline_loads": self.pipeline_loads,
-            "adapter_loads": self.adapter_loads,
-            "adapters_loaded": sorted(self.loaded),
-            "adapter_sets_rendered": sorted(list(s) for s in self.rendered),
-        }
 
 
 def execute(
@@ -266,7 +201,7 @@ class Dispatcher:
             return
         for slot in self.pool.ready_slots():
             while slot.in_flight < IN_FLIGHT:
-                picked = _next_unit(slot, self.queue, self.retries)
+                picked = next_unit(slot, self.queue, self.retries)
                 if picked is None:
                     break
                 unit, attempt = picked
@@ -337,7 +272,7 @@ class Dispatcher:
             self.unit_failed(unit, err)
             return
         self.failures_in_a_row = 0
-        _account(slot, unit, report, self.counters)
+        account(slot, unit, report, self.counters)
         self.outcome.flagged += report.flagged
         self.outcome.images += report.images
         self.outcome.units += 1
@@ -396,106 +331,6 @@ def _report(outcome: Outcome, echo: Callable[[str], object]) -> None:
         echo(f"stopped: {outcome.stopped}")
     if outcome.interrupted:
         echo("interrupted: finished units are kept; resume renders the rest")
-
-
-class Pool:
-    """The live workers, their start-up, and replacements for the ones that die."""
-
-    def __init__(self, backend, slots: list[Slot], new_slot: Callable[[], Slot],
-                 max_replacements: int):  # fmt: skip
-        self.backend = backend
-        self.slots = slots
-        self.all_slots = list(slots)
-        self.new_slot = new_slot
-        self.replacements_left = max_replacements
-
-    @property
-    def all_ready(self) -> bool:
-        return all(s.ready for s in self.slots)
-
-    def ready_slots(self) -> list[Slot]:
-        return [s for s in self.slots if s.ready]
-
-    def pending_refs(self) -> list:
-        return [s.ready_ref for s in self.slots if not s.ready]
-
-    def owns(self, slot: Slot) -> bool:
-        return any(s is slot for s in self.slots)
-
-    def mark_ready(self, ref, info: dict) -> None:
-        for slot in self.slots:
-            if slot.ready_ref == ref:
-                slot.ready, slot.info = True, info
-
-    def replace(self, dead) -> bool:
-        """Swap a dead slot (or the slot whose start-up failed) for a new worker."""
-        for index, slot in enumerate(self.slots):
-            if slot is dead or slot.ready_ref == dead:
-                self.backend.stop(slot.actor)
-                if self.replacements_left <= 0:
-                    del self.slots[index]
-                    return bool(self.slots)
-                self.replacements_left -= 1
-                self.slots[index] = self.new_slot()
-                self.all_slots.append(self.slots[index])
-                return True
-        return True
-
-    def kill(self) -> None:
-        for slot in self.slots:
-            self.backend.stop(slot.actor)
-
-
-def _next_unit(slot: Slot, streams: list[Stream], retries: deque) -> tuple[Unit, int] | None:
-    # 1. Units sent back by a dead worker, preferring ones whose adapters this one holds.
-    if retries:
-        for i, (unit, attempt) in enumerate(retries):
-            if set(unit.adapters) <= slot.loaded:
-                del retries[i]
-                return unit, attempt
-        return retries.popleft()
-    # 2. The worker's own stream.
-    if slot.stream is not None:
-        unit = slot.stream.take()
-        if unit is not None:
-            return unit, 1
-        slot.stream.holders.discard(slot.id)
-        slot.stream = None
-    # 3. The stream with the most work per worker; those this worker holds win ties. A
-    # fresh worker takes any work; one that already rendered only joins a held stream
-    # with enough left to be worth loading its adapters.
-    fresh = slot.units == 0 and slot.in_flight == 0
-    best, best_score = None, -1.0
-    for stream in streams:
-        if stream.empty:
-            continue
-        holders = len(stream.holders)
-        left = max(stream.left, len(stream.buffered))
-        if holders and not fresh and left < STEAL_MIN * holders:
-            continue
-        score = max(stream.left, 1) / (holders + 1)
-        if set(stream.adapters) <= slot.loaded:
-            score *= 1.5
-        if score > best_score:
-            best, best_score = stream, score
-    if best is None:
-        return None
-    best.holders.add(slot.id)
-    slot.stream = best
-    unit = best.take()
-    return (unit, 1) if unit is not None else None
-
-
-def _account(slot: Slot, unit: Unit, report: UnitReport, counters: dict) -> None:
-    slot.images += report.images
-    slot.units += 1
-    slot.pipeline_loads += report.pipeline_loads
-    slot.adapter_loads += report.adapter_loads
-    slot.loaded.update(report.loaded_adapters)
-    if report.images:
-        slot.rendered.add(unit.adapters)
-    counters["pipeline_loads"] += report.pipeline_loads
-    counters["adapter_loads"] += report.adapter_loads
 
 
 def _retry(unit: Unit, attempt: int, retries: deque, outcome: Outcome, counters: dict,

@@ -6,7 +6,7 @@ node; each node turns them into local files here, so farm/render never touches s
 
 from __future__ import annotations
 
-from farm.plan.sweep import Adapter
+from farm.plan.items import Adapter
 
 
 def resolve_model_path(model: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from farm import __version__, faults
-from farm.plan.sweep import AUTO_UNIT, Adapter, Item, Unit
+from farm.plan.items import AUTO_UNIT, Adapter, Item, Unit
 from farm.records.encode import EXTENSIONS, encode_image
 from farm.records.infotext import build_infotext, format_number
 from farm.records.parts import catalog_pairs, encode_rows, part_key

@@ -1,0 +1,128 @@
+"""The prompt axis and the LoRA files it names: prompts or catalog rows with their
+<lora:…> tags, each LoRA file read and checked (family, hashes) once, and tags resolved
+from the spec's lora_dir by file stem."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from farm.loras.families import check_compatible
+from farm.loras.files import LoraError, inspect_lora
+from farm.plan.combos import Combos
+from farm.plan.items import Adapter, Source
+from farm.spec import Spec, SpecError
+from farm.spec.prompts import PromptError, lora_tag, parse_prompt
+from farm.spec.strength import Strength
+
+
+def adapter_for(name: str, path: str, field_path: str, model: str) -> Adapter:
+    # The driver checks a local copy; the adapter keeps the reference (tiny:NAME, s3://),
+    # so workers on other nodes make their own (checked against this sha256).
+    local = path
+    if path.startswith("tiny:"):
+        from farm.loras.demo import demo_lora_path
+
+        local = str(demo_lora_path(path))
+    if path.startswith("s3://"):
+        from farm.storage.fetch import fetch_file
+        from farm.storage.store import StoreError
+
+        try:
+            local = str(fetch_file(path))
+        except StoreError as err:
+            raise SpecError(f"{field_path}: {err}") from None
+    try:
+        info = inspect_lora(local)
+        # An SDXL LoRA on an SD1.5 model (or the reverse) is refused here, not mid-job.
+        check_compatible(local, model)
+    except LoraError as err:
+        raise SpecError(f"{field_path}: {str(err).replace(local, path)}") from None
+    return Adapter(name, path, info.sha256, info.shorthash)
+
+
+def _libraryadapter_for(spec: Spec, name: str, where: str) -> Adapter | None:
+    """A prompt tag's LoRA from the spec's lora_dir, found by file stem like A1111."""
+    if not spec.lora_dir:
+        return None
+    from pathlib import Path
+
+    # A tag's name is a file stem, compared literally: never a glob pattern (`*` would
+    # pick any file) nor a path (`../x` would reach outside the library).
+    if "/" in name or "\\" in name:
+        raise SpecError(f"{where}: <lora:{name}:…>: a tag names a LoRA file in lora_dir by "
+                        "its stem, not a path; write <lora:STEM:…>")  # fmt: skip
+    library = Path(spec.lora_dir).resolve()
+    target = f"{name}.safetensors"
+    matches = sorted(p for p in library.rglob("*.safetensors") if p.name == target)
+    if len(matches) > 1:
+        found = ", ".join(str(m) for m in matches[:3])
+        raise SpecError(f"{where}: <lora:{name}:…> matches several files in lora_dir ({found})")
+    if not matches:
+        return None
+    # A link in the library may point anywhere; only files inside it are the library's.
+    if not matches[0].resolve().is_relative_to(library):
+        raise SpecError(f"{where}: <lora:{name}:…>: {matches[0]} links to a file outside "
+                        "lora_dir; copy the file into lora_dir")  # fmt: skip
+    return adapter_for(name, str(matches[0]), where, spec.model)
+
+
+def prompt_sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos) -> Iterator[Source]:
+    swept = combos.names
+    if spec.catalog is not None:
+        from farm.spec.catalog_rows import read_catalog
+
+        rows = ((f"catalog[{r.key}]", r.prompt, tuple(sorted(r.fields.items())))
+                for r in read_catalog(spec.catalog))  # fmt: skip
+    else:
+        rows = ((f"prompts[{i}]", p, ()) for i, p in enumerate(spec.prompts))
+    seen: set[tuple] = set()
+    for where, prompt, catalog in rows:
+        try:
+            text, tags = parse_prompt(prompt)
+        except PromptError as err:
+            raise SpecError(f"{where}: {err}") from None
+        row_tags, preset = row_preset(spec, dict(catalog), where)
+        for name, _ in row_tags:
+            if any(t.name == name for t in tags):
+                raise SpecError(f"{where}: {name} is both set by the row's preset and "
+                                "tagged in the prompt; keep one")  # fmt: skip
+        for tag in tags:
+            if tag.name not in adapters:
+                found = _libraryadapter_for(spec, tag.name, where)
+                if found is None:
+                    raise SpecError(
+                        f"{where}: <lora:{tag.name}:…> names no LoRA in `loras`"
+                        + (" or lora_dir" if spec.lora_dir else "")
+                        + "; add it there"
+                    )
+                adapters[tag.name] = found
+            if tag.name in swept:
+                raise SpecError(
+                    f"{where}: {tag.name} is both swept in `loras` and tagged in the prompt; "
+                    "keep one"
+                )
+        if len({t.name for t in tags}) != len(tags):
+            raise SpecError(f"{where}: a LoRA is tagged twice; merge the tags")
+        key = (text, tuple((t.name, t.strength) for t in tags) + row_tags, catalog)
+        if key in seen:
+            raise SpecError(f"{where}: duplicate of an earlier prompt; remove it")
+        seen.add(key)
+        # The row's strengths are shown as tags, as a swept LoRA's are (A1111 reads them).
+        shown = " ".join([prompt, *(lora_tag(n, w) for n, w in row_tags)])
+        yield Source(shown, text, key[1], catalog, preset)
+
+
+def row_preset(spec: Spec, fields: dict[str, str],
+                where: str) -> tuple[tuple[tuple[str, Strength], ...], str | None]:  # fmt: skip
+    """A catalog row's own strengths and preset label (preset_by, lora_by); none without."""
+    if not spec.row_presets:
+        return (), None
+    c = spec.catalog
+    by_label = {p.preset: p for p in spec.presets}
+    label = c.preset_by.pick(fields) if c.preset_by is not None else spec.presets[0].preset
+    preset = by_label.get(label)
+    if preset is None:
+        raise SpecError(f"{where}: preset {label!r} has no weights")
+    names = (c.lora_by.pick(fields),) if c.lora_by is not None else \
+        tuple(x.name for x in spec.loras)  # fmt: skip
+    return preset.bind(names), label
