@@ -139,3 +139,16 @@ def _number(value: Any, at: str, strings: bool = False) -> float:
 def _local(text: str, base: Path) -> Path:
     path = Path(text).expanduser()
     return (path if path.is_absolute() else base / path).resolve()
+
+
+S3_RE = re.compile(r"s3://[^/\s]+(/.*)?")
+
+
+def s3_url(text: str, at: str) -> str:
+    """`text` if it is an s3:// URL farm can use; SpecError naming `at` otherwise."""
+    if not S3_RE.fullmatch(text):
+        raise SpecError(f"{at}: {text!r} is not an s3:// URL (write s3://bucket/key)")
+    if "//" in text[len("s3://") :].rstrip("/"):
+        # S3 keeps an empty segment as part of the key: `a//b` is not `a/b`.
+        raise SpecError(f"{at}: {text!r} has an empty segment ('//'); write each once")
+    return text

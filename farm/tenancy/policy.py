@@ -124,7 +124,8 @@ def _preset_entries(out: dict) -> list[tuple[str, float | None, str]]:
 
 
 def _entry(value: Any, where: str) -> list[tuple[str, float | None, str]]:
-    from farm.spec.parse import _check_keys, _number, parse_strengths
+    from farm.spec.fields import _check_keys, _number
+    from farm.spec.lora_axes import parse_strengths
 
     if isinstance(value, str):
         if not value.strip():

@@ -269,7 +269,9 @@ def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
 
 
 def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Tenant:
-    from farm.spec.parse import NAME_RE, _check_keys, _lora_path, _mapping, _model, _output, _str
+    from farm.spec.fields import NAME_RE, _check_keys, _mapping, _str
+    from farm.spec.lora_axes import lora_path
+    from farm.spec.parse import _model, _output
 
     _check_keys(m, TENANT_KEYS, at)
     if m.get("output") is None:
@@ -296,7 +298,7 @@ def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Ten
         text = _str(ref, where)
         if base.startswith("s3://") and not (text.startswith(("s3://", "tiny:", "/"))):
             text = f"{base}/{text}"  # relative to an s3:// tenants file: beside it
-        loras[lname] = _lora_path(text, where, local_base)
+        loras[lname] = lora_path(text, where, local_base)
     folders = _list(m.get("catalogs") or [], f"{at}.catalogs")
     catalogs = tuple(_catalog_folder(v, f"{at}.catalogs[{i}]", local_base)
                      for i, v in enumerate(folders))  # fmt: skip
@@ -324,7 +326,7 @@ def _list(value: Any, at: str) -> list:
 
 def _catalog_folder(value: Any, at: str, base: Path) -> str:
     """A folder a tenant's catalogs may lie in: local, relative to the tenants file."""
-    from farm.spec.parse import _str
+    from farm.spec.fields import _str
 
     text = _str(value, at)
     if "://" in text:
