@@ -65,7 +65,8 @@ def model_train_tiny(out: Path, seed: int, smoke: bool, threads: int,
             click.echo(f"error: --base {base}: no {missing[0]}; give a folder with "
                        f"{', '.join(BASE_FILES)}", err=True)  # fmt: skip
             sys.exit(EXIT_BAD_INPUT)
-    from farm.training.tiny import SMOKE, Recipe, train
+    from farm.training.recipe import SMOKE, Recipe
+    from farm.training.tiny import train
 
     recipe = replace(SMOKE if smoke else Recipe(), seed=seed, threads=threads)
     with _writing(out):
