@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -74,3 +76,24 @@ def test_local_rows_name_this_process_as_the_worker(tmp_path, tiny_dir):
     rows = pq.read_table(tmp_path / "out" / "rows" / "metadata.parquet").to_pylist()
     assert {r["worker"].rsplit(":", 1)[1] for r in rows} == {str(os.getpid())}
     assert json.loads((tmp_path / "out" / "rows" / "job.json").read_text())["status"] == "done"
+
+
+def test_a_worker_of_another_farm_version_is_refused(tmp_path, tiny_dir, monkeypatch):
+    """The driver refuses a worker whose farm differs (its classes, ids and pixels may too):
+    the run stops before any unit, resumable, naming both versions."""
+    from farm import __version__
+    from farm.run.job import run_job
+    from farm.spec import load_spec
+    from farm.worker import render_worker
+
+    monkeypatch.setattr(render_worker, "__version__", "0.0.1")
+    spec = load_spec(write_spec(tmp_path, "mixed", seeds={"start": 0, "count": 1}))
+    said: list[str] = []
+    result = run_job(spec, echo=said.append, local=True)
+    assert not result.ok and result.rendered == 0
+    assert result.stopped == (
+        f"worker {socket.gethostname()}:{os.getpid()} runs farm 0.0.1, this "
+        f"driver farm {__version__}; install one farm version on every node, then resume"
+    )
+    assert f"stopped: {result.stopped}" in said
+    assert not (tmp_path / "out" / "mixed" / "parts").exists()

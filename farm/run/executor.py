@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from farm import __version__
 from farm.plan.items import Unit, UnitStream
 from farm.run.affinity import Slot, Stream, account, next_unit
 from farm.run.backends import IN_FLIGHT, LocalBackend, RayBackend, UnitFailed, WorkerLost
@@ -251,11 +252,22 @@ class Dispatcher:
 
     def worker_started(self, ref) -> None:
         try:
-            self.pool.mark_ready(ref, self.pool.backend.result(ref))
+            info = self.pool.backend.result(ref)
         except (WorkerLost, UnitFailed) as err:
             self.counters["worker_deaths"] += 1
             if not self.pool.replace(ref):
                 self.outcome.stopped = f"workers keep dying ({first_line(err)})"
+        else:
+            # Workers unpickle the driver's classes by module path: a node with another
+            # farm would fail in ways that read as random deaths, or render differently.
+            if info.get("farm") != __version__:
+                self.outcome.stopped = (
+                    f"worker {info.get('worker', '?')} runs farm {info.get('farm', '(unknown)')}"
+                    f", this driver farm {__version__}; install one farm version on every "
+                    "node, then resume"
+                )
+                return
+            self.pool.mark_ready(ref, info)
         if self.first_ready is None and self.pool.ready_slots():
             self.first_ready = time.monotonic()
 

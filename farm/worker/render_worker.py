@@ -149,7 +149,8 @@ class RenderWorker:
     def ready(self) -> dict:
         """Who this worker is; answering means it started."""
         return {"worker": self.name, "node": self.node, "gpu": self.device.label,
-                "device": self.device.name, "dtype": self.device.dtype}  # fmt: skip
+                "device": self.device.name, "dtype": self.device.dtype,
+                "farm": __version__}  # fmt: skip
 
     def render(self, unit: Unit, ctx: JobContext, attempt: int = 1) -> UnitReport:
         """Render one unit and write its images, then its part (the completion mark)."""
