@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.home import farm_home
-from farm.loras.layouts import kohya_name, kohya_to_peft, peft_modules, peft_to_kohya, write_lora
+from farm.loras.layouts import kohya_name, kohya_to_peft, peft_to_kohya, write_lora
 from farm.tiny.identity import TEXT_CONFIG, TINY_VERSION, UNET_CONFIG, shipped_weights
 
 
@@ -72,18 +72,6 @@ def write_demo_lora(demo: DemoLora, path: Path) -> Path:
                       alpha=alpha, layout=demo.layout)  # fmt: skip
 
 
-def demo_modules(demo: DemoLora) -> list[str]:
-    """The dotted module paths a demo LoRA adapts, read from its shipped file."""
-    from safetensors import safe_open
-
-    with safe_open(str(shipped_weights() / f"{demo.name}.safetensors"), "np") as f:
-        keys = list(f.keys())
-    if DEMO_LORAS[demo.name].layout == "peft":
-        return peft_modules(dict.fromkeys(keys))
-    names = {k.rsplit(".", 2)[0] for k in keys if k.endswith(".lora_down.weight")}
-    return sorted(m for m in lora_modules(demo.text_encoder) if kohya_name(m) in names)
-
-
 def lora_modules(text_encoder: bool = True) -> list[str]:
     """Every module a demo LoRA may adapt: the UNet's transformer layers and, with
     `text_encoder`, the text encoder's attention and MLP projections."""
@@ -129,16 +117,6 @@ def unet_attention_modules() -> list[tuple[str, int, int]]:
                 (f"{tb}.{attn}.to_out.0", width, width),
             ]
     return modules
-
-
-def text_attention_modules() -> list[tuple[str, int, int]]:
-    """(module, out_features, in_features) of the tiny text encoder's attention projections."""
-    hidden = TEXT_CONFIG["hidden_size"]
-    return [
-        (f"text_model.encoder.layers.{layer}.self_attn.{proj}", hidden, hidden)
-        for layer in range(TEXT_CONFIG["num_hidden_layers"])
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj")
-    ]
 
 
 def unet_resnet_convs() -> list[tuple[str, int, int, int]]:

@@ -11,8 +11,8 @@ from farm.loras.families import Family, family_of
 from farm.loras.files import (
     DTYPE_BYTES,
     LoraFile,
-    _block_order,
     a1111_block,
+    block_order,
     inspect_lora,
     modules,
     read_header,
@@ -95,7 +95,7 @@ def describe_lora(path: str | Path) -> LoraReport:
     for m in mods:
         counts[m.component] = counts.get(m.component, 0) + 1
     blocks = {a1111_block(m.name) for m in mods if m.component == "unet"}
-    ordered = sorted((b for b in blocks if b), key=_block_order)
+    ordered = sorted((b for b in blocks if b), key=block_order)
     ranks = [m.rank for m in mods]
     alphas = _read_scalars(info.path, [m.parts["alpha"] for m in mods if "alpha" in m.parts])
     return LoraReport(

@@ -269,6 +269,6 @@ def a1111_block(unet_name: str) -> str | None:
     return None
 
 
-def _block_order(block: str) -> tuple[int, int]:
+def block_order(block: str) -> tuple[int, int]:
     group = {"IN": 0, "M": 1, "OUT": 2}[block.rstrip("0123456789")]
     return group, int(block.lstrip("INMOUT"))

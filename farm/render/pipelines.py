@@ -75,8 +75,8 @@ class Loaded:
             if self.adapters.per_sample is not None:
                 self.adapters.per_sample.remove()  # its table is sized for other calls
             per_item = probe_item_bytes(self.pipe, render)
-            _free_memory()
-            free = free_memory(self.device)
+            release_cached_memory()
+            free = available_bytes(self.device)
             self._fits[key] = max(1, min(most, int(0.8 * free / max(per_item, 1))))
         return self._fits[key]
 
@@ -129,12 +129,12 @@ class PipelineCache:
         path = self.locate(model, fingerprint)
         need = 1.2 * weights_bytes(path)
         while self.pipelines and (
-            len(self.pipelines) >= self.capacity or free_memory(self.device) < need
+            len(self.pipelines) >= self.capacity or available_bytes(self.device) < need
         ):
             _, old = self.pipelines.popitem(last=False)
             self._evicted_adapter_loads += old.adapters.loads
             del old
-            _free_memory()
+            release_cached_memory()
         loaded = Loaded(load_pipeline(path, self.device), self.device)
         self.pipelines[model] = loaded
         self.loads += 1
@@ -191,7 +191,7 @@ def weights_bytes(path: str) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
 
 
-def free_memory(device: Device) -> int:
+def available_bytes(device: Device) -> int:
     """Bytes the device can still take: GPU memory on CUDA, available RAM on the CPU."""
     import torch
 
@@ -225,7 +225,7 @@ def probe_item_bytes(pipe, render) -> int:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def _free_memory() -> None:
+def release_cached_memory() -> None:
     import gc
 
     import torch

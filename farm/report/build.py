@@ -83,11 +83,43 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     def load(key: str) -> Image.Image:
         return decode(store.get(key))
 
-    rows: list[dict] = []
-    d0: dict[str, float] = {}
-    curves: dict[tuple[str, str], list[dict]] = {}
+    measured = _measure(shots, loras, load, put, cell_px, echo)
+    marks = _mark_collapsed(measured.series, curve_spans(measured.rows))
+    report.collapsed = len(marks)
+    report.summaries = [summarize(lora, rows, curve)
+                        for (lora, curve), rows in measured.curves.items()]  # fmt: skip
+    put(RESPONSE, response_table(measured.rows, report.summaries))
+    put(CURVES, curves_png(report.summaries))
+    echo("drawing contact sheets")
+    _draw_sheets(sheets, marks, load, put, max_pixels, cell_px)
+    echo("writing the gallery")
+    axes = _axes(shots, loras)
+    entries = _entries(store, job, axes, measured.d0, marks)
+    write_gallery(entries, lambda name, data: put(f"{REPORT}{name}", data),
+                  title=f"farm report: {report.job_id}", axes=[a for a, _ in axes],
+                  notes=report.notes)  # fmt: skip
+    written = set(report.keys)
+    for key in list(store.list(REPORT)):
+        if key not in written:  # left by an earlier report of this job
+            store.delete(key)
+    return report
+
+
+@dataclass
+class Measured:
+    """Every series measured: its rows, the distance from strength 0 of each item, the
+    rows of each (LoRA, curve), and the rows series by series."""
+
+    rows: list[dict] = field(default_factory=list)
+    d0: dict[str, float] = field(default_factory=dict)
+    curves: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+    series: list[list[dict]] = field(default_factory=list)
+
+
+def _measure(shots, loras: list[str], load, put, cell_px: int, echo) -> Measured:
+    """Measure each series of each swept LoRA, and write its strength animation."""
+    out = Measured()
     numbers = itertools.count()
-    measured_series: list[list[dict]] = []
     for lora in loras:
         series = series_of(shots, lora)
         echo(f"measuring {lora}: {len(series)} series")
@@ -97,13 +129,13 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
             for r in measured:
                 r["curve"] = one.curve
                 if not math.isnan(r["d0_pixel"]):
-                    d0.setdefault(r["item_id"], r["d0_pixel"])
-            rows += measured
-            measured_series.append(measured)
+                    out.d0.setdefault(r["item_id"], r["d0_pixel"])
+            out.rows += measured
+            out.series.append(measured)
             # A curve averages only series that start at strength 0: a blend swept from
             # 0.5 up measures from 0.5, which would drag another series' curve off zero.
             if one.shots[0][0] == 0.0:
-                curves.setdefault((lora, one.curve), []).extend(measured)
+                out.curves.setdefault((lora, one.curve), []).extend(measured)
             frames = [(_caption(lora, s, shot), img)
                       for (s, img), (_, shot) in zip(images, one.shots, strict=True)
                       if img is not None]  # fmt: skip
@@ -112,35 +144,16 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
                 # renders enlarged to a sheet's cell would only make the file bigger.
                 side = min(cell_px, max(128, *frames[0][1].size))
                 put(_animation_key(one, n), strength_animation(frames, cell_px=side))
-    marks = _mark_collapsed(measured_series, curve_spans(rows))
-    report.collapsed = len(marks)
-    report.summaries = [summarize(lora, rows_, curve) for (lora, curve), rows_ in curves.items()]
-    put(RESPONSE, response_table(rows, report.summaries))
-    put(CURVES, curves_png(report.summaries))
-    echo("drawing contact sheets")
+    return out
+
+
+def _draw_sheets(sheets: list, marks: dict, load, put, max_pixels: int, cell_px: int) -> None:
     for n, (title, rows_axis, cols_axis, at) in enumerate(sheets):
         cells = {pos: _cell(shot, marks) for pos, shot in at.items()}
-        for suffix, png in sheet_pages(
-            title=title,
-            rows=rows_axis,
-            cols=cols_axis,
-            cells=cells,
-            load=load,
-            max_pixels=max_pixels,
-            cell_px=cell_px,
-        ):
+        pages = sheet_pages(title=title, rows=rows_axis, cols=cols_axis, cells=cells,
+                            load=load, max_pixels=max_pixels, cell_px=cell_px)  # fmt: skip
+        for suffix, png in pages:
             put(f"{REPORT}sheets/{n:03d}-{_slug(_sheet_name(title))}{suffix}.png", png)
-    echo("writing the gallery")
-    axes = _axes(shots, loras)
-    entries = _entries(store, job, axes, d0, marks)
-    write_gallery(entries, lambda name, data: put(f"{REPORT}{name}", data),
-                  title=f"farm report: {report.job_id}", axes=[a for a, _ in axes],
-                  notes=report.notes)  # fmt: skip
-    written = set(report.keys)
-    for key in list(store.list(REPORT)):
-        if key not in written:  # left by an earlier report of this job
-            store.delete(key)
-    return report
 
 
 def _mark_collapsed(series: list[list[dict]], spans: dict[str, float]) -> dict[str, list[str]]:

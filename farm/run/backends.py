@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 
-from farm.run.cluster import first_line
+from farm.run.cluster import error_line
 from farm.storage.store import StoreRefused
 
 # Two units at once per worker: one renders while the other finishes its uploads.
@@ -65,12 +65,12 @@ class RayBackend:
         try:
             return ray.get(handle)
         except ray.exceptions.RayActorError as err:
-            raise WorkerLost(first_line(err)) from err
+            raise WorkerLost(error_line(err)) from err
         except ray.exceptions.RayTaskError as err:
             stops = isinstance(getattr(err, "cause", None), StoreRefused)
-            raise UnitFailed(first_line(err), stops) from err
+            raise UnitFailed(error_line(err), stops) from err
         except ray.exceptions.RayError as err:  # a worker that could not start
-            raise WorkerLost(first_line(err)) from err
+            raise WorkerLost(error_line(err)) from err
 
     def stop(self, actor) -> None:
         import ray
@@ -129,7 +129,7 @@ class LocalBackend:
         try:
             return handle.result()
         except Exception as err:
-            raise UnitFailed(first_line(err), isinstance(err, StoreRefused)) from err
+            raise UnitFailed(error_line(err), isinstance(err, StoreRefused)) from err
 
     def stop(self, actor: LocalWorker) -> None:
         if actor.worker is not None:

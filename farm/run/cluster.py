@@ -116,7 +116,7 @@ def _join(address: str, runtime_env: dict | None) -> None:
 
         raise ClusterError(f"--address {address}: {TOKEN_HINT}")
     raise ClusterError(f"--address {address}: could not join the Ray cluster there "
-                       f"({first_line(failure)})")  # fmt: skip
+                       f"({error_line(failure)})")  # fmt: skip
 
 
 def _check_reachable(address: str) -> None:
@@ -223,7 +223,8 @@ def check_layout(workers: int | None, gpus_per_worker: float | None) -> None:
         )
 
 
-def first_line(err: Exception) -> str:
-    # Printed and kept in job.json: a worker's error may quote an endpoint URL.
+def error_line(err: Exception) -> str:
+    """The line of an error that says what went wrong: the last (a traceback's, or Ray's
+    wrapped one's), redacted (printed, and kept in job.json, it may quote an endpoint URL)."""
     cause = getattr(err, "cause", None) or err
     return redact((str(cause).strip().splitlines() or [type(cause).__name__])[-1])[:300]

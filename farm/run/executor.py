@@ -22,7 +22,7 @@ from farm import __version__
 from farm.plan.items import Unit, UnitStream
 from farm.run.affinity import Slot, Stream, account, next_unit
 from farm.run.backends import IN_FLIGHT, LocalBackend, RayBackend, UnitFailed, WorkerLost
-from farm.run.cluster import cpu_worker_bytes, first_line, start_ray, worker_layout
+from farm.run.cluster import cpu_worker_bytes, error_line, start_ray, worker_layout
 from farm.run.pool import Pool
 from farm.run.progress import Progress
 from farm.worker.render_worker import JobContext, UnitReport
@@ -256,7 +256,7 @@ class Dispatcher:
         except (WorkerLost, UnitFailed) as err:
             self.counters["worker_deaths"] += 1
             if not self.pool.replace(ref):
-                self.outcome.stopped = f"workers keep dying ({first_line(err)})"
+                self.outcome.stopped = f"workers keep dying ({error_line(err)})"
         else:
             # Workers unpickle the driver's classes by module path: a node with another
             # farm would fail in ways that read as random deaths, or render differently.
@@ -299,12 +299,12 @@ class Dispatcher:
         if slot.stream:
             slot.stream.holders.discard(slot.id)
         if not self.pool.replace(slot):
-            self.outcome.stopped = f"workers keep dying ({first_line(err)})"
+            self.outcome.stopped = f"workers keep dying ({error_line(err)})"
 
     def unit_failed(self, unit: Unit, err: Exception) -> None:
         """A unit that failed by itself is recorded, not retried."""
         self.outcome.failed_items += [i.item_id for i in unit.items]
-        self.outcome.errors.append(f"unit {unit.unit_id}: {first_line(err)}")
+        self.outcome.errors.append(f"unit {unit.unit_id}: {error_line(err)}")
         self.counters["failures"] += 1
         self.failures_in_a_row += 1
         if getattr(err, "stops", False):

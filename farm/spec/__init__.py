@@ -15,7 +15,7 @@ from typing import Any
 from farm.limits import MAX_SPEC_BYTES
 from farm.spec.errors import SpecError
 from farm.spec.lora_axes import parse_strengths
-from farm.spec.model import Catalog, Combos, LoraAxis, Render, Spec, strength_to_spec
+from farm.spec.model import Catalog, ComboList, LoraAxis, Render, Spec, strength_to_spec
 from farm.spec.parse import parse_spec, with_output
 from farm.spec.yaml_rules import load_yaml
 
@@ -24,7 +24,7 @@ Resolve = Callable[[Any, Path], Any]
 
 __all__ = [
     "Catalog",
-    "Combos",
+    "ComboList",
     "LoraAxis",
     "Render",
     "Spec",

@@ -234,7 +234,7 @@ def _jsonl_rows(path: Path, check) -> Iterator[dict[str, str]]:
                 raise SpecError(
                     f"catalog: {path.name} line {line_no}: expected a JSON object, got {show(obj)}"
                 )
-            yield {str(k): _text(v) for k, v in obj.items() if v is not None}
+            yield {str(k): cell_text(v) for k, v in obj.items() if v is not None}
 
 
 def _parquet_rows(path: Path, check) -> Iterator[dict[str, str]]:
@@ -248,12 +248,12 @@ def _parquet_rows(path: Path, check) -> Iterator[dict[str, str]]:
         check(parquet.schema_arrow.names)
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
             for row in batch.to_pylist():
-                yield {str(k): _text(v) for k, v in row.items() if v is not None}
+                yield {str(k): cell_text(v) for k, v in row.items() if v is not None}
     except pa.ArrowException as e:
         raise SpecError(f"catalog: cannot read {path.name} as Parquet: {e}") from None
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A cell as text: JSON spelling for bools and containers, str() for the rest."""
     if isinstance(value, str):
         return value

@@ -27,52 +27,52 @@ _NO_TENANTS = (
 LATER_KEYS = {"preset": _NO_TENANTS, "presets": _NO_TENANTS}
 
 
-def _blocks(value: Any, at: str) -> Blocks:
+def blocks_field(value: Any, at: str) -> Blocks:
     try:
         return parse_blocks(value)
     except StrengthError as err:
         raise SpecError(f"{at}: {err}") from None
 
 
-def _schedule(value: Any, at: str) -> tuple[tuple[float, float], ...]:
+def schedule_field(value: Any, at: str) -> tuple[tuple[float, float], ...]:
     try:
         return parse_schedule(value)
     except StrengthError as err:
         raise SpecError(f"{at}: {err}") from None
 
 
-def _combo_strength(value: Any, at: str) -> Strength:
+def combo_strength(value: Any, at: str) -> Strength:
     """A combine entry's value: a weight, or {weight | te/unet, blocks, schedule}."""
     if not isinstance(value, dict):
-        return Strength.plain(_number(value, at, strings=True))
-    _check_keys(value, STRENGTH_KEYS, at)
-    weight = _get(value, "weight")
-    te, unet = _get(value, "te"), _get(value, "unet")
+        return Strength.plain(as_number(value, at, strings=True))
+    check_keys(value, STRENGTH_KEYS, at)
+    weight = get_field(value, "weight")
+    te, unet = get_field(value, "te"), get_field(value, "unet")
     if weight is None and te is None and unet is None:
         raise SpecError(f"{at}: give weight, or te and/or unet")
-    w = _number(weight, f"{at}.weight", strings=True) if weight is not None else None
-    te_w = _number(te, f"{at}.te", strings=True) if te is not None else w
-    unet_w = _number(unet, f"{at}.unet", strings=True) if unet is not None else w
+    w = as_number(weight, f"{at}.weight", strings=True) if weight is not None else None
+    te_w = as_number(te, f"{at}.te", strings=True) if te is not None else w
+    unet_w = as_number(unet, f"{at}.unet", strings=True) if unet is not None else w
     if te_w is None or unet_w is None:
         # A1111's rule: an unset UNet weight follows the text encoder's, and back.
         te_w = unet_w if te_w is None else te_w
         unet_w = te_w if unet_w is None else unet_w
-    blocks = _get(value, "blocks")
-    schedule = _get(value, "schedule")
+    blocks = get_field(value, "blocks")
+    schedule = get_field(value, "schedule")
     return Strength(
         te_w, unet_w,
-        _blocks(blocks, f"{at}.blocks") if blocks is not None else None,
-        _schedule(schedule, f"{at}.schedule") if schedule is not None else None,
+        blocks_field(blocks, f"{at}.blocks") if blocks is not None else None,
+        schedule_field(schedule, f"{at}.schedule") if schedule is not None else None,
     )  # fmt: skip
 
 
-def _get(m: dict, key: str, default: Any = None) -> Any:
+def get_field(m: dict, key: str, default: Any = None) -> Any:
     """m[key], with a YAML null (`key:` and nothing after it) meaning 'not given'."""
     value = m.get(key)
     return default if value is None else value
 
 
-def _required(m: dict, key: str, what: str, at: str = "") -> Any:
+def required_field(m: dict, key: str, what: str, at: str = "") -> Any:
     value = m.get(key)
     if value is None:
         raise SpecError(f"{_join(at, key)}: required ({what})")
@@ -83,7 +83,7 @@ def _join(at: str, key: Any) -> str:
     return f"{at}.{key}" if at else str(key)
 
 
-def _check_keys(m: dict, known: Iterable[str], at: str) -> None:
+def check_keys(m: dict, known: Iterable[str], at: str) -> None:
     known = tuple(known)
     for key in m:
         if key in known:
@@ -96,13 +96,13 @@ def _check_keys(m: dict, known: Iterable[str], at: str) -> None:
         )
 
 
-def _mapping(value: Any, at: str, what: str = "a mapping") -> dict:
+def as_mapping(value: Any, at: str, what: str = "a mapping") -> dict:
     if not isinstance(value, dict):
         raise SpecError(f"{at}: expected {what}, got {show(value)}")
     return value
 
 
-def _str(value: Any, at: str, empty_ok: bool = False) -> str:
+def as_str(value: Any, at: str, empty_ok: bool = False) -> str:
     if not isinstance(value, str):
         raise SpecError(f"{at}: expected a string, got {show(value)}")
     if not empty_ok and not value.strip():
@@ -110,7 +110,7 @@ def _str(value: Any, at: str, empty_ok: bool = False) -> str:
     return value
 
 
-def _int(value: Any, at: str, lo: int, hi: int, what: str = "an integer") -> int:
+def as_int(value: Any, at: str, lo: int, hi: int, what: str = "an integer") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{at}: expected {what}, got {show(value)}")
     if not lo <= value <= hi:
@@ -118,7 +118,7 @@ def _int(value: Any, at: str, lo: int, hi: int, what: str = "an integer") -> int
     return value
 
 
-def _number(value: Any, at: str, strings: bool = False) -> float:
+def as_number(value: Any, at: str, strings: bool = False) -> float:
     if isinstance(value, str) and strings:
         try:
             x = float(value.strip())
@@ -136,7 +136,7 @@ def _number(value: Any, at: str, strings: bool = False) -> float:
     return x + 0.0
 
 
-def _local(text: str, base: Path) -> Path:
+def as_local_path(text: str, base: Path) -> Path:
     path = Path(text).expanduser()
     return (path if path.is_absolute() else base / path).resolve()
 

@@ -15,19 +15,19 @@ from farm.spec.errors import SpecError, show, suggest
 from farm.spec.fields import (
     NAME_RE,
     URL_RE,
-    _blocks,
-    _check_keys,
-    _combo_strength,
-    _get,
-    _local,
-    _mapping,
-    _number,
-    _required,
-    _schedule,
-    _str,
+    as_local_path,
+    as_mapping,
+    as_number,
+    as_str,
+    blocks_field,
+    check_keys,
+    combo_strength,
+    get_field,
+    required_field,
     s3_url,
+    schedule_field,
 )
-from farm.spec.model import Combos, LoraAxis
+from farm.spec.model import ComboList, LoraAxis
 from farm.spec.strength import Strength, is_lbw_preset
 
 MAX_STRENGTHS = 10_000
@@ -44,9 +44,9 @@ def parse_strengths(value: Any, field: str) -> tuple[float, ...]:
             raise SpecError(f"{field}: the list is empty (give at least one strength)")
         if len(value) > MAX_STRENGTHS:
             raise SpecError(f"{field}: {len(value)} values, more than {MAX_STRENGTHS}")
-        values = [_number(v, f"{field}[{i}]", strings=True) for i, v in enumerate(value)]
+        values = [as_number(v, f"{field}[{i}]", strings=True) for i, v in enumerate(value)]
     elif isinstance(value, int | float | str) and not isinstance(value, bool):
-        values = [_number(value, field, strings=True)]
+        values = [as_number(value, field, strings=True)]
     else:
         raise SpecError(f"{field}: expected {STRENGTHS_HELP}, got {show(value)}")
     seen: set[float] = set()
@@ -63,7 +63,7 @@ def _range(text: str, field: str) -> list[float]:
         raise SpecError(
             f"{field}: {text!r} is not a range (write 'start:stop:step', e.g. '0:1:0.2')"
         )
-    start, stop, step = (_number(p, field, strings=True) for p in parts)
+    start, stop, step = (as_number(p, field, strings=True) for p in parts)
     if step == 0:
         raise SpecError(f"{field}: the step of {text!r} is 0 (use a step such as 0.1)")
     if (stop - start) * step < 0:
@@ -94,17 +94,17 @@ def parse_loras(value: Any, base: Path, mode: Any) -> tuple[LoraAxis, ...]:
     names: dict[str, int] = {}
     for i, item in enumerate(value):
         at = f"loras[{i}]"
-        m = _mapping(item, at)
-        _check_keys(m, LORA_KEYS, at)
-        name = _str(_required(m, "name", "a short name such as 'neon'", at), f"{at}.name")
+        m = as_mapping(item, at)
+        check_keys(m, LORA_KEYS, at)
+        name = as_str(required_field(m, "name", "a short name such as 'neon'", at), f"{at}.name")
         if not NAME_RE.fullmatch(name):
             raise SpecError(f"{at}.name: {show(name)} may only use letters, digits, '_', '.', '-'")
         if name in names:
             raise SpecError(f"{at}.name: {name!r} is already used by loras[{names[name]}]")
         names[name] = i
-        path = lora_path(_str(_required(m, "path", "a .safetensors file", at), f"{at}.path"),
+        path = lora_path(as_str(required_field(m, "path", "a .safetensors file", at), f"{at}.path"),
                           f"{at}.path", base)  # fmt: skip
-        alpha = _get(m, "alpha")
+        alpha = get_field(m, "alpha")
         if alpha is None and alpha_required:
             raise SpecError(f"{at}.alpha: required ({STRENGTHS_HELP}, e.g. '0:1:0.2')")
         alphas = parse_strengths(alpha, f"{at}.alpha") if alpha is not None else ()
@@ -115,8 +115,8 @@ def parse_loras(value: Any, base: Path, mode: Any) -> tuple[LoraAxis, ...]:
 
 
 def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> dict:
-    te, unet = _get(m, "te"), _get(m, "unet")
-    blocks, schedule = _get(m, "blocks"), _get(m, "schedule")
+    te, unet = get_field(m, "te"), get_field(m, "unet")
+    blocks, schedule = get_field(m, "blocks"), get_field(m, "schedule")
     if not has_alpha:
         for key, value in (("te", te), ("unet", unet), ("blocks", blocks),
                            ("schedule", schedule)):  # fmt: skip
@@ -133,9 +133,9 @@ def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> di
         )
     extras: dict[str, Any] = {}
     if te is not None:
-        extras["te"] = _number(te, f"{at}.te", strings=True)
+        extras["te"] = as_number(te, f"{at}.te", strings=True)
     if unet is not None:
-        extras["unet"] = _number(unet, f"{at}.unet", strings=True)
+        extras["unet"] = as_number(unet, f"{at}.unet", strings=True)
     if blocks is not None:
         # A list of settings (presets, 17-value lists or strings, dicts) is an axis; a list
         # of plain values (numbers, or a stray word among them) is one 17-value setting.
@@ -146,13 +146,13 @@ def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> di
         if axis and zip_mode:
             raise SpecError(f"{at}.blocks: combine: zip takes one block setting per LoRA")
         values = blocks if axis else [blocks]
-        parsed = [_blocks(b, f"{at}.blocks[{i}]" if axis else f"{at}.blocks")
+        parsed = [blocks_field(b, f"{at}.blocks[{i}]" if axis else f"{at}.blocks")
                   for i, b in enumerate(values)]  # fmt: skip
         if len({b.pairs for b in parsed}) != len(parsed):
             raise SpecError(f"{at}.blocks: a block setting is listed twice")
         extras["blocks"] = tuple(parsed)
     if schedule is not None:
-        extras["schedule"] = _schedule(schedule, f"{at}.schedule")
+        extras["schedule"] = schedule_field(schedule, f"{at}.schedule")
     return extras
 
 
@@ -174,7 +174,7 @@ def lora_path(text: str, at: str, base: Path) -> str:
         return s3_url(text, at)
     if URL_RE.match(text):
         raise SpecError(f"{at}: {text} — only local files, s3:// and tiny:NAME are supported")
-    local = _local(text, base)
+    local = as_local_path(text, base)
     if not local.exists():
         raise SpecError(f"{at}: {local} not found")
     if not local.is_file():
@@ -192,7 +192,7 @@ def combine_mode(mode: Any) -> str | list | tuple:
     return mode
 
 
-def parse_combine(mode: str | list | tuple, loras: tuple[LoraAxis, ...]) -> str | Combos:
+def parse_combine(mode: str | list | tuple, loras: tuple[LoraAxis, ...]) -> str | ComboList:
     if not loras:
         if mode != "product":
             raise SpecError("combine: there are no loras to combine (add loras or remove combine)")
@@ -211,7 +211,7 @@ def parse_combine(mode: str | list | tuple, loras: tuple[LoraAxis, ...]) -> str 
     seen: dict[tuple, int] = {}
     for i, item in enumerate(mode):
         at = f"combine[{i}]"
-        m = _mapping(item, at, "a mapping {lora name: weight}")
+        m = as_mapping(item, at, "a mapping {lora name: weight}")
         if not m:
             raise SpecError(f"{at}: empty (give at least one lora name: weight)")
         pairs = []
@@ -219,7 +219,7 @@ def parse_combine(mode: str | list | tuple, loras: tuple[LoraAxis, ...]) -> str 
             if name not in names:
                 hint = suggest(name, names)
                 raise SpecError(f"{at}.{name}: unknown LoRA{hint} (loras: {', '.join(names)})")
-            pairs.append((name, _combo_strength(weight, f"{at}.{name}")))
+            pairs.append((name, combo_strength(weight, f"{at}.{name}")))
         key = tuple(sorted((n, json.dumps(w.key())) for n, w in pairs))
         if key in seen:
             raise SpecError(f"{at}: same as combine[{seen[key]}]")

@@ -132,7 +132,7 @@ class PresetWeights:
         return d
 
 
-Combos = tuple[tuple[tuple[str, Strength], ...], ...]
+ComboList = tuple[tuple[tuple[str, Strength], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class Spec:
     negative_prompt: str
     seeds: tuple[int, ...]
     loras: tuple[LoraAxis, ...]
-    combine: str | Combos  # 'product' | 'zip' | explicit combos of (lora name, weight)
+    combine: str | ComboList  # 'product' | 'zip' | explicit combos of (lora name, weight)
     render: Render
     output: str
     catalog: Catalog | None = None

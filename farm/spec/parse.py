@@ -17,14 +17,14 @@ from farm.spec.errors import SpecError, show, suggest
 from farm.spec.fields import (
     NAME_RE,
     URL_RE,
-    _check_keys,
-    _get,
-    _int,
-    _local,
-    _mapping,
-    _number,
-    _required,
-    _str,
+    as_int,
+    as_local_path,
+    as_mapping,
+    as_number,
+    as_str,
+    check_keys,
+    get_field,
+    required_field,
     s3_url,
 )
 from farm.spec.lora_axes import combine_mode, parse_combine, parse_loras
@@ -50,15 +50,18 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
             f"{source}: the top level must be a mapping of keys (job, model, prompts, …)"
         )
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    _check_keys(data, TOP_KEYS, "")
-    job = _str(_required(data, "job", "a job name such as 'neon-sweep'"), "job")
+    check_keys(data, TOP_KEYS, "")
+    job = as_str(required_field(data, "job", "a job name such as 'neon-sweep'"), "job")
     if len(job) > 128 or not JOB_RE.fullmatch(job):
         raise SpecError(
             f"job: {show(job)} is not a valid job name (use lowercase letters, digits, '.', "
             "'_' and '-', starting with a letter or digit; at most 128 characters)"
         )
-    model = _model(_get(data, "model", "tiny"), base)
-    has_prompts, has_catalog = _get(data, "prompts") is not None, _get(data, "catalog") is not None
+    model = model_field(get_field(data, "model", "tiny"), base)
+    has_prompts, has_catalog = (
+        get_field(data, "prompts") is not None,
+        get_field(data, "catalog") is not None,
+    )
     if has_prompts and has_catalog:
         raise SpecError("prompts: give either prompts or catalog, not both")
     if not has_prompts and not has_catalog:
@@ -66,19 +69,19 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
             "prompts: required (a list of prompts, or a catalog: {path, template, key})"
         )
     prompts = _prompts(data["prompts"]) if has_prompts else ()
-    negative = _str(_get(data, "negative_prompt", ""), "negative_prompt", empty_ok=True)
-    seeds = _seeds(_required(data, "seeds", "a list of seeds or {start, count}"))
-    mode = combine_mode(_get(data, "combine", "product"))
-    loras = parse_loras(_get(data, "loras", []), base, mode)
+    negative = as_str(get_field(data, "negative_prompt", ""), "negative_prompt", empty_ok=True)
+    seeds = _seeds(required_field(data, "seeds", "a list of seeds or {start, count}"))
+    mode = combine_mode(get_field(data, "combine", "product"))
+    loras = parse_loras(get_field(data, "loras", []), base, mode)
     combine = parse_combine(mode, loras)
-    render = _render(_get(data, "render", {}))
-    output = _output(_get(data, "output", "./renders"))
+    render = _render(get_field(data, "render", {}))
+    output = output_field(get_field(data, "output", "./renders"))
     catalog = parse_catalog(data["catalog"], base) if has_catalog else None
-    lora_dir = _lora_dir(_get(data, "lora_dir"), base)
-    tenant = _get(data, "tenant")
-    if tenant is not None and not NAME_RE.fullmatch(_str(tenant, "tenant")):
+    lora_dir = _lora_dir(get_field(data, "lora_dir"), base)
+    tenant = get_field(data, "tenant")
+    if tenant is not None and not NAME_RE.fullmatch(as_str(tenant, "tenant")):
         raise SpecError(f"tenant: {show(tenant)} is not a tenant name")
-    presets = parse_preset_weights(_get(data, "preset_weights"), loras, catalog, combine)
+    presets = parse_preset_weights(get_field(data, "preset_weights"), loras, catalog, combine)
     return Spec(job, model, prompts, negative, seeds, loras, combine, render, output,
                 catalog, source, lora_dir, tenant, presets)  # fmt: skip
 
@@ -86,14 +89,14 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
 def _lora_dir(value: Any, base: Path) -> str | None:
     if value is None:
         return None
-    folder = _local(_str(value, "lora_dir"), base)
+    folder = as_local_path(as_str(value, "lora_dir"), base)
     if not folder.is_dir():
         raise SpecError(f"lora_dir: {folder} is not a folder (a LoRA library of .safetensors)")
     return str(folder)
 
 
-def _model(value: Any, base: Path) -> str:
-    text = _str(value, "model")
+def model_field(value: Any, base: Path) -> str:
+    text = as_str(value, "model")
     if text == "tiny":
         return text
     if text.startswith("s3://"):
@@ -105,7 +108,7 @@ def _model(value: Any, base: Path) -> str:
             "local diffusers folder, or give 'tiny', an s3:// folder or a hub id 'org/name'"
         )
     if not URL_RE.match(text):
-        local = _local(text, base)
+        local = as_local_path(text, base)
         if local.exists():
             if local.is_dir() and (local / "model_index.json").is_file():
                 return str(local)
@@ -142,9 +145,9 @@ def _prompts(value: Any) -> tuple[str, ...]:
 
 def _seeds(value: Any) -> tuple[int, ...]:
     if isinstance(value, dict):
-        _check_keys(value, ("start", "count"), "seeds")
-        start = _int(_get(value, "start", 0), "seeds.start", 0, MAX_SEED)
-        count = _int(_required(value, "count", "how many seeds", "seeds"), "seeds.count",
+        check_keys(value, ("start", "count"), "seeds")
+        start = as_int(get_field(value, "start", 0), "seeds.start", 0, MAX_SEED)
+        count = as_int(required_field(value, "count", "how many seeds", "seeds"), "seeds.count",
                      1, MAX_SEED_COUNT)  # fmt: skip
         if start + count - 1 > MAX_SEED:
             raise SpecError(f"seeds: start + count - 1 is past the largest seed ({MAX_SEED})")
@@ -154,30 +157,30 @@ def _seeds(value: Any) -> tuple[int, ...]:
             raise SpecError("seeds: the list is empty (give at least one seed)")
         seen: dict[int, int] = {}
         for i, v in enumerate(value):
-            seed = _int(v, f"seeds[{i}]", 0, MAX_SEED, "an integer seed")
+            seed = as_int(v, f"seeds[{i}]", 0, MAX_SEED, "an integer seed")
             if seed in seen:
                 raise SpecError(f"seeds[{i}]: {seed} is listed twice (also seeds[{seen[seed]}])")
             seen[seed] = i
         return tuple(value)
-    return (_int(value, "seeds", 0, MAX_SEED, "a seed, a list of seeds or {start, count}"),)
+    return (as_int(value, "seeds", 0, MAX_SEED, "a seed, a list of seeds or {start, count}"),)
 
 
 def _render(value: Any) -> Render:
-    m = _mapping(value, "render")
-    _check_keys(m, RENDER_KEYS, "render")
+    m = as_mapping(value, "render")
+    check_keys(m, RENDER_KEYS, "render")
     d = Render()
-    steps = _int(_get(m, "steps", d.steps), "render.steps", 1, 1000)
-    guidance = _number(_get(m, "guidance", d.guidance), "render.guidance")
+    steps = as_int(get_field(m, "steps", d.steps), "render.steps", 1, 1000)
+    guidance = as_number(get_field(m, "guidance", d.guidance), "render.guidance")
     if guidance < 0:
         raise SpecError(f"render.guidance: {guidance:g} is negative (use 0 or more)")
     size = {}
     for key in ("width", "height"):
-        v = size[key] = _int(_get(m, key, getattr(d, key)), f"render.{key}", 8, 4096)
+        v = size[key] = as_int(get_field(m, key, getattr(d, key)), f"render.{key}", 8, 4096)
         if v % 8:
             raise SpecError(
                 f"render.{key}: {v} is not a multiple of 8 (try {v - v % 8} or {v - v % 8 + 8})"
             )
-    scheduler = _str(_get(m, "scheduler", d.scheduler), "render.scheduler")
+    scheduler = as_str(get_field(m, "scheduler", d.scheduler), "render.scheduler")
     if scheduler not in SAMPLERS:
         hint = suggest(scheduler, SAMPLERS)
         known = ", ".join(SAMPLERS)
@@ -185,14 +188,14 @@ def _render(value: Any) -> Render:
     if steps < SAMPLERS[scheduler].min_steps:
         raise SpecError(f"render.steps: {steps} is too few for the {scheduler} scheduler "
                         f"(use {SAMPLERS[scheduler].min_steps} or more)")  # fmt: skip
-    fmt = _str(_get(m, "format", d.format), "render.format").lower()
+    fmt = as_str(get_field(m, "format", d.format), "render.format").lower()
     fmt = "jpeg" if fmt == "jpg" else fmt
     if fmt not in FORMATS:
         raise SpecError(f"render.format: {fmt!r} is not supported (use png, jpeg or webp)")
-    batch = _get(m, "batch", "auto")
+    batch = get_field(m, "batch", "auto")
     if batch != "auto":
-        batch = _int(batch, "render.batch", 1, 64, "an integer or 'auto'")
-    compile_ = _get(m, "compile", False)
+        batch = as_int(batch, "render.batch", 1, 64, "an integer or 'auto'")
+    compile_ = get_field(m, "compile", False)
     if not isinstance(compile_, bool):
         raise SpecError(f"render.compile: {compile_!r} is not true or false")
     return Render(steps, guidance, size["width"], size["height"], scheduler, fmt,
@@ -201,11 +204,11 @@ def _render(value: Any) -> Render:
 
 def with_output(spec: Spec, output: str, field: str = "output") -> Spec:
     """The spec with its output replaced, checked like the spec's own `output:`."""
-    return dataclasses.replace(spec, output=_output(output, field))
+    return dataclasses.replace(spec, output=output_field(output, field))
 
 
-def _output(value: Any, field: str = "output") -> str:
-    text = _str(value, field, empty_ok=True)
+def output_field(value: Any, field: str = "output") -> str:
+    text = as_str(value, field, empty_ok=True)
     if not text.strip():
         raise SpecError(f"{field}: is empty; give a local folder or s3://bucket/prefix")
     if text.startswith("s3://"):

@@ -19,7 +19,7 @@ PRESET_KEYS = ("preset", "weight", "loras", "lora", "at")
 
 def parse_preset_weights(value: Any, loras: tuple[LoraAxis, ...], catalog: Catalog | None,
                          combine: Any) -> tuple[PresetWeights, ...]:  # fmt: skip
-    from farm.spec.fields import NAME_RE, _check_keys, _combo_strength, _mapping, _number, _str
+    from farm.spec.fields import NAME_RE, as_mapping, as_number, as_str, check_keys, combo_strength
 
     if value is None:
         if catalog is not None and catalog.preset_by is not None:
@@ -39,26 +39,26 @@ def parse_preset_weights(value: Any, loras: tuple[LoraAxis, ...], catalog: Catal
     out: list[PresetWeights] = []
     for i, item in enumerate(value):
         at = f"preset_weights[{i}]"
-        m = _mapping(item, at)
-        _check_keys(m, PRESET_KEYS, at)
-        label = _str(m.get("preset"), f"{at}.preset")
+        m = as_mapping(item, at)
+        check_keys(m, PRESET_KEYS, at)
+        label = as_str(m.get("preset"), f"{at}.preset")
         lora = m.get("lora")
         if lora is not None and lora not in names:
             raise SpecError(f"{at}.lora: {show(lora)} is not one of the spec's loras "
                             f"({', '.join(names) or 'none'})")  # fmt: skip
-        where_at = None if m.get("at") is None else _number(m["at"], f"{at}.at", strings=True)
+        where_at = None if m.get("at") is None else as_number(m["at"], f"{at}.at", strings=True)
         if (m.get("weight") is None) == (m.get("loras") is None):
             raise SpecError(f"{at}: give weight or loras")
         if m.get("loras") is not None:
             pairs = []
-            for name, w in _mapping(m["loras"], f"{at}.loras").items():
+            for name, w in as_mapping(m["loras"], f"{at}.loras").items():
                 if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name not in names:
                     raise SpecError(f"{at}.loras.{name}: not one of the spec's loras "
                                     f"({', '.join(names) or 'none'}); add it to loras")  # fmt: skip
-                pairs.append((name, _combo_strength(w, f"{at}.loras.{name}")))
+                pairs.append((name, combo_strength(w, f"{at}.loras.{name}")))
             out.append(PresetWeights(label, loras=tuple(pairs), at=where_at))
             continue
-        weight = _combo_strength(m["weight"], f"{at}.weight")
+        weight = combo_strength(m["weight"], f"{at}.weight")
         by_row = catalog is not None and catalog.lora_by is not None
         if lora is None and not names and not by_row:
             raise SpecError(

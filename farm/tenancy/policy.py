@@ -124,7 +124,7 @@ def _preset_entries(out: dict) -> list[tuple[str, float | None, str]]:
 
 
 def _entry(value: Any, where: str) -> list[tuple[str, float | None, str]]:
-    from farm.spec.fields import _check_keys, _number
+    from farm.spec.fields import as_number, check_keys
     from farm.spec.lora_axes import parse_strengths
 
     if isinstance(value, str):
@@ -133,7 +133,7 @@ def _entry(value: Any, where: str) -> list[tuple[str, float | None, str]]:
         return [(value, None, where)]
     if not isinstance(value, dict):
         raise SpecError(f"{where}: expected a preset name or {{name, at}}, got {show(value)}")
-    _check_keys(value, ("name", "at"), where)
+    check_keys(value, ("name", "at"), where)
     name = value.get("name")
     if not isinstance(name, str) or not name.strip():
         raise SpecError(f"{where}.name: required (the slider preset's name)")
@@ -142,7 +142,7 @@ def _entry(value: Any, where: str) -> list[tuple[str, float | None, str]]:
         return [(name, None, where)]
     if isinstance(at, list) or (isinstance(at, str) and ":" in at):
         return [(name, v, where) for v in parse_strengths(at, f"{where}.at")]
-    return [(name, _number(at, f"{where}.at", strings=True), where)]
+    return [(name, as_number(at, f"{where}.at", strings=True), where)]
 
 
 def _lookup(presets: dict[str, Preset], label: str, where: str, tenant: Tenant | None) -> Preset:

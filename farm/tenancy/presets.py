@@ -89,10 +89,10 @@ class Preset:
 
 
 def parse_presets(value: Any, at: str, origin: str) -> dict[str, Preset]:
-    from farm.spec.fields import NAME_RE, _mapping
+    from farm.spec.fields import NAME_RE, as_mapping
 
     out = {}
-    for name, body in _mapping(value, at, "a mapping {preset name: setting}").items():
+    for name, body in as_mapping(value, at, "a mapping {preset name: setting}").items():
         where = f"{at}.{name}"
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise SpecError(f"{where}: a preset name uses letters, digits, '_', '.', '-'")
@@ -101,44 +101,44 @@ def parse_presets(value: Any, at: str, origin: str) -> dict[str, Preset]:
 
 
 def _preset(name: str, body: Any, at: str, origin: str) -> Preset:
-    from farm.spec.fields import NAME_RE, _check_keys, _combo_strength, _mapping, _number, _str
+    from farm.spec.fields import NAME_RE, as_mapping, as_number, as_str, check_keys, combo_strength
 
     if isinstance(body, int | float | str) and not isinstance(body, bool):
-        return Preset(name, origin, weight=_combo_strength(body, at))
-    m = _mapping(body, at, "a mapping with weight, loras or slider")
-    _check_keys(m, PRESET_KEYS, at)
+        return Preset(name, origin, weight=combo_strength(body, at))
+    m = as_mapping(body, at, "a mapping with weight, loras or slider")
+    check_keys(m, PRESET_KEYS, at)
     kinds = [k for k in ("weight", "loras", "slider") if m.get(k) is not None]
     if len(kinds) != 1:
         raise SpecError(f"{at}: give exactly one of weight, loras or slider"
                         + (f" (got {', '.join(kinds)})" if kinds else ""))  # fmt: skip
     lora = m.get("lora")
     if lora is not None:
-        lora = _str(lora, f"{at}.lora")
+        lora = as_str(lora, f"{at}.lora")
         if not NAME_RE.fullmatch(lora):
             raise SpecError(f"{at}.lora: {show(lora)} is not a LoRA name")
         if kinds == ["loras"]:
             raise SpecError(f"{at}.lora: a loras preset names its LoRAs already")
-    description = _str(m.get("description", ""), f"{at}.description", empty_ok=True)
+    description = as_str(m.get("description", ""), f"{at}.description", empty_ok=True)
     if kinds == ["weight"]:
-        return Preset(name, origin, weight=_combo_strength(m["weight"], f"{at}.weight"),
+        return Preset(name, origin, weight=combo_strength(m["weight"], f"{at}.weight"),
                       lora=lora, description=description)  # fmt: skip
     if kinds == ["loras"]:
-        per = _mapping(m["loras"], f"{at}.loras", "a mapping {lora name: weight}")
+        per = as_mapping(m["loras"], f"{at}.loras", "a mapping {lora name: weight}")
         if not per:
             raise SpecError(f"{at}.loras: is empty (give at least one lora name: weight)")
         pairs = []
         for lname, w in per.items():
             if not isinstance(lname, str) or not NAME_RE.fullmatch(lname):
                 raise SpecError(f"{at}.loras: {show(lname)} is not a LoRA name")
-            pairs.append((lname, _combo_strength(w, f"{at}.loras.{lname}")))
+            pairs.append((lname, combo_strength(w, f"{at}.loras.{lname}")))
         return Preset(name, origin, loras=tuple(pairs), description=description)
-    s = _mapping(m["slider"], f"{at}.slider", "a mapping {min, max, step, default}")
-    _check_keys(s, SLIDER_KEYS, f"{at}.slider")
+    s = as_mapping(m["slider"], f"{at}.slider", "a mapping {min, max, step, default}")
+    check_keys(s, SLIDER_KEYS, f"{at}.slider")
     values = {}
     for key in SLIDER_KEYS:
         if s.get(key) is None:
             raise SpecError(f"{at}.slider.{key}: required")
-        values[key] = _number(s[key], f"{at}.slider.{key}", strings=True)
+        values[key] = as_number(s[key], f"{at}.slider.{key}", strings=True)
     if values["step"] <= 0:
         raise SpecError(f"{at}.slider.step: {values['step']:g} must be more than 0")
     if values["min"] > values["max"]:

@@ -238,7 +238,7 @@ def load_tenants(ref: str) -> Tenants:
 
 
 def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
-    from farm.spec.fields import NAME_RE, _check_keys, _mapping
+    from farm.spec.fields import NAME_RE, as_mapping, check_keys
 
     def err(at: str, what: str) -> SpecError:
         return SpecError(f"{source}: {at}: {what}")
@@ -246,9 +246,9 @@ def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the top level must be a mapping (presets, tenants)")
     try:
-        _check_keys(data, TOP_KEYS, "")
+        check_keys(data, TOP_KEYS, "")
         global_presets = parse_presets(data.get("presets") or {}, "presets", "global")
-        raw = _mapping(data.get("tenants"), "tenants", "a mapping {tenant name: settings}")
+        raw = as_mapping(data.get("tenants"), "tenants", "a mapping {tenant name: settings}")
         if not raw:
             raise SpecError("tenants: is empty (define at least one tenant)")
         tenants: dict[str, Tenant] = {}
@@ -256,7 +256,7 @@ def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
             at = f"tenants.{tname}"
             if not isinstance(tname, str) or not NAME_RE.fullmatch(tname):
                 raise SpecError(f"{at}: a tenant name uses letters, digits, '_', '.', '-'")
-            tenants[tname] = _tenant(tname, _mapping(settings, at), at, base, global_presets)
+            tenants[tname] = _tenant(tname, as_mapping(settings, at), at, base, global_presets)
     except SpecError as e:
         raise err(*str(e).split(": ", 1)) from None
     prefixes = sorted(tenants.values(), key=lambda t: len(_segments(t.output)))
@@ -269,15 +269,15 @@ def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
 
 
 def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Tenant:
-    from farm.spec.fields import NAME_RE, _check_keys, _mapping, _str
+    from farm.spec.fields import NAME_RE, as_mapping, as_str, check_keys
     from farm.spec.lora_axes import lora_path
-    from farm.spec.parse import _model, _output
+    from farm.spec.parse import model_field, output_field
 
-    _check_keys(m, TENANT_KEYS, at)
+    check_keys(m, TENANT_KEYS, at)
     if m.get("output") is None:
         raise SpecError(f"{at}.output: required (the prefix every job of {name} lands below)")
     # A local prefix is relative to where farm runs, as a spec's output is.
-    output = _output(m["output"], f"{at}.output").rstrip("/") or "/"
+    output = output_field(m["output"], f"{at}.output").rstrip("/") or "/"
     try:
         _segments(output)  # no '..', no empty s3:// segment: a prefix is what the store writes
     except SpecError as err:
@@ -288,14 +288,14 @@ def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Ten
     if not isinstance(models_raw, list) or not models_raw:
         raise SpecError(f"{at}.models: expected a list of models (the first is the default)")
     local_base = Path(base) if not base.startswith("s3://") else Path.cwd()
-    models = tuple(_model(_str(v, f"{at}.models[{i}]"), local_base)
+    models = tuple(model_field(as_str(v, f"{at}.models[{i}]"), local_base)
                    for i, v in enumerate(models_raw))  # fmt: skip
     loras: dict[str, str] = {}
-    for lname, ref in _mapping(m.get("loras") or {}, f"{at}.loras").items():
+    for lname, ref in as_mapping(m.get("loras") or {}, f"{at}.loras").items():
         where = f"{at}.loras.{lname}"
         if not isinstance(lname, str) or not NAME_RE.fullmatch(lname):
             raise SpecError(f"{where}: a LoRA name uses letters, digits, '_', '.', '-'")
-        text = _str(ref, where)
+        text = as_str(ref, where)
         if base.startswith("s3://") and not (text.startswith(("s3://", "tiny:", "/"))):
             text = f"{base}/{text}"  # relative to an s3:// tenants file: beside it
         loras[lname] = lora_path(text, where, local_base)
@@ -304,7 +304,7 @@ def _tenant(name: str, m: dict, at: str, base: str, global_presets: dict) -> Ten
                      for i, v in enumerate(folders))  # fmt: skip
     own = parse_presets(m.get("presets") or {}, f"{at}.presets", name)
     presets = {**global_presets, **own}
-    caps = _caps(_mapping(m.get("caps") or {}, f"{at}.caps"), f"{at}.caps")
+    caps = _caps(as_mapping(m.get("caps") or {}, f"{at}.caps"), f"{at}.caps")
     # A tenant's own presets must fit it; a global one that names a LoRA the tenant lacks
     # or goes past its cap is refused only where a job of the tenant picks it.
     for pname, preset in own.items():
@@ -326,9 +326,9 @@ def _list(value: Any, at: str) -> list:
 
 def _catalog_folder(value: Any, at: str, base: Path) -> str:
     """A folder a tenant's catalogs may lie in: local, relative to the tenants file."""
-    from farm.spec.fields import _str
+    from farm.spec.fields import as_str
 
-    text = _str(value, at)
+    text = as_str(value, at)
     if "://" in text:
         raise SpecError(f"{at}: {text} — catalogs are local files; give a local folder")
     path = Path(text).expanduser()
@@ -339,21 +339,21 @@ def _catalog_folder(value: Any, at: str, base: Path) -> str:
 
 
 def _caps(m: dict, at: str) -> Caps:
-    from farm.spec.fields import _check_keys, _int, _number
+    from farm.spec.fields import as_int, as_number, check_keys
 
-    _check_keys(m, CAP_KEYS, at)
+    check_keys(m, CAP_KEYS, at)
     strength = m.get("strength")
     if strength is not None:
         if not isinstance(strength, list) or len(strength) != 2:
             raise SpecError(f"{at}.strength: expected [lowest, highest], e.g. [0, 1.2]")
-        lo, hi = (_number(v, f"{at}.strength[{i}]", strings=True) for i, v in enumerate(strength))
+        lo, hi = (as_number(v, f"{at}.strength[{i}]", strings=True) for i, v in enumerate(strength))
         if lo > hi:
             raise SpecError(f"{at}.strength: {lo:g} is above {hi:g}")
         strength = (lo, hi)
 
     def count(key: str) -> int | None:
         v = m.get(key)
-        return None if v is None else _int(v, f"{at}.{key}", 1, 10**12)
+        return None if v is None else as_int(v, f"{at}.{key}", 1, 10**12)
 
     return Caps(strength, count("images"), count("workers"), count("jobs"))
 

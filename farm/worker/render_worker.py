@@ -190,21 +190,8 @@ class RenderWorker:
         )
 
     def _render_images(self, unit: Unit, ctx: JobContext, store, attempt: int):
-        # 2. Pipeline from the cache, with the unit's sampler (compiled if the job asks).
         render = ctx.render
-        loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint)
-        loaded.use_scheduler(render.scheduler)
-        # 3. Adapters: what is missing made local (tiny:NAME written, s3:// fetched), then loaded.
-        adapters = loaded.adapters
-        missing = adapters.missing([ctx.adapters[name] for name in unit.adapters])
-        new = adapters.ensure([replace(a, path=local_lora_path(a)) for a in missing])
-        size = self.batch_size(loaded, render)
-        if render.compile:  # after auto's probe, which would compile for its own shape
-            loaded.compile()
-        # Items of any strengths share a call when every LoRA layer takes per-sample scales;
-        # a compiled denoiser always takes them, so strengths never become Python floats.
-        mixed = (bool(unit.adapters) and (render.compile or (self.mixed and size > 1))
-                 and adapters.can_mix())  # fmt: skip
+        loaded, new, size, mixed = self._ready(unit, ctx)
         rows: list[dict] = []
         pending: list[Future] = []
         for batch in batches(unit.items, size, mixed):
@@ -213,13 +200,7 @@ class RenderWorker:
             # 4. Strengths for this call (padded to the batch size when compiled, so the
             # shapes never change), then one pipeline call.
             call = batch + [batch[-1]] * (size - len(batch)) if render.compile else batch
-            weights = [[(ctx.adapters[n], w) for n, w in item.loras] for item in call]
-            # A call of one strength takes peft's own scaling, as a plain loop's does; a
-            # compiled denoiser always reads the table (a float would recompile it).
-            if mixed and (render.compile or any(i.loras != call[0].loras for i in call)):
-                on_step = adapters.activate_per_sample(weights, render.steps)
-            else:
-                on_step = adapters.activate(weights[0], render.steps)
+            on_step = self._strengths(loaded.adapters, ctx, call, mixed)
             t0 = time.perf_counter()
             images, flags = self._call(loaded.pipe, call, render, on_step)
             seconds = (time.perf_counter() - t0) / len(call)
@@ -236,6 +217,36 @@ class RenderWorker:
                     self._write_image(store, image, row)
                 rows.append(row)
         return rows, pending, tuple(a.name for a in new)
+
+    def _ready(self, unit: Unit, ctx: JobContext):
+        """Steps 2 and 3: (the loaded pipeline, adapters newly loaded, items per call,
+        whether items of different strengths share a call)."""
+        render = ctx.render
+        # 2. Pipeline from the cache, with the unit's sampler (compiled if the job asks).
+        loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint)
+        loaded.use_scheduler(render.scheduler)
+        # 3. Adapters: what is missing made local (tiny:NAME written, s3:// fetched), then loaded.
+        adapters = loaded.adapters
+        missing = adapters.missing([ctx.adapters[name] for name in unit.adapters])
+        new = adapters.ensure([replace(a, path=local_lora_path(a)) for a in missing])
+        size = self.batch_size(loaded, render)
+        if render.compile:  # after auto's probe, which would compile for its own shape
+            loaded.compile()
+        # Items of any strengths share a call when every LoRA layer takes per-sample scales;
+        # a compiled denoiser always takes them, so strengths never become Python floats.
+        mixed = (bool(unit.adapters) and (render.compile or (self.mixed and size > 1))
+                 and adapters.can_mix())  # fmt: skip
+        return loaded, new, size, mixed
+
+    @staticmethod
+    def _strengths(adapters, ctx: JobContext, call: list, mixed: bool):
+        """Set the call's LoRA strengths; returns the per-step callback."""
+        weights = [[(ctx.adapters[n], w) for n, w in item.loras] for item in call]
+        # A call of one strength takes peft's own scaling, as a plain loop's does; a
+        # compiled denoiser always reads the table (a float would recompile it).
+        if mixed and (ctx.render.compile or any(i.loras != call[0].loras for i in call)):
+            return adapters.activate_per_sample(weights, ctx.render.steps)
+        return adapters.activate(weights[0], ctx.render.steps)
 
     def batch_size(self, loaded, render: Render) -> int:
         """The call size for this pipeline and render: the spec's, else `auto`'s pick."""
