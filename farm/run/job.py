@@ -187,13 +187,19 @@ def _run_plan(plan: Plan, store: Store, seen: Inspected, where: dict, worker_wai
     else:
         echo("nothing to render: every item already has a row")
     faults.reach(faults.JOB_END, spec.job)
+    _record(store, doc, result, started, echo)
+    return result
+
+
+def _record(store: Store, doc: dict, result: RunResult, started: str, echo) -> None:
+    """Compact the parts into metadata.parquet and record the run in job.json."""
     try:
         rows = compact(store)
     except (StoreError, OSError) as err:
         # Rendered work is safe in parts/; only the summary files could not be written.
         echo(f"could not finish the job's metadata: {err}")
         result.stopped = result.stopped or "the store failed while finishing the job"
-        return result
+        return
     doc["status"] = "done" if result.ok else ("interrupted" if result.interrupted else "failed")
     if result.stopped:
         doc["stopped"] = result.stopped
@@ -207,7 +213,6 @@ def _run_plan(plan: Plan, store: Store, seen: Inspected, where: dict, worker_wai
                           for i, c, f in result.flagged[:100]],
     })  # fmt: skip
     write_job(store, doc)
-    return result
 
 
 def job_context(plan: Plan, store: Store):
