@@ -30,33 +30,35 @@ class CatalogRow:
     fields: dict[str, str]  # every non-null column, as a string
 
 
-def template_fields(template: str) -> tuple[str, ...]:
-    """The column names a template uses, in order of first use; SpecError when it is bad."""
+SAME_PROMPT = "every row would get the same prompt"
+
+
+def template_fields(template: str, field: str = "catalog.template",
+                    makes: str = SAME_PROMPT) -> tuple[str, ...]:  # fmt: skip
+    """The column names a template uses, in order of first use; SpecError naming `field`
+    when it is bad (`makes`: what a template of no column would do)."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise SpecError(f"catalog.template: {e} (write {{{{ or }}}} for a literal brace)") from None
+        raise SpecError(f"{field}: {e} (write {{{{ or }}}} for a literal brace)") from None
     names: list[str] = []
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if name == "" or name.isdigit():
-            raise SpecError("catalog.template: fields must name a column, like {name}, not {}")
+            raise SpecError(f"{field}: fields must name a column, like {{name}}, not {{}}")
         if "." in name or "[" in name or (spec and "{" in spec):
             # Attribute, index and nested fields mean nothing on string values.
-            raise SpecError(f"catalog.template: {{{name}}}: use a plain column name")
+            raise SpecError(f"{field}: {{{name}}}: use a plain column name")
         if spec or conversion:
             # A width pads without bound ({name:>50000000}): a row's text is used as it is.
             shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-            raise SpecError(f"catalog.template: {{{shown}}}: formats and conversions are not "
+            raise SpecError(f"{field}: {{{shown}}}: formats and conversions are not "
                             f"supported; write {{{name}}}")  # fmt: skip
         if name not in names:
             names.append(name)
     if not names:
-        raise SpecError(
-            "catalog.template: uses no column, so every row would get the same prompt "
-            "(add fields like {name})"
-        )
+        raise SpecError(f"{field}: uses no column, so {makes} (add fields like {{name}})")
     return tuple(names)
 
 
@@ -66,12 +68,7 @@ NAME_EXTRAS = ("seed", "preset", "key")
 
 def name_fields(template: str) -> tuple[str, ...]:
     """The fields of a friendly-name template (`{sku}/{preset}-{seed}`); SpecError if bad."""
-    try:
-        return template_fields(template)
-    except SpecError as err:
-        raise SpecError(str(err).replace("catalog.template", "catalog.name", 1)
-                        .replace("every row would get the same prompt",
-                                 "every image would get the same name")) from None  # fmt: skip
+    return template_fields(template, "catalog.name", "every image would get the same name")
 
 
 def read_catalog(catalog: Catalog) -> Iterator[CatalogRow]:

@@ -258,7 +258,7 @@ def parse_tenants(data: Any, *, source: str, base: str) -> Tenants:
                 raise SpecError(f"{at}: a tenant name uses letters, digits, '_', '.', '-'")
             tenants[tname] = _tenant(tname, as_mapping(settings, at), at, base, global_presets)
     except SpecError as e:
-        raise err(*str(e).split(": ", 1)) from None
+        raise SpecError(f"{source}: {e}") from None
     prefixes = sorted(tenants.values(), key=lambda t: len(_segments(t.output)))
     for i, a in enumerate(prefixes):
         for b in prefixes[i + 1 :]:
