@@ -45,14 +45,14 @@ BASE_FILES = ("unet.safetensors", "vae.safetensors", "text_encoder.safetensors")
                    "OUT/checkpoints/; the final weights are the same.")  # fmt: skip
 @click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Train only the LoRAs, on the unet, vae and text_encoder in this folder "
-                   "(such as farm/weights/tiny-v3).")  # fmt: skip
+                   "(such as farm/tiny/weights/tiny-v3).")  # fmt: skip
 def model_train_tiny(out: Path, seed: int, smoke: bool, threads: int,
                      checkpoint_every: int, base: Path | None) -> None:  # fmt: skip
     """Train the tiny model and its neon and ink LoRAs from scratch into OUT.
 
     The pictures are drawn by the script itself. OUT gets unet, vae, text_encoder, neon
     (kohya) and ink (PEFT) as fp16 .safetensors, the files farm ships in
-    farm/weights/, and training.json with the recipe, losses and times.
+    farm/tiny/weights/, and training.json with the recipe, losses and times.
     """
     from dataclasses import replace
 
