@@ -26,6 +26,8 @@ from farm.loras.demo import (
 from farm.loras.describe import describe_lora
 from farm.loras.families import Family, check_compatible, lora_family, model_family
 from farm.loras.files import LoraError, a1111_block, detect_layout, inspect_lora, read_header
+from farm.plan.sweep import make_plan
+from farm.spec import SpecError, parse_spec
 
 PEFT = {
     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": (4, 32),
@@ -574,6 +576,72 @@ def test_sd15_lora_on_sdxl_model_is_refused(tmp_path):
     message = refused_message(path, lambda p: check_compatible(p, str(sdxl)))
     assert "an SD1.x LoRA (context 768)" in message and "SDXL model" in message
     assert "(context 2048)" in message and "text_encoder_2" not in message
+
+
+# Transformer (DiT) LoRAs in the layouts they are shared in: the same Flux.1 layer spelled
+# by kohya's sd-scripts, ai-toolkit (diffusers/PEFT), OneTrainer and ComfyUI.
+DIT_LORAS = {
+    "kohya": (kohya("lora_unet_double_blocks_0_img_attn_qkv", 64, 192), "Flux.1 or Chroma"),
+    "ai-toolkit": (peft("transformer.single_transformer_blocks.7.proj_out", 64, 64),
+                   "Flux.1 or Chroma"),
+    "onetrainer": (kohya("lora_transformer_transformer_blocks_0_attn_to_q", 64, 64),
+                   "transformer (DiT)"),
+    "comfyui": (peft("diffusion_model.transformer_blocks.0.attn.to_q", 64, 64),
+                "transformer (DiT)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", sorted(DIT_LORAS))
+def test_a_transformer_lora_is_refused_at_plan_time_naming_both_families(tmp_path, layout):
+    """farm renders UNet families: a Flux.1 (or other DiT) LoRA is refused before anything
+    is planned, never accepted as "unknown" to fail in every unit."""
+    shapes, family = DIT_LORAS[layout]
+    path = save_shapes(tmp_path / f"{layout}.safetensors", shapes)
+    assert lora_family(path) == Family(family, None, rendered=False)
+    assert describe_lora(path).family == lora_family(path)  # what `farm lora inspect` says
+    message = refused_message(path, lambda p: check_compatible(p, "tiny"))
+    assert message == (
+        f"{path}: a {family} LoRA (its keys adapt a transformer's blocks) cannot be used on "
+        "SD1.x-architecture model 'tiny': farm renders SD1.x, SD2.x and SDXL LoRAs; pick a "
+        "LoRA trained for the model"
+    )
+    spec = {"job": "dit", "prompts": ["a red circle"], "seeds": [0],
+            "loras": [{"name": "x", "path": str(path), "alpha": [1]}]}  # fmt: skip
+    with pytest.raises(SpecError, match=rf"^loras\[0\]\.path: .*a {re.escape(family)} LoRA"):
+        make_plan(parse_spec(spec, base_dir=tmp_path))
+
+
+def write_dit_model(root: Path, cls: str) -> Path:
+    """A transformer model folder as diffusers saves one: a transformer, no unet."""
+    (root / "transformer").mkdir(parents=True)
+    (root / "transformer" / "config.json").write_text(json.dumps({"num_layers": 1}))
+    index = {"_class_name": cls, "transformer": ["diffusers", "FluxTransformer2DModel"],
+             "text_encoder": ["transformers", "CLIPTextModel"]}  # fmt: skip
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
+DIT_MODELS = [("FluxPipeline", "Flux.1"), ("ChromaPipeline", "Chroma"),
+              ("QwenImagePipeline", "Qwen-Image"), ("NewDiT", "NewDiT")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("cls", "family"), DIT_MODELS)
+def test_a_transformer_model_is_refused_at_plan_time(tmp_path, cls, family):
+    model = write_dit_model(tmp_path / "model", cls)
+    assert model_family(str(model)) == Family(family, None, rendered=False)
+    spec = {"job": "dit", "model": str(model), "prompts": ["a red circle"], "seeds": [0]}
+    with pytest.raises(SpecError) as info:
+        make_plan(parse_spec(spec, base_dir=tmp_path))
+    assert str(info.value) == (
+        f"model: {model} is a {family} model (a transformer (DiT) model); farm renders SD1.x, "
+        "SD2.x and SDXL models, diffusers folders with a unet"
+    )
+    # An SD LoRA on it is refused too, naming both.
+    path = save_shapes(tmp_path / "sd15.safetensors", kohya(f"lora_unet_{ATTN2}_to_k", 768, 320))
+    assert refused_message(path, lambda p: check_compatible(p, str(model))) == (
+        f"{path}: an SD1.x LoRA (context 768) cannot be used on {family} model {str(model)!r} "
+        "(a transformer (DiT) model): farm renders SD1.x, SD2.x and SDXL models"
+    )
 
 
 def test_compatible_loras_pass(tmp_path, home):

@@ -416,7 +416,11 @@ def test_gallery_slider_and_details(page):
     assert after[0] != before[0] and after[1] != before[1]
     assert "neon" in after[1]
     image.click()
-    page.wait_for_selector("#detail-infotext")
+    # The details arrive with their chunk: wait (bounded) until "loading…" is replaced.
+    page.wait_for_function(
+        "!document.getElementById('detail-infotext').textContent.startsWith('loading')",
+        timeout=30_000,
+    )
     infotext = page.locator("#detail-infotext").inner_text()
     assert "Steps: 20" in infotext and "Seed:" in infotext
     page.keyboard.press("Escape")

@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.loras.families import Family, family_of
+from farm.loras.families import Family, lora_family
 from farm.loras.files import (
     DTYPE_BYTES,
     LoraFile,
@@ -105,7 +105,7 @@ def describe_lora(path: str | Path) -> LoraReport:
         rank=(min(ranks), max(ranks)),
         alpha=(min(alphas), max(alphas)) if alphas else None,
         alpha_missing=bool(alphas) and len(alphas) < len(mods),
-        family=family_of(mods),
+        family=lora_family(info.path),
         dtypes=tuple(sorted({e["dtype"] for e in header.values()})),
     )
 

@@ -1,6 +1,11 @@
 """Base-model families: which model a LoRA was trained for, told from tensor shapes, and
 which a model is, told from its diffusers configs. An SDXL LoRA on an SD1.5 model is
-refused at plan time, naming both."""
+refused at plan time, naming both.
+
+farm renders UNet families (SD1.x, SD2.x, SDXL). Transformer (DiT) models and their
+LoRAs (Flux.1, Chroma, Qwen-Image, …) are recognised by their pipeline class and key
+names, and refused at plan time with their family named, instead of being planned as
+"unknown" and failing in every unit."""
 
 from __future__ import annotations
 
@@ -13,6 +18,21 @@ from farm.loras.files import LoraError, Module, detect_layout, modules, read_hea
 from farm.tiny.identity import UNET_CONFIG
 
 KNOWN_CONTEXTS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+RENDERED = "SD1.x, SD2.x and SDXL"  # the families farm renders, as messages name them
+# Transformer pipelines by model_index.json's _class_name: what their family is called.
+TRANSFORMER_PIPELINES = {
+    "FluxPipeline": "Flux.1", "FluxKontextPipeline": "Flux.1 Kontext", "Flux2Pipeline": "Flux.2",
+    "ChromaPipeline": "Chroma", "QwenImagePipeline": "Qwen-Image", "ZImagePipeline": "Z-Image",
+    "StableDiffusion3Pipeline": "SD3", "HiDreamImagePipeline": "HiDream",
+    "SanaPipeline": "Sana", "PixArtSigmaPipeline": "PixArt-Σ", "AuraFlowPipeline": "AuraFlow",
+    "LuminaText2ImgPipeline": "Lumina", "Lumina2Pipeline": "Lumina 2",
+    "CogView4Pipeline": "CogView4",
+}  # fmt: skip
+# Key names of transformer LoRAs, in the layouts they are shared in: Flux.1/Chroma's
+# double and single blocks (kohya, ComfyUI), diffusers/PEFT's `transformer.` prefix
+# (ai-toolkit), OneTrainer's `lora_transformer_` and ComfyUI's `diffusion_model.`.
+_FLUX_BLOCKS = re.compile(r"(^|[._])(double_blocks|single_blocks|single_transformer_blocks)[._]\d")
+_DIT_PREFIXES = ("transformer.", "lora_transformer_", "diffusion_model.")
 _CROSS_KV = re.compile(r"attn2_(processor_)?to_[kv]$")
 
 
@@ -20,12 +40,15 @@ _CROSS_KV = re.compile(r"attn2_(processor_)?to_[kv]$")
 class Family:
     """A base-model family, as far as tensor shapes and configs tell it."""
 
-    name: str  # "SD1.x", "SD2.x", "SDXL", "SD1.x-architecture", "unknown", …
+    name: str  # "SD1.x", "SD2.x", "SDXL", "SD1.x-architecture", "unknown", "Flux.1", …
     context: int | None  # cross-attention context width; None: no cross-attention layers
     second_text_encoder: bool = False
+    rendered: bool = True  # False: a transformer family farm recognises, not renders
 
     @property
     def detail(self) -> str:
+        if not self.rendered:
+            return "a transformer (DiT) model"
         return f"context {self.context}" if self.context else "no cross-attention layers"
 
     def __str__(self) -> str:
@@ -35,7 +58,12 @@ class Family:
 def lora_family(path: str | Path) -> Family:
     """The base-model family a LoRA was trained for, from its header alone."""
     header, _ = read_header(path)
-    return family_of(modules(header, detect_layout(list(header), path), path))
+    keys = [k for k in header if k != "__metadata__"]
+    if any(_FLUX_BLOCKS.search(k) for k in keys):
+        return Family("Flux.1 or Chroma", None, rendered=False)
+    if any(k.startswith(_DIT_PREFIXES) for k in keys):
+        return Family("transformer (DiT)", None, rendered=False)
+    return family_of(modules(header, detect_layout(keys, path), path))
 
 
 def family_of(mods: list[Module]) -> Family:
@@ -58,10 +86,18 @@ def model_family(model: str) -> Family | None:
         return _model_family(UNET_CONFIG["cross_attention_dim"], "StableDiffusionPipeline", False)
     root = Path(model)
     try:
-        unet = json.loads((root / "unet" / "config.json").read_text())
         index = json.loads((root / "model_index.json").read_text())
     except (OSError, ValueError):
         return None  # s3://, a hub id, or no diffusers folder: nothing to compare against
+    cls = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
+    if cls in TRANSFORMER_PIPELINES or (isinstance(index, dict) and "transformer" in index
+                                        and "unet" not in index):  # fmt: skip
+        return Family(TRANSFORMER_PIPELINES.get(cls, cls or "transformer (DiT)"), None,
+                      rendered=False)  # fmt: skip
+    try:
+        unet = json.loads((root / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
     if not isinstance(unet, dict) or not isinstance(index, dict):
         return None
     context = unet.get("cross_attention_dim")
@@ -69,7 +105,6 @@ def model_family(model: str) -> Family | None:
         context = context[0]  # some configs spell it per block
     te2 = index.get("text_encoder_2")
     te2 = isinstance(te2, list) and bool(te2) and te2[0] is not None
-    cls = str(index.get("_class_name", ""))
     return _model_family(context if isinstance(context, int) else None, cls, te2)
 
 
@@ -88,8 +123,19 @@ def check_compatible(lora_path: str | Path, model: str) -> None:
     """Raise LoraError if the LoRA was trained for another family than the model's."""
     ours = lora_family(lora_path)  # first, so a refused file is refused for every model
     theirs = model_family(model)
+    if not ours.rendered:
+        on = f" on {theirs.name} model {model!r}" if theirs is not None else ""
+        raise LoraError(
+            f"{lora_path}: a {ours.name} LoRA (its keys adapt a transformer's blocks) cannot "
+            f"be used{on}: farm renders {RENDERED} LoRAs; pick a LoRA trained for the model"
+        )
     if theirs is None:
         return
+    if not theirs.rendered:
+        raise LoraError(
+            f"{lora_path}: an {ours.name} LoRA ({ours.detail}) cannot be used on {theirs.name} "
+            f"model {model!r} ({theirs.detail}): farm renders {RENDERED} models"
+        )
     problems = []
     if ours.context and theirs.context and ours.context != theirs.context:
         problems.append(

@@ -160,7 +160,10 @@ def detect_layout(keys: list[str], path: str | Path = "") -> str:
                 f"{path}: not supported: {what}; farm loads plain low-rank LoRA only "
                 "(lora_down/lora_up or lora_A/lora_B); pick or extract a LoRA version"
             )
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+    if any(
+        k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_transformer_"))
+        for k in keys
+    ):
         layout = "kohya"
     elif any(".lora_A." in k or ".lora_B." in k for k in keys):
         layout = "peft"

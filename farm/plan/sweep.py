@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
 from farm.limits import MAX_ITEMS
+from farm.loras.families import RENDERED, model_family
 from farm.plan.combos import Combos
 from farm.plan.items import (
     AUTO_UNIT,
@@ -101,6 +102,7 @@ def make_plan(
     if frozen:
         fingerprint, adapters = frozen
     else:
+        _check_model(spec.model)
         fingerprint = model_fingerprint(spec.model)
         adapters = {
             lora.name: adapter_for(lora.name, lora.path, f"loras[{i}].path", spec.model)
@@ -138,6 +140,14 @@ def _check_names(plan: Plan) -> None:
             raise SpecError(f"catalog.name: rows {a!r} and {b!r} (seed {item.seed}) both get "
                             f"the name {item.name!r}; add fields that tell them apart, such "
                             "as {key}, {seed} or {preset}")  # fmt: skip
+
+
+def _check_model(model: str) -> None:
+    """A model of a family farm does not render is refused before anything is read."""
+    family = model_family(model)
+    if family is not None and not family.rendered:
+        raise SpecError(f"model: {model} is a {family.name} model ({family.detail}); farm "
+                        f"renders {RENDERED} models, diffusers folders with a unet")  # fmt: skip
 
 
 def _check_size(items: int, limit: int) -> None:
