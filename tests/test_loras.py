@@ -831,3 +831,19 @@ def test_kohya_and_peft_layouts_of_the_same_lora_render_identical_images(cpu_wor
         assert np.array_equal(pixels(image), pixels(images["kohya"][key])), key
     half, full = (pixels(images["peft"][(7, (("neon", w),))]) for w in (0.5, 1.0))
     assert not np.array_equal(half, full)  # the LoRA does act: the equality is not vacuous
+
+
+def test_inspect_reads_the_alpha_a_diffusers_written_lora_keeps_in_its_metadata(tmp_path):
+    """diffusers writes alpha into `lora_adapter_metadata` (each component's peft config,
+    its keys prefixed), not as `.alpha` tensors: inspect reads it there."""
+    tensors = {k: np.zeros(s, np.float32) for k, s in peft(f"unet.{ATTN2}.to_k", 64, 32).items()}
+    config = {"unet.r": 4, "unet.lora_alpha": 8, "unet.target_modules": ["to_k"],
+              "unet.alpha_pattern": {"attn2.to_v": 2}}  # fmt: skip
+    path = tmp_path / "diffusers.safetensors"
+    save_file(tensors, str(path), metadata={"lora_adapter_metadata": json.dumps(config)})
+    report = describe_lora(path)
+    assert report.alpha == (2.0, 8.0) and not report.alpha_missing
+    assert dict(report.rows())["alpha"] == "2–8"
+    # Without the metadata: nothing stored, the layers behave as alpha = rank.
+    save_file(tensors, str(path))
+    assert describe_lora(path).alpha is None

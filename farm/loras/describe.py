@@ -3,6 +3,7 @@ its kohya `.alpha` scalars)."""
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ class LoraReport:
     modules: dict[str, int]  # component → adapted layers
     blocks: tuple[str, ...]  # A1111 UNet block ids, in UNet order; "other" for the rest
     rank: tuple[int, int]  # min, max over layers
-    alpha: tuple[float, float] | None  # min, max of stored `.alpha`; None: none stored
+    # min, max of stored `.alpha` (or of the metadata's lora_alpha); None: none stored
+    alpha: tuple[float, float] | None
     alpha_missing: bool  # some layers store no alpha (they behave as alpha = rank)
     family: Family
     dtypes: tuple[str, ...]
@@ -89,7 +91,7 @@ def _span(pair: tuple[float, float]) -> str:
 def describe_lora(path: str | Path) -> LoraReport:
     """Everything `farm lora inspect` reports; raises LoraError for files farm refuses."""
     info = inspect_lora(path)
-    header, _ = read_header(info.path)
+    header, meta = read_header(info.path)
     mods = modules(header, info.layout, info.path)
     counts: dict[str, int] = {}
     for m in mods:
@@ -98,16 +100,43 @@ def describe_lora(path: str | Path) -> LoraReport:
     ordered = sorted((b for b in blocks if b), key=block_order)
     ranks = [m.rank for m in mods]
     alphas = _read_scalars(info.path, [m.parts["alpha"] for m in mods if "alpha" in m.parts])
+    in_metadata = [] if alphas else metadata_alphas(meta)
     return LoraReport(
         file=info,
         modules=dict(sorted(counts.items(), key=lambda kv: kv[0] != "unet")),
         blocks=tuple(ordered + (["other"] if None in blocks else [])),
         rank=(min(ranks), max(ranks)),
-        alpha=(min(alphas), max(alphas)) if alphas else None,
+        alpha=(min(alphas), max(alphas))
+        if alphas
+        else (min(in_metadata), max(in_metadata))
+        if in_metadata
+        else None,
         alpha_missing=bool(alphas) and len(alphas) < len(mods),
         family=lora_family(info.path),
         dtypes=tuple(sorted({e["dtype"] for e in header.values()})),
     )
+
+
+def metadata_alphas(meta: dict[str, str]) -> list[float]:
+    """The alphas a diffusers-written LoRA keeps in its metadata instead of `.alpha`
+    tensors: `lora_adapter_metadata` holds each component's peft config, its keys
+    prefixed (`unet.lora_alpha`, `transformer.alpha_pattern`, …), which diffusers'
+    loader reads when it loads the file."""
+    try:
+        config = json.loads(meta.get("lora_adapter_metadata") or "{}")
+    except ValueError:
+        return []
+    if not isinstance(config, dict):
+        return []
+
+    def number(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    values = [float(v) for k, v in config.items() if k.endswith("lora_alpha") and number(v)]
+    for key, pattern in config.items():
+        if key.endswith("alpha_pattern") and isinstance(pattern, dict):
+            values += [float(v) for v in pattern.values() if number(v)]
+    return values
 
 
 SCALAR_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<i"}
