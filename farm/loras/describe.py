@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.loras.families import Family, lora_family
+from farm.loras.families import Family, family_of, transformer_family
 from farm.loras.files import (
     DTYPE_BYTES,
     LoraFile,
@@ -99,20 +99,16 @@ def describe_lora(path: str | Path) -> LoraReport:
     blocks = {a1111_block(m.name) for m in mods if m.component == "unet"}
     ordered = sorted((b for b in blocks if b), key=block_order)
     ranks = [m.rank for m in mods]
-    alphas = _read_scalars(info.path, [m.parts["alpha"] for m in mods if "alpha" in m.parts])
-    in_metadata = [] if alphas else metadata_alphas(meta)
+    stored = _read_scalars(info.path, [m.parts["alpha"] for m in mods if "alpha" in m.parts])
+    alphas = stored or metadata_alphas(meta)
     return LoraReport(
         file=info,
         modules=dict(sorted(counts.items(), key=lambda kv: kv[0] != "unet")),
         blocks=tuple(ordered + (["other"] if None in blocks else [])),
         rank=(min(ranks), max(ranks)),
-        alpha=(min(alphas), max(alphas))
-        if alphas
-        else (min(in_metadata), max(in_metadata))
-        if in_metadata
-        else None,
-        alpha_missing=bool(alphas) and len(alphas) < len(mods),
-        family=lora_family(info.path),
+        alpha=(min(alphas), max(alphas)) if alphas else None,
+        alpha_missing=bool(stored) and len(stored) < len(mods),
+        family=transformer_family(list(header)) or family_of(mods),
         dtypes=tuple(sorted({e["dtype"] for e in header.values()})),
     )
 

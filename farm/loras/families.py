@@ -58,12 +58,17 @@ class Family:
 def lora_family(path: str | Path) -> Family:
     """The base-model family a LoRA was trained for, from its header alone."""
     header, _ = read_header(path)
-    keys = [k for k in header if k != "__metadata__"]
+    keys = list(header)
+    return transformer_family(keys) or family_of(modules(header, detect_layout(keys, path), path))
+
+
+def transformer_family(keys: list[str]) -> Family | None:
+    """The transformer (DiT) family a LoRA's key names belong to; None for a UNet LoRA."""
     if any(_FLUX_BLOCKS.search(k) for k in keys):
         return Family("Flux.1 or Chroma", None, rendered=False)
     if any(k.startswith(_DIT_PREFIXES) for k in keys):
         return Family("transformer (DiT)", None, rendered=False)
-    return family_of(modules(header, detect_layout(keys, path), path))
+    return None
 
 
 def family_of(mods: list[Module]) -> Family:
@@ -89,16 +94,17 @@ def model_family(model: str) -> Family | None:
         index = json.loads((root / "model_index.json").read_text())
     except (OSError, ValueError):
         return None  # s3://, a hub id, or no diffusers folder: nothing to compare against
-    cls = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
-    if cls in TRANSFORMER_PIPELINES or (isinstance(index, dict) and "transformer" in index
-                                        and "unet" not in index):  # fmt: skip
+    if not isinstance(index, dict):
+        return None
+    cls = str(index.get("_class_name", ""))
+    if cls in TRANSFORMER_PIPELINES or ("transformer" in index and "unet" not in index):
         return Family(TRANSFORMER_PIPELINES.get(cls, cls or "transformer (DiT)"), None,
                       rendered=False)  # fmt: skip
     try:
         unet = json.loads((root / "unet" / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(unet, dict) or not isinstance(index, dict):
+    if not isinstance(unet, dict):
         return None
     context = unet.get("cross_attention_dim")
     if isinstance(context, list) and len(set(context)) == 1:

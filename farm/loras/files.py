@@ -4,7 +4,7 @@ Only `.safetensors` is ever opened, and its JSON header is checked (size bounds,
 shapes, offsets) before any tensor is read, so a corrupt, truncated or hostile file is
 a clear error here rather than a crash inside a worker. Layout, rank and targeted blocks
 come from the header's key names and shapes (families.py tells the base model from
-them; lora_report.py describes a file for `farm lora inspect`).
+them; describe.py describes a file for `farm lora inspect`).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def build_tiny_pipeline(weights: Path | None = None, seed: int = 0):
     """Build the tiny StableDiffusionPipeline in memory, fp32.
 
     With `weights` (a folder of unet, vae and text_encoder .safetensors, such as
-    tiny_identity.shipped_weights()) the modules take those weights; without, they start
+    farm.tiny.identity.shipped_weights()) the modules take those weights; without, they start
     from random weights drawn from `seed`, as training does.
     """
     import torch

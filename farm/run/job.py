@@ -119,7 +119,7 @@ def run_job(
     """Plan, open the job, render the missing items on Ray (or with `local`, in this
     process), compact, record the run.
 
-    A tenant's job (`tenant`, from farm/tenant_specs.enforce) is held to its caps: images,
+    A tenant's job (`tenant`, from farm.tenancy.policy.enforce) is held to its caps: images,
     workers, and jobs running at once."""
     from farm.tenancy.policy import enforce_plan
 

@@ -1,8 +1,8 @@
 """The small pieces every part of a spec's validation shares: reading a field of a
 mapping with one-line errors that name it, and a combine entry's strength.
 
-spec_parse, spec_catalog, spec_presets and tenants build on these; they import nothing
-of the spec's own above the data model.
+parse, lora_axes, catalog_block, preset_weights and the tenants file build on these;
+they import nothing of the spec's own above the data model.
 """
 
 from __future__ import annotations
