@@ -16,6 +16,8 @@ import pytest
 from conftest import FARM, REPO
 from safetensors.numpy import load_file, save_file
 
+from farm import families
+from farm.families import FamilyError
 from farm.loras.demo import (
     DEMO_LORAS,
     demo_lora_path,
@@ -24,8 +26,9 @@ from farm.loras.demo import (
     write_demo_lora,
 )
 from farm.loras.describe import describe_lora
-from farm.loras.families import Family, check_compatible, lora_family, model_family
+from farm.loras.families import Recognised, lora_family
 from farm.loras.files import LoraError, a1111_block, detect_layout, inspect_lora, read_header
+from farm.plan.model_refs import read_model
 from farm.plan.sweep import make_plan
 from farm.spec import SpecError, parse_spec
 
@@ -456,8 +459,17 @@ REFUSED = {
 }  # fmt: skip
 
 
+def model_family(model: str) -> Recognised:
+    """A model's family as messages name it, from its configs."""
+    return read_model(model).recognised
+
+
+def check_compatible(path: Path, model: str) -> Recognised:
+    return families.check_compatible(path, read_model(model), model)
+
+
 def refused_message(path: Path, call=inspect_lora) -> str:
-    with pytest.raises(LoraError) as info:
+    with pytest.raises((LoraError, FamilyError)) as info:
         call(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message, message
@@ -514,14 +526,14 @@ def test_a_layer_without_its_up_weight_is_refused(tmp_path):
 )  # fmt: skip
 def test_lora_family_from_shapes(tmp_path, shapes, name, context, te2):
     family = lora_family(save_shapes(tmp_path / "f.safetensors", shapes))
-    assert family == Family(name, context, te2)
+    assert family == Recognised(name, context, te2)
 
 
 def test_sdxl_lora_family_and_str(tmp_path):
     family = lora_family(sdxl_kohya(tmp_path / "xl.safetensors"))
-    assert family == Family("SDXL", 2048, True)
+    assert family == Recognised("SDXL", 2048, True)
     assert str(family) == "SDXL (context 2048)"
-    assert str(Family("unknown", 32)) == "unknown (context 32)"
+    assert str(Recognised("unknown", 32)) == "unknown (context 32)"
 
 
 def write_model(root: Path, context: int, te2: bool, cls: str) -> Path:
@@ -536,7 +548,7 @@ def write_model(root: Path, context: int, te2: bool, cls: str) -> Path:
 
 
 def test_model_family_of_tiny(tiny_dir):
-    expected = Family("SD1.x-architecture", 64, False)
+    expected = Recognised("SD1.x-architecture", 64, False)
     assert model_family("tiny") == expected
     assert model_family(str(tiny_dir)) == expected
     assert str(expected) == "SD1.x-architecture (context 64)"
@@ -545,18 +557,21 @@ def test_model_family_of_tiny(tiny_dir):
 def test_model_family_of_real_layouts(tmp_path):
     sd15 = write_model(tmp_path / "sd15", 768, False, "StableDiffusionPipeline")
     sdxl = write_model(tmp_path / "sdxl", 2048, True, "StableDiffusionXLPipeline")
-    assert model_family(str(sd15)) == Family("SD1.x", 768, False)
-    assert model_family(str(sdxl)) == Family("SDXL", 2048, True)
+    assert model_family(str(sd15)) == Recognised("SD1.x", 768, False)
+    assert model_family(str(sdxl)) == Recognised("SDXL", 2048, True)
 
 
-@pytest.mark.parametrize(
-    "model", ["s3://bucket/models/sd15", "stabilityai/stable-diffusion-xl-base-1.0", "missing"]
-)
-def test_model_family_is_none_when_the_folder_is_not_local(tmp_path, monkeypatch, model):
+@pytest.mark.parametrize("model", ["stabilityai/stable-diffusion-xl-base-1.0", "missing"])
+def test_a_model_whose_configs_cannot_be_read_is_refused(tmp_path, monkeypatch, model):
+    """Neither a local folder nor reachable on the hub (HF_HUB_OFFLINE): refused at plan
+    time in one line, never planned as a model of unknown family."""
     monkeypatch.chdir(tmp_path)
-    assert model_family(model) is None
-    # Nothing to compare against: the check is skipped, even for an SDXL LoRA.
-    assert check_compatible(sdxl_kohya(tmp_path / "xl.safetensors"), model) is None
+    with pytest.raises(SpecError) as info:
+        read_model(model)
+    message = str(info.value)
+    assert message.startswith(f"model: {model} is not a local folder, and its configs cannot "
+                              "be read from the Hugging Face hub (")  # fmt: skip
+    assert message.endswith("give a diffusers model folder") and "\n" not in message
 
 
 def test_sdxl_lora_on_tiny_is_refused_naming_both_families(tmp_path, tiny_dir):
@@ -578,33 +593,42 @@ def test_sd15_lora_on_sdxl_model_is_refused(tmp_path):
     assert "(context 2048)" in message and "text_encoder_2" not in message
 
 
-# Transformer (DiT) LoRAs in the layouts they are shared in: the same Flux.1 layer spelled
-# by kohya's sd-scripts, ai-toolkit (diffusers/PEFT), OneTrainer and ComfyUI.
+# Transformer (DiT) LoRAs in the layouts they are shared in: Flux.1 layers spelled by
+# kohya's sd-scripts, ai-toolkit (diffusers/PEFT), OneTrainer and ComfyUI, and a
+# Qwen-Image one.
 DIT_LORAS = {
-    "kohya": (kohya("lora_unet_double_blocks_0_img_attn_qkv", 64, 192), "Flux.1 or Chroma"),
+    "kohya": (kohya("lora_unet_double_blocks_0_img_attn_qkv", 64, 192), "Flux.1", 64),
     "ai-toolkit": (peft("transformer.single_transformer_blocks.7.proj_out", 64, 64),
-                   "Flux.1 or Chroma"),
-    "onetrainer": (kohya("lora_transformer_transformer_blocks_0_attn_to_q", 64, 64),
-                   "transformer (DiT)"),
+                   "Flux.1", None),
+    "onetrainer": (kohya("lora_transformer_single_transformer_blocks_0_proj_mlp", 64, 256),
+                   "Flux.1", None),
     "comfyui": (peft("diffusion_model.transformer_blocks.0.attn.to_q", 64, 64),
-                "transformer (DiT)"),
+                "transformer (DiT)", None),
+    "qwen": (peft("transformer.transformer_blocks.0.img_mlp.net.2", 64, 64), "Qwen-Image", None),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("layout", sorted(DIT_LORAS))
-def test_a_transformer_lora_is_refused_at_plan_time_naming_both_families(tmp_path, layout):
-    """farm renders UNet families: a Flux.1 (or other DiT) LoRA is refused before anything
-    is planned, never accepted as "unknown" to fail in every unit."""
-    shapes, family = DIT_LORAS[layout]
+def test_a_transformer_lora_on_a_unet_model_is_refused_naming_both_families(tmp_path, layout):
+    """A Flux.1 (or other DiT) LoRA on an SD model is refused before anything is planned,
+    never accepted as "unknown" to fail in every unit."""
+    shapes, family, width = DIT_LORAS[layout]
     path = save_shapes(tmp_path / f"{layout}.safetensors", shapes)
-    assert lora_family(path) == Family(family, None, rendered=False)
+    assert lora_family(path) == Recognised(family, None, transformer=True, width=width)
     assert describe_lora(path).family == lora_family(path)  # what `farm lora inspect` says
     message = refused_message(path, lambda p: check_compatible(p, "tiny"))
-    assert message == (
-        f"{path}: a {family} LoRA (its keys adapt a transformer's blocks) cannot be used on "
-        "SD1.x-architecture model 'tiny': farm renders SD1.x, SD2.x and SDXL LoRAs; pick a "
-        "LoRA trained for the model"
-    )
+    detail = f"width {width}" if width else "a transformer (DiT) model"
+    if family == "Qwen-Image":
+        assert message == (
+            f"{path}: a Qwen-Image LoRA cannot be used on SD1.x model 'tiny': farm renders "
+            "SD1.x, SD2.x, SDXL, Flux.1 LoRAs; pick one made for the model"
+        )
+    else:
+        assert message == (
+            f"{path}: a {family} LoRA ({detail}) cannot be used on SD1.x-architecture model "
+            "'tiny' (context 64): it adapts a transformer's layers the model does not have; "
+            "pick a LoRA trained for the model"
+        )
     spec = {"job": "dit", "prompts": ["a red circle"], "seeds": [0],
             "loras": [{"name": "x", "path": str(path), "alpha": [1]}]}  # fmt: skip
     with pytest.raises(SpecError, match=rf"^loras\[0\]\.path: .*a {re.escape(family)} LoRA"):
@@ -621,37 +645,41 @@ def write_dit_model(root: Path, cls: str) -> Path:
     return root
 
 
-DIT_MODELS = [("FluxPipeline", "Flux.1"), ("ChromaPipeline", "Chroma"),
-              ("QwenImagePipeline", "Qwen-Image"), ("NewDiT", "NewDiT")]  # fmt: skip
-
-
-@pytest.mark.parametrize(("cls", "family"), DIT_MODELS)
-def test_a_transformer_model_is_refused_at_plan_time(tmp_path, cls, family):
+@pytest.mark.parametrize(("cls", "what"), [
+    ("QwenImagePipeline", "a Qwen-Image model (QwenImagePipeline)"),
+    ("Flux2Pipeline", "a Flux.2 model (Flux2Pipeline)"),
+    ("NewDiT", "a transformer (DiT) model of a family farm does not render (NewDiT)"),
+])  # fmt: skip
+def test_a_model_of_a_family_farm_does_not_render_is_refused_at_plan_time(tmp_path, cls, what):
     model = write_dit_model(tmp_path / "model", cls)
-    assert model_family(str(model)) == Family(family, None, rendered=False)
     spec = {"job": "dit", "model": str(model), "prompts": ["a red circle"], "seeds": [0]}
     with pytest.raises(SpecError) as info:
         make_plan(parse_spec(spec, base_dir=tmp_path))
     assert str(info.value) == (
-        f"model: {model} is a {family} model (a transformer (DiT) model); farm renders SD1.x, "
-        "SD2.x and SDXL models, diffusers folders with a unet"
+        f"model: {model} is {what}; farm renders SD1.x, SD2.x, SDXL, Flux.1 (dev, schnell) "
+        "and Chroma models"
     )
-    # An SD LoRA on it is refused too, naming both.
+
+
+def test_an_sd_lora_on_a_flux_model_is_refused_naming_both_families(tmp_path):
+    model = write_dit_model(tmp_path / "model", "FluxPipeline")
+    assert read_model(str(model)).family.key == "flux-schnell"  # no guidance embedding
     path = save_shapes(tmp_path / "sd15.safetensors", kohya(f"lora_unet_{ATTN2}_to_k", 768, 320))
     assert refused_message(path, lambda p: check_compatible(p, str(model))) == (
-        f"{path}: an SD1.x LoRA (context 768) cannot be used on {family} model {str(model)!r} "
-        "(a transformer (DiT) model): farm renders SD1.x, SD2.x and SDXL models"
+        f"{path}: an SD1.x LoRA (context 768) cannot be used on Flux.1-schnell model "
+        f"{str(model)!r} (a transformer (DiT) model): it adapts a UNet's layers the model "
+        "does not have; pick a LoRA trained for the model"
     )
 
 
 def test_compatible_loras_pass(tmp_path, home):
     sdxl = write_model(tmp_path / "sdxl", 2048, True, "StableDiffusionXLPipeline")
-    assert check_compatible(sdxl_kohya(tmp_path / "xl.safetensors"), str(sdxl)) is None
+    assert check_compatible(sdxl_kohya(tmp_path / "xl.safetensors"), str(sdxl)).transformer is False
     for name in DEMO_LORAS:
-        assert check_compatible(demo_lora_path(f"tiny:{name}"), "tiny") is None
+        assert check_compatible(demo_lora_path(f"tiny:{name}"), "tiny").transformer is False
     # A text-encoder-only LoRA has no cross-attention to compare: not refused.
     te_only = save_shapes(tmp_path / "te.safetensors", kohya(f"lora_te_{TE}", 768, 768))
-    assert check_compatible(te_only, "tiny") is None
+    assert check_compatible(te_only, "tiny").transformer is False
 
 
 def test_locon_is_recognized_and_compatible_with_tiny(tmp_path, tiny_dir):
@@ -662,8 +690,8 @@ def test_locon_is_recognized_and_compatible_with_tiny(tmp_path, tiny_dir):
     assert report.layout == "kohya LoCon" and report.as_dict()["kind"] == "LoCon"
     assert report.rank == (2, 4) and report.alpha == (1.0, 1.0)
     assert "IN04" in report.blocks  # down_blocks.1.resnets.0: conv layers only
-    assert check_compatible(path, "tiny") is None
-    assert check_compatible(path, str(tiny_dir)) is None
+    assert check_compatible(path, "tiny").transformer is False
+    assert check_compatible(path, str(tiny_dir)).transformer is False
 
 
 def test_ldm_named_resnet_layers_are_locon(tmp_path):

@@ -139,7 +139,7 @@ ERRORS = [
     ("<lora:neon:1: te=0.5>", ["unknown argument ' te'", "without spaces"]),
     ("<lora:neon:=0.5>", ["unknown argument ''", "supported"]),
     ("<lora:neon:1:blocks=dict>", ["blocks=", "spec", "lbw="]),
-    ("<lora:neon:1:lbw=1,0,1>", ["lbw", "3 block values", "17"]),
+    ("<lora:neon:1:lbw=" + ",".join(["1"] * 59) + ">", ["lbw", "59 block values", "17"]),
     ("<lora:neon:1:lbw=FOO>", ["lbw", "17", "preset"]),
     ("<lora:neon:1:lbw=>", ["lbw", "0 block values"]),
     (f"<lora:neon:1:lbw={LBW_17.replace('0.5', 'x')}>", ["lbw", "block M00", "not a number"]),

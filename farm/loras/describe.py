@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.loras.families import Family, family_of, transformer_family
+from farm.loras.families import Recognised, family_of, transformer_family
 from farm.loras.files import (
     DTYPE_BYTES,
     LoraFile,
@@ -31,7 +31,7 @@ class LoraReport:
     # min, max of stored `.alpha` (or of the metadata's lora_alpha); None: none stored
     alpha: tuple[float, float] | None
     alpha_missing: bool  # some layers store no alpha (they behave as alpha = rank)
-    family: Family
+    family: Recognised
     dtypes: tuple[str, ...]
 
     @property
@@ -108,7 +108,7 @@ def describe_lora(path: str | Path) -> LoraReport:
         rank=(min(ranks), max(ranks)),
         alpha=(min(alphas), max(alphas)) if alphas else None,
         alpha_missing=bool(stored) and len(stored) < len(mods),
-        family=transformer_family(list(header)) or family_of(mods),
+        family=transformer_family(mods) or family_of(mods),
         dtypes=tuple(sorted({e["dtype"] for e in header.values()})),
     )
 

@@ -54,7 +54,8 @@ PARTS = {
 COMPONENTS = (
     ("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"),
     ("lora_te_", "text_encoder"), ("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"),
-    ("text_encoder.", "text_encoder"),
+    ("text_encoder.", "text_encoder"), ("lora_transformer_", "transformer"),
+    ("transformer.", "transformer"), ("diffusion_model.", "transformer"),
 )  # fmt: skip
 # UNet modules (underscored, relative to the UNet) that belong to a ResNet or a resampler:
 # adapting them is what makes a kohya file "LoCon" rather than attention-only LoRA.
@@ -167,6 +168,8 @@ def detect_layout(keys: list[str], path: str | Path = "") -> str:
         layout = "kohya"
     elif any(".lora_A." in k or ".lora_B." in k for k in keys):
         layout = "peft"
+    elif any(k.endswith(".lora_down.weight") for k in keys):
+        layout = "kohya"  # kohya's parts under another prefix (ComfyUI's diffusion_model.)
     elif any(".lora.down." in k or ".lora_linear_layer." in k or "_lora.down." in k for k in keys):
         layout = "diffusers"
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from farm.loras.families import check_compatible
+from farm.families import FamilyError, Model, check_compatible
 from farm.loras.files import LoraError, inspect_lora
 from farm.plan.combos import Combos
 from farm.plan.items import Adapter, Source
@@ -15,7 +15,8 @@ from farm.spec.prompts import PromptError, lora_tag, parse_prompt
 from farm.spec.strength import Strength
 
 
-def adapter_for(name: str, path: str, field_path: str, model: str) -> Adapter:
+def adapter_for(name: str, path: str, field_path: str, model: Model | None,
+                model_ref: str = "") -> Adapter:  # fmt: skip
     # The driver checks a local copy; the adapter keeps the reference (tiny:NAME, s3://),
     # so workers on other nodes make their own (checked against this sha256).
     local = path
@@ -34,13 +35,14 @@ def adapter_for(name: str, path: str, field_path: str, model: str) -> Adapter:
     try:
         info = inspect_lora(local)
         # An SDXL LoRA on an SD1.5 model (or the reverse) is refused here, not mid-job.
-        check_compatible(local, model)
-    except LoraError as err:
+        check_compatible(local, model, model_ref)
+    except (LoraError, FamilyError) as err:
         raise SpecError(f"{field_path}: {str(err).replace(local, path)}") from None
     return Adapter(name, path, info.sha256, info.shorthash)
 
 
-def _libraryadapter_for(spec: Spec, name: str, where: str) -> Adapter | None:
+def _libraryadapter_for(spec: Spec, name: str, where: str,
+                        model: Model | None) -> Adapter | None:  # fmt: skip
     """A prompt tag's LoRA from the spec's lora_dir, found by file stem like A1111."""
     if not spec.lora_dir:
         return None
@@ -63,10 +65,11 @@ def _libraryadapter_for(spec: Spec, name: str, where: str) -> Adapter | None:
     if not matches[0].resolve().is_relative_to(library):
         raise SpecError(f"{where}: <lora:{name}:…>: {matches[0]} links to a file outside "
                         "lora_dir; copy the file into lora_dir")  # fmt: skip
-    return adapter_for(name, str(matches[0]), where, spec.model)
+    return adapter_for(name, str(matches[0]), where, model, spec.model)
 
 
-def prompt_sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos) -> Iterator[Source]:
+def prompt_sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos,
+                   model: Model | None = None) -> Iterator[Source]:  # fmt: skip
     swept = combos.names
     if spec.catalog is not None:
         from farm.spec.catalog_rows import read_catalog
@@ -88,7 +91,7 @@ def prompt_sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos) -> 
                                 "tagged in the prompt; keep one")  # fmt: skip
         for tag in tags:
             if tag.name not in adapters:
-                found = _libraryadapter_for(spec, tag.name, where)
+                found = _libraryadapter_for(spec, tag.name, where, model)
                 if found is None:
                     raise SpecError(
                         f"{where}: <lora:{tag.name}:…> names no LoRA in `loras`"

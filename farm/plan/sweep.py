@@ -7,8 +7,8 @@ import json
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
+from farm.families import Family
 from farm.limits import MAX_ITEMS
-from farm.loras.families import RENDERED, model_family
 from farm.plan.combos import Combos
 from farm.plan.items import (
     AUTO_UNIT,
@@ -21,10 +21,12 @@ from farm.plan.items import (
     adapter_key,
     content_id,
 )
-from farm.plan.model_refs import model_fingerprint
+from farm.plan.model_refs import model_fingerprint, read_model
 from farm.plan.sources import adapter_for, prompt_sources
 from farm.spec import Spec, SpecError
+from farm.spec.model import DEFAULTED
 from farm.spec.prompts import lora_tag
+from farm.spec.samplers import SAMPLERS
 
 
 @dataclass
@@ -96,16 +98,20 @@ def make_plan(
     than `max_items` (default MAX_ITEMS) is refused with its item count.
     """
     limit = MAX_ITEMS if max_items is None else max_items
+    model = None
+    if not frozen:
+        # The model's family first: its render defaults and samplers shape every item.
+        model = read_model(spec.model)
+        spec = with_family_defaults(spec, model.family)
     combos = Combos(spec)
     # Refuse a runaway product before reading any file or prompt.
     _check_size(combos.count * len(spec.seeds) * max(len(spec.prompts), 1), limit)
     if frozen:
         fingerprint, adapters = frozen
     else:
-        _check_model(spec.model)
         fingerprint = model_fingerprint(spec.model)
         adapters = {
-            lora.name: adapter_for(lora.name, lora.path, f"loras[{i}].path", spec.model)
+            lora.name: adapter_for(lora.name, lora.path, f"loras[{i}].path", model, spec.model)
             for i, lora in enumerate(spec.loras)
         }
         # item_ids hash files, not names: one file under two names would give two items
@@ -117,7 +123,9 @@ def make_plan(
                 raise SpecError(
                     f"loras[{i}].path: the same file as loras[{j}].path; give it one name"
                 )
-    sources = list(prompt_sources(spec, adapters, combos))
+    sources = list(prompt_sources(spec, adapters, combos, model))
+    if model is not None:
+        _check_blocks(combos, sources, model.family)
     if spec.row_presets:
         # Rows of one preset share strengths, so they can share pipeline calls: keep them
         # together (the order of items never changes their ids).
@@ -142,12 +150,33 @@ def _check_names(plan: Plan) -> None:
                             "as {key}, {seed} or {preset}")  # fmt: skip
 
 
-def _check_model(model: str) -> None:
-    """A model of a family farm does not render is refused before anything is read."""
-    family = model_family(model)
-    if family is not None and not family.rendered:
-        raise SpecError(f"model: {model} is a {family.name} model ({family.detail}); farm "
-                        f"renders {RENDERED} models, diffusers folders with a unet")  # fmt: skip
+def with_family_defaults(spec: Spec, family: Family) -> Spec:
+    """The spec with the render settings it left out taken from the model's family, and
+    its sampler checked against what the family can use."""
+    import dataclasses
+
+    render = spec.render
+    defaults = family.defaults
+    filled = {k: getattr(defaults, k) for k in DEFAULTED if k not in render.given}
+    render = dataclasses.replace(render, **filled, given=frozenset(DEFAULTED))
+    if render.scheduler not in family.schedulers:
+        raise SpecError(f"render.scheduler: {render.scheduler} does not fit {family.name} "
+                        f"models (use {', '.join(family.schedulers)})")  # fmt: skip
+    least = SAMPLERS[render.scheduler].min_steps
+    if render.steps < least:
+        raise SpecError(f"render.steps: {render.steps} is too few for the {render.scheduler} "
+                        f"scheduler (use {least} or more)")  # fmt: skip
+    return dataclasses.replace(spec, render=render)
+
+
+def _check_blocks(combos: Combos, sources: list[Source], family: Family) -> None:
+    """Every per-block setting of the sweep, read in the model family's block names."""
+    settings = [w for axis in combos.axes for _, w in axis]
+    settings += [w for combo in combos.explicit or () for _, w in combo]
+    settings += [w for source in sources for _, w in source.tags]
+    for blocks in dict.fromkeys(w.blocks for w in settings if w.blocks is not None):
+        if problem := blocks.problem(family):
+            raise SpecError(f"blocks {blocks.name}: {problem}")
 
 
 def _check_size(items: int, limit: int) -> None:

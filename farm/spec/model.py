@@ -5,7 +5,7 @@ Validation (farm/spec/parse.py) builds these; planning, the worker and job.json 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from farm.spec.strength import Blocks, Strength, schedule_text
@@ -46,6 +46,9 @@ class LoraAxis:
         return d
 
 
+DEFAULTED = ("steps", "guidance", "width", "height", "scheduler")  # each family has its own
+
+
 @dataclass(frozen=True)
 class Render:
     steps: int = 25
@@ -57,6 +60,8 @@ class Render:
     batch: int | None = None  # None means "auto"
     # torch.compile the denoiser: strengths then travel as tensors, calls padded to `batch`.
     compile: bool = False
+    # The settings the spec wrote; the others take the model family's defaults at plan time.
+    given: frozenset[str] = field(default=frozenset(DEFAULTED), compare=False)
 
 
 @dataclass(frozen=True)

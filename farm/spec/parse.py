@@ -28,7 +28,7 @@ from farm.spec.fields import (
     s3_url,
 )
 from farm.spec.lora_axes import combine_mode, parse_combine, parse_loras
-from farm.spec.model import Render, Spec
+from farm.spec.model import DEFAULTED, Render, Spec
 from farm.spec.preset_weights import parse_preset_weights
 from farm.spec.samplers import SAMPLERS
 
@@ -199,7 +199,8 @@ def _render(value: Any) -> Render:
     if not isinstance(compile_, bool):
         raise SpecError(f"render.compile: {compile_!r} is not true or false")
     return Render(steps, guidance, size["width"], size["height"], scheduler, fmt,
-                  None if batch == "auto" else batch, compile_)  # fmt: skip
+                  None if batch == "auto" else batch, compile_,
+                  frozenset(k for k in DEFAULTED if k in m))  # fmt: skip
 
 
 def with_output(spec: Spec, output: str, field: str = "output") -> Spec:

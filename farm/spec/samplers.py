@@ -27,6 +27,9 @@ SAMPLERS: dict[str, Sampler] = {
     "pndm": Sampler("PNDMScheduler", "PLMS", min_steps=4),
     "unipc": Sampler("UniPCMultistepScheduler", "UniPC"),
     "dpmpp_2m": Sampler("DPMSolverMultistepScheduler", "DPM++ 2M"),
+    # Flux.1's and Chroma's own: flow-matching Euler, shifted by the image size as the
+    # model's scheduler config says (Forge calls it Euler too).
+    "flow_euler": Sampler("FlowMatchEulerDiscreteScheduler", "Euler"),
     "dpmpp_2m_karras": Sampler(
         "DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"use_karras_sigmas": True}
     ),

@@ -29,26 +29,21 @@ import re
 from dataclasses import dataclass, field
 
 from farm.errors import FarmError
+from farm.families import dit, sd1, sdxl
+from farm.families.base import BlockMap, Family
+from farm.families.unet import unet_section
 from farm.records.infotext import format_number
 
-LBW_IDS = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", "OUT03", "OUT04",
-           "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11")  # fmt: skip
-# LoRA Block Weight's built-in presets, value for value.
-LBW_PRESETS = {
-    "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
-    "ALL": "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
-    "INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0",
-    "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
-    "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0",
-    "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
-    "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0",
-    "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
-    "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1",
-    "ALL0.5": "0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5",
-}
-_DICT_KEY = re.compile(r"(down|up)(\.\d+(\.\d+)?)?|mid|te")
-_MODULE = re.compile(r"(down_blocks|up_blocks)\.(\d+)\.(attentions|resnets|downsamplers|upsamplers)"
-                     r"\.(\d+)|(mid_block)")  # fmt: skip
+# Block vocabularies and presets are each family's (farm/families); a spec names them
+# before its model is read, so every family's presets are known here by name.
+LBW_IDS = sd1.LBW17
+LBW_PRESETS = sd1.PRESETS
+PRESETS = {**sd1.PRESETS, **sdxl.PRESETS, **dit.PRESETS}
+# Vector lengths some family takes: SD1.x/SD2.x 17 and 26, SDXL 12 and 20, Flux.1 and
+# Chroma 61 (LoRA Block Weight's form) or up to 58 (Inspire Pack's, carrying the last).
+LENGTHS = frozenset(len(form.ids) for form in (*sd1.FORMS, *sdxl.FORMS, *dit.FORMS)) | set(
+    range(2, len(dit.INSPIRE_FLUX) + 1)
+)
 
 
 class StrengthError(FarmError, ValueError):
@@ -57,9 +52,12 @@ class StrengthError(FarmError, ValueError):
 
 @dataclass(frozen=True)
 class Blocks:
-    """Per-block multipliers: `name` as written (a preset, 17 values or a dict's JSON) and
-    the canonical (key, multiplier) pairs. Keys: te, IN01…OUT11, M00 (LBW), or down,
-    down.i, down.i.j, mid, up, up.i, up.i.j (diffusers)."""
+    """Per-block multipliers: `name` as written (a preset, values or a dict's JSON) and
+    the canonical (key, multiplier) pairs. Keys: te, IN01…OUT11, M00 for LoRA Block
+    Weight's 17 values; #0, #1, … for a vector of another length, which the model's
+    family reads (SDXL's 12 or 20, Flux's 61 or up to 58); down, down.i, down.i.j, mid,
+    up, up.i, up.i.j for a UNet's dict, double, double.i, single, single.i for a
+    transformer's."""
 
     name: str
     pairs: tuple[tuple[str, float], ...]
@@ -67,26 +65,70 @@ class Blocks:
 
     @property
     def lbw(self) -> bool:
-        return any(k.startswith(("IN", "OUT", "M0")) for k, _ in self.pairs)
+        return any(k.startswith(("IN", "OUT", "M0", "#")) for k, _ in self.pairs)
+
+    @property
+    def vector(self) -> tuple[float, ...] | None:
+        """The values of a vector of family-read length (None for 17 values or a dict)."""
+        if not self.pairs or not self.pairs[0][0].startswith("#"):
+            return None
+        return tuple(v for _, v in self.pairs)
 
     def te(self) -> float:
         return dict(self.pairs).get("te", 1.0)
 
     def unet(self, module: str, layers_per_block: int) -> float:
-        """The multiplier for a UNet module (diffusers name); 1 outside named blocks."""
-        where = _block_of(module)
-        if where is None:
-            return 1.0
-        section, i, j = where
-        table = dict(self.pairs)
+        """The multiplier for a module of an SD1.x-shaped UNet (diffusers name)."""
+        where = BlockMap(sd1.FAMILY, {"layers_per_block": layers_per_block})
+        return self.multiplier(where, "unet", module)
+
+    def problem(self, family: Family) -> str | None:
+        """Why these blocks cannot be read on a family's models; None when they can."""
+        forms = " or ".join(f.name for f in family.block_forms)
+        if self.name in PRESETS and self.name not in family.block_presets:
+            return (f"{self.name} is not a {family.name} preset (its presets: "
+                    f"{', '.join(family.block_presets)})")  # fmt: skip
+        if self.vector is not None:
+            if family.expand_blocks(self.vector) is None:
+                return f"{len(self.vector)} block values do not fit {family.name}: use {forms}"
+            return None
+        keys = {k for k, _ in self.pairs}
+        if self.lbw and family.form_of(len(LBW_IDS)) is None:
+            return f"17 block values are SD1.x/SD2.x's form; {family.name} takes {forms}"
+        transformer = family.denoiser == "transformer"
+        if not self.lbw and keys - {"te"}:
+            unet_keys = any(k.startswith(("down", "up", "mid")) for k in keys)
+            if unet_keys == transformer:
+                want = "transformer: {double, single}" if transformer else "unet: {down, mid, up}"
+                return f"{family.name} names its blocks as {want}"
+        return None
+
+    def multiplier(self, where: BlockMap, part: str, module: str) -> float:
+        """The multiplier of one LoRA layer: te for text encoders (t5 for a Flux model's
+        T5), else the block its module sits in; 1 outside the named blocks."""
+        table = self._table(where.family)
+        if part == "te":
+            if not self.lbw:
+                return table.get("te", 1.0)
+            return table.get(where.text_block(module), 1.0)
         if self.lbw:
-            return table.get(_a1111_id(section, i, j, layers_per_block), 1.0)
-        if section == "mid":
-            return table.get("mid", 1.0)
-        for key in (f"{section}.{i}.{j}", f"{section}.{i}", section):
-            if key in table:
-                return table[key]
-        return 1.0
+            return table.get(where.block_id(module) or "", 1.0)
+        section = unet_section(module) if where.family.denoiser == "unet" else None
+        block = where.block_id(module) or ""
+        if section is not None:
+            s, i, j = section
+            keys = ["mid"] if s == "mid" else [f"{s}.{i}.{j}", f"{s}.{i}", s]
+        elif block[:1] in ("D", "S") and block[1:].isdigit():
+            kind = "double" if block[0] == "D" else "single"
+            keys = [f"{kind}.{int(block[1:])}", kind]
+        else:
+            return 1.0
+        return next((table[k] for k in keys if k in table), 1.0)
+
+    def _table(self, family: Family) -> dict[str, float]:
+        if (vector := self.vector) is not None:
+            return family.expand_blocks(vector) or {}
+        return dict(self.pairs)
 
 
 @dataclass(frozen=True)
@@ -186,26 +228,27 @@ def finite(value: object, what: str) -> float:
 
 
 def parse_blocks(value: object) -> Blocks:
-    """A preset name, 17 LBW values (list or comma string) or a diffusers-style dict."""
-    if isinstance(value, str) and value.strip().upper() in LBW_PRESETS:
+    """A preset name, a vector of values (list or comma string) or a dict of parts."""
+    if isinstance(value, str) and value.strip().upper() in PRESETS:
         name = value.strip().upper()
-        return Blocks(name, _lbw_pairs(LBW_PRESETS[name].split(",")), name)
+        return Blocks(name, _vector_pairs(PRESETS[name].split(",")), name)
     if isinstance(value, str):
         values = [v for v in value.replace(" ", "").split(",") if v]
         if len(values) == 1 and not _is_number(values[0]):
             raise StrengthError(_unknown_preset(value))
-        pairs = _lbw_pairs(values)
+        pairs = _vector_pairs(values)
         name = ",".join(format_number(v) for _, v in pairs)
         return Blocks(name, pairs, name)
     if isinstance(value, list | tuple):
-        pairs = _lbw_pairs(list(value))
+        pairs = _vector_pairs(list(value))
         name = ",".join(format_number(v) for _, v in pairs)
         return Blocks(name, pairs, name)
     if isinstance(value, dict):
         return _dict_blocks(value)
     raise StrengthError(
-        f"{value!r}: use an LBW preset ({', '.join(LBW_PRESETS)}), 17 values, or a dict "
-        "{text_encoder, unet: {down, mid, up}}"
+        f"{value!r}: use a block preset ({', '.join(PRESETS)}), a LoRA Block Weight vector "
+        "(17 values for SD1.x), or a dict {text_encoder, unet: {down, mid, up}} "
+        "(transformer: {double, single} for Flux.1 and Chroma)"
     )
 
 
@@ -220,22 +263,27 @@ def _is_number(value: object) -> bool:
 def _unknown_preset(value: object) -> str:
     import difflib
 
-    close = difflib.get_close_matches(str(value).strip().upper(), LBW_PRESETS, n=1)
+    close = difflib.get_close_matches(str(value).strip().upper(), PRESETS, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    return (f"{value!r} is not a LoRA Block Weight preset ({hint}presets: "
-            f"{', '.join(LBW_PRESETS)}); or give 17 values")  # fmt: skip
+    return (f"{value!r} is not a block preset ({hint}LoRA Block Weight's: "
+            f"{', '.join(LBW_PRESETS)}; SDXL: {', '.join(sdxl.PRESETS)}; Flux.1 and Chroma: "
+            f"{', '.join(dit.PRESETS)}); or give values (17 for SD1.x)")  # fmt: skip
 
 
 def is_lbw_preset(value: object) -> bool:
-    return isinstance(value, str) and value.strip().upper() in LBW_PRESETS
+    return isinstance(value, str) and value.strip().upper() in PRESETS
 
 
-def _lbw_pairs(values: list) -> tuple[tuple[str, float], ...]:
-    if len(values) != len(LBW_IDS):
+def _vector_pairs(values: list) -> tuple[tuple[str, float], ...]:
+    """17 values as LoRA Block Weight's SD1.x ids; another length family-read (#i)."""
+    if len(values) not in LENGTHS:
         raise StrengthError(
-            f"{len(values)} block values; LoRA Block Weight takes 17 "
-            "(BASE, IN01, IN02, IN04, IN05, IN07, IN08, M00, OUT03 … OUT11) or a preset"
+            f"{len(values)} block values; LoRA Block Weight takes 17 (SD1.x, SD2.x: BASE, "
+            "IN01, IN02, IN04, IN05, IN07, IN08, M00, OUT03 … OUT11) or 26, 12 or 20 for "
+            "SDXL, 61 (or Inspire Pack's up to 58) for Flux.1 and Chroma, or a preset"
         )
+    if len(values) != len(LBW_IDS):
+        return tuple((f"#{i}", finite(v, f"block value {i + 1}")) for i, v in enumerate(values))
     numbers = [finite(v, f"block {block}") for block, v in zip(LBW_IDS, values, strict=True)]
     return tuple(("te" if b == "BASE" else b, v) for b, v in zip(LBW_IDS, numbers, strict=True))
 
@@ -269,12 +317,37 @@ def _dict_blocks(value: dict) -> Blocks:
                             pairs[key] = finite(per, f"{where}.{block}")
                 else:
                     pairs[section] = finite(sub, where)
+        elif top == "transformer":
+            _transformer_blocks(item, pairs)
         else:
-            raise StrengthError(f"blocks.{top}: unknown part; use text_encoder or unet")
+            raise StrengthError(
+                f"blocks.{top}: unknown part; use text_encoder, unet (SD1.x, SD2.x, SDXL) "
+                "or transformer (Flux.1, Chroma)"
+            )
     if not pairs:
         raise StrengthError("blocks: empty; give text_encoder and/or unet multipliers")
     canonical = tuple(sorted(pairs.items()))
     return Blocks(json.dumps(dict(canonical), separators=(",", ":")), canonical, value)
+
+
+def _transformer_blocks(item: object, pairs: dict[str, float]) -> None:
+    """{double: x | {block_i: x}, single: …} or one number for every block."""
+    if not isinstance(item, dict):
+        number = finite(item, "blocks.transformer")
+        pairs.update(double=number, single=number)
+        return
+    for section, sub in item.items():
+        where = f"blocks.transformer.{section}"
+        if section not in ("double", "single"):
+            raise StrengthError(f"{where}: unknown part; use double or single")
+        if isinstance(sub, dict):
+            for block, per in sub.items():
+                match = re.fullmatch(r"block_(\d+)", str(block))
+                if not match:
+                    raise StrengthError(f"{where}.{block}: write block_0, block_1, …")
+                pairs[f"{section}.{int(match[1])}"] = finite(per, f"{where}.{block}")
+        else:
+            pairs[section] = finite(sub, where)
 
 
 def parse_schedule(value: object) -> tuple[tuple[float, float], ...]:
@@ -317,31 +390,3 @@ def _frames(frames: list[tuple[float, float]]) -> tuple[tuple[float, float], ...
 
 def schedule_text(schedule: tuple[tuple[float, float], ...]) -> str:
     return ",".join(f"{format_number(v)}@{format_number(at)}" for at, v in schedule)
-
-
-def _block_of(module: str) -> tuple[str, int, int] | None:
-    match = _MODULE.search(module)
-    if match is None:
-        return None
-    if match[5]:
-        return "mid", 0, 0
-    section = "down" if match[1] == "down_blocks" else "up"
-    i, j = int(match[2]), int(match[4])
-    if match[3] in ("downsamplers", "upsamplers"):
-        j = -1  # the block's sampler: A1111 numbers it after the block's layers
-    return section, i, j
-
-
-def _a1111_id(section: str, i: int, j: int, layers_per_block: int) -> str:
-    # A1111's input_blocks count conv_in as 0, then each down block's layers and its
-    # downsampler; output_blocks count each up block's layers (one more than down) with
-    # the upsampler inside the last one.
-    if section == "mid":
-        return "M00"
-    if section == "down":
-        stride = layers_per_block + 1
-        k = i * stride + (layers_per_block if j < 0 else j) + 1
-        return f"IN{k:02d}"
-    stride = layers_per_block + 1
-    k = i * stride + (layers_per_block if j < 0 else j)
-    return f"OUT{k:02d}"
