@@ -101,7 +101,7 @@ def test_building_is_deterministic():
 
 
 def test_ensure_builds_once_into_place(tmp_path, monkeypatch):
-    from farm.tiny import pipelines
+    from farm.render import tiny_pipelines as pipelines
 
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
     assert pipelines.default_dir("sdxl") == tmp_path / "home" / "models" / "tiny-sdxl-v1"

@@ -46,6 +46,7 @@ class Model:
     family: Family
     config: dict  # the denoiser's config.json
     index: dict  # model_index.json
+    root: str | None = None  # the local folder it was read from
 
     @property
     def recognised(self) -> Recognised:
@@ -111,7 +112,8 @@ def read_folder(root: Path, where: str = "model") -> Model:
         raise FamilyError(f"{where}: model_index.json is not JSON") from None
     if not isinstance(index, dict):
         raise FamilyError(f"{where}: model_index.json is not a mapping")
-    return identify(index, read_config(root, index, where), where)
+    model = identify(index, read_config(root, index, where), where)
+    return Model(model.family, model.config, model.index, str(root))
 
 
 def denoiser_of(index: dict) -> str:

@@ -65,6 +65,7 @@ class Family:
     expand: Callable[[tuple[float, ...]], dict[str, float] | None] | None = field(
         repr=False, default=None)  # fmt: skip
     t5: str | None = None  # the component holding T5, which LoRA Block Weight names apart
+    gpu_dtype: str = "float16"  # its weights' dtype on a GPU unless `--dtype` says otherwise
 
     def __str__(self) -> str:
         return self.name

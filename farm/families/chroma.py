@@ -31,4 +31,5 @@ FAMILY = Family(
     block_of=dit.block_of,
     expand=dit.expand,
     t5="text_encoder",
+    gpu_dtype="bfloat16",
 )

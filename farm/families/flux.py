@@ -34,6 +34,7 @@ _COMMON = dict(
     block_of=dit.block_of,
     expand=dit.expand,
     t5="text_encoder_2",
+    gpu_dtype="bfloat16",
 )
 DEV = Family(
     key="flux-dev", name="Flux.1-dev", guidance="embedded", tiny="flux-dev", matches=_dev,

@@ -420,6 +420,11 @@ def _te_maps(modules: frozenset[str]) -> tuple[dict[str, str], dict[str, str]]:
     return dotted, {k.replace(".", "_"): v for k, v in dotted.items()}
 
 
+def group_of(key: str) -> str:
+    """The key group (one adapted layer of the file) a key belongs to."""
+    return _split_key(key)[0]
+
+
 def _split_key(key: str) -> tuple[str, str]:
     for suffix, part in _PARTS.items():
         if key.endswith("." + suffix):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from farm.spec.strength import Strength
 
@@ -25,6 +25,11 @@ class Adapter:
     path: str
     sha256: str
     shorthash: str
+    # What of the file applies to the job's model (farm/families/placement.py), where
+    # planning could tell: tensors applied and dropped, and the dropped layers' names.
+    applied: int | None = field(default=None, compare=False)
+    dropped: int | None = field(default=None, compare=False)
+    dropped_names: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from farm.families import FamilyError, Model, check_compatible
+from farm.families.placement import Placement, place
 from farm.loras.files import LoraError, inspect_lora
 from farm.plan.combos import Combos
 from farm.plan.items import Adapter, Source
@@ -36,9 +37,30 @@ def adapter_for(name: str, path: str, field_path: str, model: Model | None,
         info = inspect_lora(local)
         # An SDXL LoRA on an SD1.5 model (or the reverse) is refused here, not mid-job.
         check_compatible(local, model, model_ref)
+        placed = _placement(local, model, model_ref)
     except (LoraError, FamilyError) as err:
         raise SpecError(f"{field_path}: {str(err).replace(local, path)}") from None
-    return Adapter(name, path, info.sha256, info.shorthash)
+    if placed is None:
+        return Adapter(name, path, info.sha256, info.shorthash)
+    if placed.applied == 0:
+        names = ", ".join(placed.dropped_names[:3])
+        raise SpecError(f"{field_path}: {path}: none of its {placed.dropped} tensors adapts a "
+                        f"layer of model {model_ref} (its layers: {names}, …); pick a LoRA "
+                        "trained for this model")  # fmt: skip
+    return Adapter(name, path, info.sha256, info.shorthash, placed.applied, placed.dropped,
+                   placed.dropped_names)  # fmt: skip
+
+
+def _placement(local: str, model: Model | None, model_ref: str) -> Placement | None:
+    """What of the file applies to the model, where its layers are at hand: a local
+    folder, `tiny`, or any transformer (its config alone says its layers)."""
+    from pathlib import Path
+
+    if model is None:
+        return None
+    if model.family.denoiser == "unet" and model.root is None and model_ref != "tiny":
+        return None
+    return place(local, model, Path(model.root) if model.root else None)
 
 
 def _libraryadapter_for(spec: Spec, name: str, where: str,

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
-from farm.families import Family
+from farm.families import Family, Model
 from farm.limits import MAX_ITEMS
 from farm.plan.combos import Combos
 from farm.plan.items import (
@@ -36,6 +36,7 @@ class Plan:
     adapters: dict[str, Adapter]
     combos: Combos
     sources: list[Source] = field(default_factory=list)
+    model: Model | None = None  # its family and configs; None for a plan rebuilt from job.json
 
     @property
     def items(self) -> int:
@@ -130,7 +131,7 @@ def make_plan(
         # Rows of one preset share strengths, so they can share pipeline calls: keep them
         # together (the order of items never changes their ids).
         sources.sort(key=lambda s: json.dumps(sorted((n, w.key()) for n, w in s.tags)))
-    plan = Plan(spec, fingerprint, adapters, combos, sources)
+    plan = Plan(spec, fingerprint, adapters, combos, sources, model)
     _check_size(plan.items, limit)
     if spec.catalog is not None and spec.catalog.name:
         _check_names(plan)

@@ -44,12 +44,17 @@ def build_infotext(
     model: str,
     lora_hashes: Sequence[tuple[str, str]] = (),
     version: str = "",
+    guidance: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The parameters string: prompt, 'Negative prompt:' line, then A1111's key order."""
+    """The parameters string: prompt, 'Negative prompt:' line, then A1111's key order.
+
+    `guidance` replaces the CFG scale field with what the model family takes instead, in
+    the words Forge writes: a Flux.1-dev image says `CFG scale: 1, Distilled CFG Scale: 3.5`.
+    """
     params: list[tuple[str, object]] = [
         ("Steps", steps),
         ("Sampler", sampler),
-        ("CFG scale", format_number(cfg_scale)),
+        *(guidance or [("CFG scale", format_number(cfg_scale))]),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model hash", model_hash),

@@ -20,6 +20,9 @@ LORA_TYPE = pa.struct(
         ("unet_weight", pa.float64()),
         ("blocks", pa.string()),  # LBW preset or 17 values, or the dict form as JSON
         ("schedule", pa.string()),  # keyframes value@fraction,…
+        # The file's tensors that adapt a layer of the model, and those it drops.
+        ("applied", pa.int64()),
+        ("dropped", pa.int64()),
     ]
 )
 CATALOG_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from farm.families import Model
+from farm.families.base import BlockMap
+from farm.families.placement import Placement
 from farm.plan.items import Adapter
 from farm.spec.strength import Strength
 
@@ -16,14 +19,17 @@ def adapter_name(adapter: Adapter) -> str:
 class AdapterSet:
     """The adapters loaded into one pipeline and the strengths currently set."""
 
-    def __init__(self, pipe):
-        self.pipe = pipe
+    def __init__(self, pipe, model: Model):
+        self.pipe, self.model = pipe, model
+        self.where = BlockMap(model.family, model.config)
         self.loaded: set[str] = set()
         self.loads = 0
         self.enabled = True
         self._layers: list | None = None
         self._layers_at = -1
         self.per_sample = None  # SampleScales, made on the first mixed call
+        self.root: str | None = None  # the model's local folder, for placements
+        self.placements: dict[str, Placement | None] = {}  # what of each file applies
 
     def missing(self, adapters: Sequence[Adapter]) -> list[Adapter]:
         """The adapters the pipeline lacks, in order."""
@@ -39,11 +45,46 @@ class AdapterSet:
         for adapter in adapters:
             name = adapter_name(adapter)
             if name not in self.loaded:
-                self.pipe.load_lora_weights(adapter.path, adapter_name=name, use_safetensors=True)
+                self.placements[name] = self._place(adapter.path)
+                self.pipe.load_lora_weights(self._weights(adapter.path), adapter_name=name,
+                                            use_safetensors=True)  # fmt: skip
                 self.loaded.add(name)
                 self.loads += 1
                 new.append(adapter)
         return new
+
+    def _place(self, path: str) -> Placement | None:
+        """The file's tensors that apply to this model and those it drops; None where the
+        model's layers are not at hand (a UNet model from the hub)."""
+        from pathlib import Path
+
+        from farm.families.placement import place
+
+        root = Path(self.root) if self.root and Path(self.root).is_dir() else None
+        if root is None and self.model.family.denoiser == "unet":
+            return None
+        return place(path, self.model, root)
+
+    def _weights(self, path: str):
+        """What load_lora_weights takes for this file: the file itself where diffusers
+        reads its names as they are, else farm's conversion at the model's own widths
+        (diffusers' Flux converter assumes the released model's widths)."""
+        family = self.model.family
+        if family.denoiser != "transformer":
+            return path
+        from safetensors.numpy import load_file
+
+        tensors = load_file(path)
+        if all(k.startswith(("transformer.", "text_encoder.")) for k in tensors):
+            return path  # diffusers' own names; alpha from its metadata, as diffusers reads
+        import torch
+
+        from farm.loras.flux_keys import Widths, to_diffusers
+
+        converted = to_diffusers(tensors, Widths.from_config(self.model.config))
+        return {k: torch.from_numpy(v) for k, v in converted.tensors.items()
+                if k.startswith("transformer.") or (k.startswith("text_encoder.")
+                and "text_encoder" in family.lora_text_encoders)}  # fmt: skip
 
     def activate(self, weights: Sequence[tuple[Adapter, Strength]],
                  steps: int = 1) -> Callable | None:  # fmt: skip
@@ -113,16 +154,15 @@ class AdapterSet:
         self.per_sample.active = True
         table = [{adapter_name(a): w for a, w in sample} for sample in samples]
         with torch.no_grad():
-            return self.per_sample.set(table, steps, _layers_per_block(self.pipe))
+            return self.per_sample.set(table, steps, self.where)
 
     def _scale(self, settings: list[tuple[str, Strength]], *, step: int, steps: int,
                text: bool) -> None:  # fmt: skip
-        per_block = _layers_per_block(self.pipe)
         for part, name, module in self._lora_layers():
             if part == "te" and not text:
                 continue
             for adapter, strength in settings:
-                scale = strength.layer_scale(part, name, per_block)
+                scale = strength.layer_scale(part, name, self.where)
                 if part == "unet":
                     scale *= strength.unet_at(step, steps)
                 module.set_scale(adapter, scale)
@@ -136,10 +176,13 @@ class AdapterSet:
             for component, model in self.pipe.components.items():
                 if not hasattr(model, "named_modules"):
                     continue
-                part = "te" if component.startswith("text_encoder") else "unet"
+                # The denoiser's layers are "unet" whatever it is; a text encoder's are
+                # named with their component (a Flux model's T5 has blocks of its own).
+                text = component.startswith("text_encoder")
+                part = "te" if text else "unet"
                 for name, module in model.named_modules():
                     if isinstance(module, BaseTunerLayer) and hasattr(module, "set_scale"):
-                        layers.append((part, name, module))
+                        layers.append((part, f"{component}.{name}" if text else name, module))
             self._layers, self._layers_at = layers, self.loads
         return self._layers
 
@@ -147,9 +190,3 @@ class AdapterSet:
 def denoiser(pipe):
     """The pipeline's denoising model: a UNet (SD 1.x, SDXL) or a transformer (SD3, Flux)."""
     return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-
-
-def _layers_per_block(pipe) -> int:
-    unet = getattr(pipe, "unet", None)
-    value = getattr(getattr(unet, "config", None), "layers_per_block", 2)
-    return int(value[0] if isinstance(value, list | tuple) else value)

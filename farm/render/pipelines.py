@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from farm.families import Model
 from farm.spec.samplers import SAMPLERS
 
 _LOADING = threading.Lock()
@@ -48,14 +49,17 @@ def quiet_libraries() -> None:
 class Loaded:
     """A pipeline with the adapters loaded into it and its samplers, made once each."""
 
-    def __init__(self, pipe, device: Device):
+    def __init__(self, pipe, device: Device, model: Model | None = None):
         from farm.render.adapters import AdapterSet
 
         self.pipe, self.device = pipe, device
-        self.adapters = AdapterSet(pipe)
+        self.model = model or model_of(pipe)
+        self.family = self.model.family
+        self.adapters = AdapterSet(pipe, self.model)
         self.base_scheduler = pipe.scheduler
         self.schedulers: dict[str, object] = {}
         self.compiled = False
+        self.root: str | None = None  # the local folder it was loaded from
         self._fits: dict[tuple[int, int, float], int] = {}
 
     def compile(self) -> None:
@@ -74,7 +78,7 @@ class Loaded:
         if key not in self._fits:
             if self.adapters.per_sample is not None:
                 self.adapters.per_sample.remove()  # its table is sized for other calls
-            per_item = probe_item_bytes(self.pipe, render)
+            per_item = probe_item_bytes(self.pipe, render, self.family)
             release_cached_memory()
             free = available_bytes(self.device)
             self._fits[key] = max(1, min(most, int(0.8 * free / max(per_item, 1))))
@@ -135,44 +139,66 @@ class PipelineCache:
             self._evicted_adapter_loads += old.adapters.loads
             del old
             release_cached_memory()
-        loaded = Loaded(load_pipeline(path, self.device), self.device)
+        info = local_model(path)
+        loaded = Loaded(load_pipeline(path, self.device, info), self.device, info)
+        loaded.root = loaded.adapters.root = path
         self.pipelines[model] = loaded
         self.loads += 1
         return loaded
 
 
-# Text-to-image pipeline classes a folder may name and farm imports alone. Any other
-# (an img2img or inpaint folder, a hub id) goes through AutoPipelineForText2Image, which
-# maps it to its text-to-image pipeline but imports every pipeline diffusers has to do
-# so: about 0.8 CPU-seconds more on every worker's start.
-TEXT_TO_IMAGE = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline"})
-
-
-def pipeline_class(model_path: str):
-    """The class that loads `model_path` as a text-to-image pipeline."""
-    import json
+def local_model(path: str) -> Model | None:
+    """The family and configs of a local model folder; None for a hub id, told from the
+    pipeline once loaded."""
     from pathlib import Path
 
+    from farm.families import FamilyError, read_folder
+
+    if not Path(path).is_dir():
+        return None
+    try:
+        return read_folder(Path(path))
+    except FamilyError:
+        return None  # planning refused it already; the load says what is wrong
+
+
+def model_of(pipe) -> Model:
+    """A loaded pipeline's family, from its class, components and denoiser config."""
+    from farm.families import identify
+    from farm.render.adapters import denoiser
+
+    index = {"_class_name": type(pipe).__name__}
+    for name, component in pipe.components.items():
+        index[name] = [None, None] if component is None else ["", type(component).__name__]
+    return identify(index, dict(denoiser(pipe).config))
+
+
+def pipeline_class(model_path: str, model: Model | None = None):
+    """The class that loads `model_path` as a text-to-image pipeline: the family's own
+    for a folder farm recognises. Any other (a hub id) goes through
+    AutoPipelineForText2Image, which imports every pipeline diffusers has to find it:
+    about 0.8 CPU-seconds more on every worker's start."""
     import diffusers
 
-    try:
-        name = json.loads((Path(model_path) / "model_index.json").read_text())["_class_name"]
-    except (OSError, ValueError, TypeError, KeyError):
-        name = None
-    if name in TEXT_TO_IMAGE:
+    model = model or local_model(model_path)
+    name = str(model.index.get("_class_name")) if model is not None else ""
+    if model is not None and name in model.family.pipelines:
         return getattr(diffusers, name)
     return diffusers.AutoPipelineForText2Image
 
 
-def load_pipeline(model_path: str, device: Device):
+def load_pipeline(model_path: str, device: Device, model: Model | None = None):
     """A text-to-image pipeline from a local diffusers folder or hub id; no pickles."""
     import torch
 
-    cls = pipeline_class(model_path)
+    cls = pipeline_class(model_path, model)
+    dtype = device.dtype
+    if model is not None and device.name != "cpu" and not os.environ.get("FARM_DTYPE"):
+        dtype = model.family.gpu_dtype  # Flux.1 and Chroma overflow in float16
     # One load at a time in a process: loading builds modules on torch's "meta" device
     # through process-wide patches, and two loads at once can leave them in place.
     with _LOADING:
-        pipe = cls.from_pretrained(model_path, dtype=getattr(torch, device.dtype),
+        pipe = cls.from_pretrained(model_path, dtype=getattr(torch, dtype),
                                    use_safetensors=True)  # fmt: skip
     if getattr(pipe, "safety_checker", None) is not None:
         # A sweep compares strengths; blacked-out cells would hide exactly what is measured.
@@ -202,7 +228,7 @@ def available_bytes(device: Device) -> int:
     return psutil.virtual_memory().available
 
 
-def probe_item_bytes(pipe, render) -> int:
+def probe_item_bytes(pipe, render, family) -> int:
     """Peak GPU bytes one item adds to a call at this size: a one-step render, then the
     VAE decode of its latents (the decoder's activations are the largest at high sizes)."""
     import torch
@@ -212,15 +238,11 @@ def probe_item_bytes(pipe, render) -> int:
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
-        latents = pipe(
-            prompt=["probe"],
-            num_inference_steps=1,
-            guidance_scale=render.guidance,
-            width=render.width,
-            height=render.height,
-            output_type="latent",
-        ).images
-        pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+        # The whole call, decode included: the decoder's activations are the largest at
+        # high sizes, and latents are the family's own shape (Flux packs them).
+        pipe(prompt=["probe"], num_inference_steps=1, width=render.width,
+             height=render.height, output_type="np", **family.pipeline_kwargs(render.guidance,
+                                                                                None))  # fmt: skip
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
 

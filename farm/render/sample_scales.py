@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from farm.families.base import BlockMap
 from farm.spec.strength import Strength
 
 
@@ -140,7 +141,7 @@ class SampleScales:
         self.views.clear()
 
     def set(self, samples: Sequence[dict[str, Strength]], steps: int,
-            layers_per_block: int) -> Callable | None:  # fmt: skip
+            where: BlockMap | int) -> Callable | None:  # fmt: skip
         """Write the scales of one call, a {adapter: strength} per sample (an adapter a
         sample lacks is 0 there). Returns a step-end callback for the pipeline when a
         schedule changes the UNet's scales while denoising, else None."""
@@ -151,7 +152,7 @@ class SampleScales:
             self.table = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.repeats.clear()
             self.views.clear()
-        base = torch.stack([self._column(s, layers_per_block) for s in samples], dim=1)
+        base = torch.stack([self._column(s, where) for s in samples], dim=1)
         if not any(w.schedule for s in samples for w in s.values()):
             self._write(base)
             return None
@@ -193,7 +194,7 @@ class SampleScales:
         view = self.views[(row, n, dims)] = table[row].view(n, *([1] * (dims - 1)))
         return view
 
-    def _column(self, sample: dict[str, Strength], layers_per_block: int):
+    def _column(self, sample: dict[str, Strength], where: BlockMap | int):
         """One sample's scale for every row before any schedule (float32, on the CPU);
         each (strength, adapter) is worked out once, as sweeps repeat strengths."""
         import torch
@@ -207,8 +208,7 @@ class SampleScales:
                     self._base.clear()
                 rows = [i for i, r in enumerate(self.rows) if r.adapter == adapter]
                 values = [0.0 if strength is None
-                          else strength.layer_scale(self.rows[i].part, self.rows[i].module,
-                                                    layers_per_block)
+                          else strength.layer_scale(self.rows[i].part, self.rows[i].module, where)
                           for i in rows]  # fmt: skip
                 self._base[key] = (torch.tensor(rows), torch.tensor(values))
             rows, values = self._base[key]

@@ -87,9 +87,12 @@ def open_job(plan: Plan, store: Store, echo=print,
                 "name": model_name(plan.spec.model),
                 "hash": model_hash(plan.model_fingerprint),
                 "fingerprint": plan.model_fingerprint,
+                "family": plan.model.family.name if plan.model else None,
             },
             "adapters": [
-                {"name": a.name, "sha256": a.sha256, "shorthash": a.shorthash}
+                {"name": a.name, "sha256": a.sha256, "shorthash": a.shorthash,
+                 **({"applied": a.applied, "dropped": a.dropped,
+                     "dropped_names": list(a.dropped_names)} if a.applied is not None else {})}
                 for a in plan.adapters.values()
             ],
             "versions": _versions(),

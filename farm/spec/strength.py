@@ -172,13 +172,15 @@ class Strength:
             args.append(f"sched={schedule_text(self.schedule)}")
         return args
 
-    def layer_scale(self, part: str, module: str, layers_per_block: int) -> float:
-        """A LoRA layer's scale before any schedule: its part's weight (te or unet) times
-        the multiplier of the block the module sits in."""
-        if part == "te":
-            return self.te * (self.blocks.te() if self.blocks else 1.0)
-        block = self.blocks.unet(module, layers_per_block) if self.blocks else 1.0
-        return self.unet * block
+    def layer_scale(self, part: str, module: str, where: BlockMap | int) -> float:
+        """A LoRA layer's scale before any schedule: its part's weight (te or unet: the
+        denoiser, UNet or transformer) times the multiplier of the block the module sits
+        in, read in the model's block names (`where`; a number is an SD1.x-shaped UNet of
+        that many layers per block)."""
+        if isinstance(where, int):
+            where = BlockMap(sd1.FAMILY, {"layers_per_block": where})
+        weight = self.te if part == "te" else self.unet
+        return weight * (self.blocks.multiplier(where, part, module) if self.blocks else 1.0)
 
     def scales(self) -> list[tuple[float, str]]:
         """Every scale the render may give a LoRA layer, each with the factors that make

@@ -202,12 +202,12 @@ class RenderWorker:
             call = batch + [batch[-1]] * (size - len(batch)) if render.compile else batch
             on_step = self._strengths(loaded.adapters, ctx, call, mixed)
             t0 = time.perf_counter()
-            images, flags = self._call(loaded.pipe, call, render, on_step)
+            images, flags = self._call(loaded.pipe, call, render, on_step, loaded.family)
             seconds = (time.perf_counter() - t0) / len(call)
             shared = [item.item_id for item in batch]
             # 5. One row per image; encoding and upload go to the I/O threads.
             for item, image, image_flags in zip(batch, images, flags, strict=False):
-                row = self._row(item, unit, ctx, attempt, seconds, len(call))
+                row = self._row(item, unit, ctx, attempt, seconds, len(call), loaded)
                 row["flags"] = image_flags
                 row["batch_items"] = shared
                 self.upload_slots.acquire()
@@ -256,7 +256,8 @@ class RenderWorker:
             return CPU_BATCH
         return loaded.fitting_batch(render, GPU_BATCH_MAX)
 
-    def _call(self, pipe, batch: list[Item], render: Render, on_step=None) -> tuple[list, list]:
+    def _call(self, pipe, batch: list[Item], render: Render, on_step=None,
+              family=None) -> tuple[list, list]:  # fmt: skip
         import torch
         from diffusers.image_processor import VaeImageProcessor
 
@@ -270,11 +271,16 @@ class RenderWorker:
             last["latents"] = tensors["latents"]
             return on_step(pipe, step, timestep, tensors) if on_step else tensors
 
+        # Guidance in the family's terms: a negative pass (SD, Chroma), an embedding
+        # (Flux.1-dev) or none (Flux.1-schnell).
+        guidance = (family.pipeline_kwargs(render.guidance, negative if any(negative) else None)
+                    if family is not None else
+                    {"guidance_scale": render.guidance,
+                     "negative_prompt": negative if any(negative) else None})  # fmt: skip
         out = pipe(
             prompt=[item.text for item in batch],
-            negative_prompt=negative if any(negative) else None,
             num_inference_steps=render.steps,
-            guidance_scale=render.guidance,
+            **guidance,
             width=render.width,
             height=render.height,
             generator=generators if len(generators) > 1 else generators[0],
@@ -291,10 +297,14 @@ class RenderWorker:
         return VaeImageProcessor.numpy_to_pil(arrays), flags
 
     def _row(self, item: Item, unit: Unit, ctx: JobContext, attempt: int, seconds: float,
-             batch_size: int) -> dict:  # fmt: skip
+             batch_size: int, loaded) -> dict:  # fmt: skip
         import torch
 
+        from farm.render.adapters import adapter_name
+
         r = ctx.render
+        placed = {n: loaded.adapters.placements.get(adapter_name(ctx.adapters[n]))
+                  for n, _ in item.loras}  # fmt: skip
         lora_hashes = [(n, ctx.adapters[n].shorthash) for n, _ in item.loras]
         infotext = build_infotext(
             prompt=item.prompt,
@@ -309,13 +319,16 @@ class RenderWorker:
             model=ctx.model_name,
             lora_hashes=lora_hashes,
             version=f"farm {__version__}",
+            guidance=loaded.family.infotext(r.guidance),
         )
         key = image_key(item, r.format)
         loras = [
             {"name": n, "sha256": ctx.adapters[n].sha256, "shorthash": ctx.adapters[n].shorthash,
              "weight": w.weight, "te_weight": w.te, "unet_weight": w.unet,
              "blocks": w.blocks.name if w.blocks else None,
-             "schedule": schedule_text(w.schedule) if w.schedule else None}
+             "schedule": schedule_text(w.schedule) if w.schedule else None,
+             "applied": placed[n].applied if placed[n] else None,
+             "dropped": placed[n].dropped if placed[n] else None}
             for n, w in item.loras
         ]  # fmt: skip
         return {
