@@ -270,15 +270,15 @@ NEON = {"name": "neon", "path": "tiny:neon", "alpha": [0.5]}
 @pytest.mark.parametrize(
     ("over", "expected"),
     [
-        ({"loras": [{**NEON, "blocks": "FOO"}]}, f"loras[0].blocks: 'FOO' is not a LoRA Block "
-         f"Weight preset ({LBW})"),
+        ({"loras": [{**NEON, "blocks": "FOO"}]}, f"loras[0].blocks: 'FOO' is not a block "
+         f"preset ({LBW}; SDXL-… and FLUX-… ones for those families"),
         ({"loras": [{**NEON, "blocks": "MIDDD"}]}, "did you mean MIDD?"),
         ({"loras": [{**NEON, "blocks": [1] * 16 + ["abc"]}]},
          "loras[0].blocks: block OUT11: 'abc' is not a number"),
         ({"loras": [{**NEON, "blocks": ["ALL", "FOO"]}]}, "loras[0].blocks[1]: 'FOO' is not"),
         ({"prompts": ["a cat <lora:neon:1:lbw=FOO>"], "loras": [{"name": "neon",
           "path": "tiny:neon"}]}, f"prompts[0]: <lora:neon:1:lbw=FOO>: lbw: 'FOO' is not a "
-         f"LoRA Block Weight preset ({LBW})"),
+         f"block preset ({LBW};"),
         ({"model": "http://example.com/model"}, "model: http:// URLs are not a model source"),
     ],
 )  # fmt: skip

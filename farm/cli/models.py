@@ -107,7 +107,10 @@ def _writing(out: Path):
 @lora.command("inspect")
 @click.argument("path", metavar="FILE")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def lora_inspect(path: str, as_json: bool) -> None:
+@click.option("--model", metavar="MODEL",
+              help="Also say what of the file applies to this model (tiny, a diffusers "
+                   "folder, s3:// folder or hub id): tensors applied and dropped.")  # fmt: skip
+def lora_inspect(path: str, as_json: bool, model: str | None) -> None:
     """Format, rank, alpha, targeted blocks, base-model family, hashes and ss_* metadata.
 
     FILE is a .safetensors LoRA, or tiny:NAME for a demo LoRA.
@@ -123,10 +126,35 @@ def lora_inspect(path: str, as_json: bool) -> None:
         except KeyError as err:
             raise LoraError(err.args[0]) from None
     report = describe_lora(path)
+    fit = _fit(path, model) if model else None
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json.dumps(report.as_dict() | ({"model": fit} if fit else {}), indent=2))
         return
     rows = report.rows()
+    if fit:
+        dropped = f"{fit['dropped']}" + (f" ({', '.join(fit['dropped_names'][:5])}"
+                                         f"{', …' if fit['dropped'] > 5 else ''})"
+                                         if fit["dropped_names"] else "")  # fmt: skip
+        rows += [("model", f"{model} ({fit['family']})"),
+                 ("applied", f"{fit['applied']} tensors"), ("dropped", dropped)]  # fmt: skip
     width = max(len(key) for key, _ in rows) + 1
     for key, value in rows:
         click.echo(f"{key + ':':<{width}} {value}")
+
+
+def _fit(path: str, model: str) -> dict:
+    """What of the LoRA applies to the model: its family checked (a wrong family is
+    refused as `farm run` refuses it) and its tensors placed on the model's layers."""
+    from pathlib import Path
+
+    from farm.families import check_compatible
+    from farm.families.placement import place
+    from farm.plan.model_refs import read_model
+
+    info = read_model(model)
+    check_compatible(path, info, model)
+    if info.family.denoiser == "unet" and info.root is None and model != "tiny":
+        return {"family": info.family.name, "applied": None, "dropped": None,
+                "dropped_names": []}  # fmt: skip
+    placed = place(path, info, Path(info.root) if info.root else None)
+    return {"family": info.family.name} | placed.as_dict()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-COMPONENTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+COMPONENTS = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
 
 
 def peft_to_kohya(tensors: dict[str, np.ndarray], alpha: float) -> dict[str, np.ndarray]:

@@ -66,25 +66,26 @@ class AdapterSet:
         return place(path, self.model, root)
 
     def _weights(self, path: str):
-        """What load_lora_weights takes for this file: the file itself where diffusers
-        reads its names as they are, else farm's conversion at the model's own widths
-        (diffusers' Flux converter assumes the released model's widths)."""
+        """What load_lora_weights takes for this file: the file itself for a UNet family
+        (diffusers reads every layout of those), else farm's conversion at the model's
+        own widths with only the layers the model has (diffusers' Flux converter assumes
+        the released model's widths, and its loader fails on a layer the model lacks)."""
         family = self.model.family
         if family.denoiser != "transformer":
             return path
+        import torch
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
-        tensors = load_file(path)
-        if all(k.startswith(("transformer.", "text_encoder.")) for k in tensors):
-            return path  # diffusers' own names; alpha from its metadata, as diffusers reads
-        import torch
-
+        from farm.loras.describe import metadata_alphas
         from farm.loras.flux_keys import Widths, to_diffusers
 
-        converted = to_diffusers(tensors, Widths.from_config(self.model.config))
-        return {k: torch.from_numpy(v) for k, v in converted.tensors.items()
-                if k.startswith("transformer.") or (k.startswith("text_encoder.")
-                and "text_encoder" in family.lora_text_encoders)}  # fmt: skip
+        with safe_open(path, "numpy") as f:
+            alphas = metadata_alphas(f.metadata() or {})
+        converted = to_diffusers(load_file(path), Widths.from_config(self.model.config),
+                                 alphas=alphas[0] if len(set(alphas)) == 1 else None)  # fmt: skip
+        keep = ("transformer.", *(f"{te}." for te in family.lora_text_encoders))
+        return {k: torch.from_numpy(v) for k, v in converted.tensors.items() if k.startswith(keep)}
 
     def activate(self, weights: Sequence[tuple[Adapter, Strength]],
                  steps: int = 1) -> Callable | None:  # fmt: skip

@@ -90,9 +90,20 @@ def open_job(plan: Plan, store: Store, echo=print,
                 "family": plan.model.family.name if plan.model else None,
             },
             "adapters": [
-                {"name": a.name, "sha256": a.sha256, "shorthash": a.shorthash,
-                 **({"applied": a.applied, "dropped": a.dropped,
-                     "dropped_names": list(a.dropped_names)} if a.applied is not None else {})}
+                {
+                    "name": a.name,
+                    "sha256": a.sha256,
+                    "shorthash": a.shorthash,
+                    **(
+                        {
+                            "applied": a.applied,
+                            "dropped": a.dropped,
+                            "dropped_names": list(a.dropped_names),
+                        }
+                        if a.applied is not None
+                        else {}
+                    ),
+                }
                 for a in plan.adapters.values()
             ],
             "versions": _versions(),
@@ -171,6 +182,11 @@ def _run_plan(plan: Plan, store: Store, seen: Inspected, where: dict, worker_wai
         f"job {spec.job}: {plan.items} items in {plan.units} units, "
         f"{plan.adapter_groups} adapter groups; {len(done)} already rendered"
     )
+    for a in plan.adapters.values():
+        if a.dropped:  # a LoRA that only partly fits renders weaker than it says: say so
+            names = ", ".join(a.dropped_names[:3]) + (", …" if a.dropped > 3 else "")
+            echo(f"lora {a.name}: {a.applied} tensors apply to the model, {a.dropped} are "
+                 f"dropped ({names}); `farm lora inspect FILE --model M` lists them")  # fmt: skip
     todo = plan.items - len(done)
     started = _now()
     if todo > 0:

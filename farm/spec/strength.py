@@ -267,9 +267,9 @@ def _unknown_preset(value: object) -> str:
 
     close = difflib.get_close_matches(str(value).strip().upper(), PRESETS, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    return (f"{value!r} is not a block preset ({hint}LoRA Block Weight's: "
-            f"{', '.join(LBW_PRESETS)}; SDXL: {', '.join(sdxl.PRESETS)}; Flux.1 and Chroma: "
-            f"{', '.join(dit.PRESETS)}); or give values (17 for SD1.x)")  # fmt: skip
+    return (f"{value!r} is not a block preset ({hint}presets: {', '.join(LBW_PRESETS)}; "
+            "SDXL-… and FLUX-… ones for those families, in docs/families.md); or give "
+            "values (17 for SD1.x)")  # fmt: skip
 
 
 def is_lbw_preset(value: object) -> bool:

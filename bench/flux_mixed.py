@@ -1,0 +1,212 @@
+"""Mixed-strength calls against calls of equal strengths on the tiny Flux.1-dev pipeline
+(CPU): seconds per image, and where they go.
+
+On a transformer model farm gives each sample of one pipeline call its own LoRA strength
+(a per-sample scale table read by a hook on every LoRA layer), so a strength gradient
+renders in calls as large as calls of one strength. This measures what the table costs:
+the same items rendered two ways, with the same call size, thread count and settings:
+
+- equal: calls whose items share one strength (`AdapterSet.activate`, which is
+  diffusers' `set_adapters`): the strength-major grid a plain loop renders;
+- mixed: calls whose items each have their own strength (`AdapterSet.activate_per_sample`):
+  one seed's gradient in a call.
+
+The items are 6 strengths (0, 0.2, …, 1) × `--seeds` seeds (default: the call size) of a
+random PEFT LoRA on the transformer (attention, feed-forward and modulation projections
+of both streams and the single blocks) and the CLIP text encoder's attention, loaded as
+a worker loads it (PipelineCache, AdapterSet.ensure). Each call is made as the worker
+makes it: prompts, flow-matching Euler, guidance 3.5 as Flux.1-dev's embedding, a CPU
+generator per item, `output_type="np"` and a step-end callback. The pipeline is loaded
+and both ways are warmed first; then each round renders every item both ways, the order
+of the two swapped every other round so that load drift on a shared machine cancels.
+Forward hooks on the pipeline's components split each image's time into the text
+encoders (CLIP and T5, once per call), the transformer (once per step) and the VAE
+decoder; they run a few times per call, against the hundreds of LoRA-layer calls a step
+makes. The ratio equal / mixed is per round, then the median: at least 1 means a
+mixed-strength call is at least as fast per image as calls of equal strengths. Both
+ways' images of each item are compared as a check that they render the same picture.
+
+    python bench/flux_mixed.py [--rounds 5] [--threads 1] [--size 128] [--steps 4] \
+        [--batch 6] [--seeds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a red circle on a white background"
+STRENGTHS = [round(0.2 * i, 1) for i in range(6)]
+STAGES = ("text encoders", "transformer", "VAE decode")
+
+
+class StageTimer:
+    """Seconds per stage from forward hooks on whole components (a few calls per
+    pipeline call); `other` is what the call spends outside them."""
+
+    def __init__(self, pipe):
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self._handles = []
+        for stage, module in (("text encoders", pipe.text_encoder),
+                              ("text encoders", pipe.text_encoder_2),
+                              ("transformer", pipe.transformer),
+                              ("VAE decode", pipe.vae.decoder)):  # fmt: skip
+            starts: list[float] = []
+
+            def before(*_, starts=starts):
+                starts.append(time.perf_counter())
+
+            def after(*_, starts=starts, stage=stage):
+                self.seconds[stage] += time.perf_counter() - starts.pop()
+
+            self._handles += [module.register_forward_pre_hook(before),
+                              module.register_forward_hook(after)]  # fmt: skip
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+
+def make_lora(folder: Path, out: Path):
+    """A random PEFT LoRA for the model at `folder`, as farm's Adapter."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from family_loras import random_lora, save
+
+    from farm.plan.items import Adapter
+
+    path = save(random_lora(folder, ("text_encoder",)), out / "flux-random.safetensors")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Adapter(name="x", path=str(path), sha256=digest, shorthash=digest[:10])
+
+
+def calls(seeds: list[int], batch: int, mixed: bool) -> list[list[tuple[float, int]]]:
+    """The items (strength, seed) cut into calls of `batch`: strength-major for equal
+    calls (each call one strength), seed-major for mixed ones (a gradient per call)."""
+    if mixed:
+        items = [(w, s) for s in seeds for w in STRENGTHS]
+    else:
+        items = [(w, s) for w in STRENGTHS for s in seeds]
+    return [items[i : i + batch] for i in range(0, len(items), batch)]
+
+
+def render(loaded, adapter, call: list[tuple[float, int]], mixed: bool, args) -> list:
+    """One pipeline call as the render worker makes it (RenderWorker._strengths, _call)."""
+    import torch
+
+    from farm.spec.strength import Strength
+
+    adapters = loaded.adapters
+    if mixed:
+        on_step = adapters.activate_per_sample([[(adapter, Strength.plain(w))] for w, _ in call],
+                                               args.steps)  # fmt: skip
+    else:
+        assert len({w for w, _ in call}) == 1, "an equal call shares one strength"
+        on_step = adapters.activate([(adapter, Strength.plain(call[0][0]))], args.steps)
+    last: dict = {}
+
+    def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+        last["latents"] = tensors["latents"]
+        return on_step(pipe, step, timestep, tensors) if on_step else tensors
+
+    generators = [torch.Generator("cpu").manual_seed(s) for _, s in call]
+    out = loaded.pipe(
+        prompt=[PROMPT] * len(call),
+        num_inference_steps=args.steps,
+        **loaded.family.pipeline_kwargs(3.5, None),
+        width=args.size,
+        height=args.size,
+        generator=generators if len(generators) > 1 else generators[0],
+        output_type="np",
+        callback_on_step_end=on_step_end,
+    )
+    return list(out.images)
+
+
+def run(loaded, adapter, seeds, mixed: bool, args, timer: StageTimer):
+    """Every item rendered one way; (seconds, {(strength, seed): image}, stage seconds)."""
+    images = {}
+    timer.reset()
+    start = time.perf_counter()
+    for call in calls(seeds, args.batch, mixed):
+        images.update(zip(call, render(loaded, adapter, call, mixed, args), strict=True))
+    return time.perf_counter() - start, images, dict(timer.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both ways")
+    parser.add_argument("--size", type=int, default=128, help="image width and height")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=6, help="items per pipeline call")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per strength, a multiple of --batch (default: --batch)")
+    args = parser.parse_args()
+    seeds = list(range(args.seeds or args.batch))
+    if len(seeds) % args.batch:
+        parser.error("--seeds must be a multiple of --batch: equal calls share one strength")
+
+    import numpy as np
+    import torch
+
+    from farm.render.pipelines import PipelineCache, pick_device, quiet_libraries
+    from farm.render.tiny_pipelines import ensure
+
+    torch.set_num_threads(args.threads)
+    quiet_libraries()
+    folder = ensure("flux-dev")
+    loaded = PipelineCache(pick_device("cpu")).get(str(folder))
+    loaded.use_scheduler("flow_euler")
+    n = len(STRENGTHS) * len(seeds)
+    results: dict[str, list[float]] = {"equal": [], "mixed": []}
+    stages: dict[str, list[dict[str, float]]] = {"equal": [], "mixed": []}
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = make_lora(folder, Path(tmp))
+        loaded.adapters.ensure([adapter])
+        timer = StageTimer(loaded.pipe)
+        for mixed in (False, True):  # warm-up: hooks installed, views made, caches filled
+            render(loaded, adapter, calls(seeds, args.batch, mixed)[0], mixed, args)
+        print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, "
+              f"load {os.getloadavg()[0]:.1f}; {args.size}², {args.steps} steps, calls of "
+              f"{args.batch}, {n} images a way", flush=True)  # fmt: skip
+        for r in range(args.rounds):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            got = {}
+            for mixed in order:
+                way = "mixed" if mixed else "equal"
+                seconds, got[way], split = run(loaded, adapter, seeds, mixed, args, timer)
+                results[way].append(seconds / n)
+                stages[way].append({k: v / n for k, v in split.items()})
+            worst = max(worst, max(float(np.abs(got["equal"][k] - got["mixed"][k]).max())
+                                   for k in got["equal"]))  # fmt: skip
+            print(f"round {r} ({' then '.join('mixed' if m else 'equal' for m in order)}): "
+                  f"equal {results['equal'][-1]:.4f} s/image, mixed "
+                  f"{results['mixed'][-1]:.4f} s/image, equal / mixed "
+                  f"{results['equal'][-1] / results['mixed'][-1]:.3f}", flush=True)  # fmt: skip
+    ratios = [e / m for e, m in zip(results["equal"], results["mixed"], strict=True)]
+    print(f"\nmedian of {args.rounds} rounds; stages per image (medians), "
+          f"load {os.getloadavg()[0]:.1f} at the end\n")  # fmt: skip
+    print("| way | s / image | " + " | ".join(STAGES) + " | other | each round (s / image) |")
+    print("| --- | --- | " + "--- | " * len(STAGES) + "--- | --- |")
+    for way in ("equal", "mixed"):
+        total = statistics.median(results[way])
+        split = {k: statistics.median(s[k] for s in stages[way]) for k in STAGES}
+        other = statistics.median(t - sum(s.values()) for t, s in zip(results[way], stages[way],
+                                                                        strict=True))  # fmt: skip
+        print(f"| {way} | {total:.4f} | " + " | ".join(f"{split[k]:.4f}" for k in STAGES)
+              + f" | {other:.4f} | " + ", ".join(f"{v:.4f}" for v in results[way]) + " |")
+    print(f"\nequal / mixed: median {statistics.median(ratios):.3f} "
+          f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)}); at least 1 means mixed is at "
+          f"least as fast per image")  # fmt: skip
+    print(f"worst difference between the two ways' images of an item: {worst:.2e} (of 1.0)")
+
+
+if __name__ == "__main__":
+    main()
