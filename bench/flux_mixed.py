@@ -128,25 +128,49 @@ def render(loaded, adapter, call: list[tuple[float, int]], mixed: bool, args) ->
     return list(out.images)
 
 
-def run(loaded, adapter, seeds, mixed: bool, args, timer: StageTimer):
-    """Every item rendered one way; (seconds, {(strength, seed): image}, stage seconds)."""
+WAYS = ("equal", "equal, idle hooks", "mixed")
+
+
+def prepare(adapters, way: str) -> None:
+    """The per-sample hooks' state before a way's calls: none at all for `equal` (plain
+    diffusers, or a worker that has not mixed yet), installed and idle for `equal, idle
+    hooks` (a worker's equal call after a mixed one), installed by the call for `mixed`."""
+    if adapters.per_sample is None:
+        return
+    if way == "equal":
+        adapters.per_sample.remove()
+    elif way == "equal, idle hooks":
+        adapters.per_sample.install(adapters._lora_layers())
+        adapters.per_sample.active = False
+
+
+def run(loaded, adapter, seeds, way: str, args, timer: StageTimer):
+    """Every item rendered one way: (wall seconds, CPU seconds of this thread,
+    {(strength, seed): image}, stage seconds)."""
+    mixed = way == "mixed"
+    prepare(loaded.adapters, way)
     images = {}
     timer.reset()
-    start = time.perf_counter()
+    cpu, start = time.thread_time(), time.perf_counter()
     for call in calls(seeds, args.batch, mixed):
         images.update(zip(call, render(loaded, adapter, call, mixed, args), strict=True))
-    return time.perf_counter() - start, images, dict(timer.seconds)
+    wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+    return wall, cpu, images, dict(timer.seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, both ways")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, every way")
     parser.add_argument("--size", type=int, default=128, help="image width and height")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=6, help="items per pipeline call")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per strength, a multiple of --batch (default: --batch)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per strength, a multiple of --batch (default: --batch)",
+    )
     args = parser.parse_args()
     seeds = list(range(args.seeds or args.batch))
     if len(seeds) % args.batch:
@@ -164,48 +188,59 @@ def main() -> None:
     loaded = PipelineCache(pick_device("cpu")).get(str(folder))
     loaded.use_scheduler("flow_euler")
     n = len(STRENGTHS) * len(seeds)
-    results: dict[str, list[float]] = {"equal": [], "mixed": []}
-    stages: dict[str, list[dict[str, float]]] = {"equal": [], "mixed": []}
+    wall: dict[str, list[float]] = {w: [] for w in WAYS}
+    cpu: dict[str, list[float]] = {w: [] for w in WAYS}
+    stages: dict[str, list[dict[str, float]]] = {w: [] for w in WAYS}
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         adapter = make_lora(folder, Path(tmp))
         loaded.adapters.ensure([adapter])
         timer = StageTimer(loaded.pipe)
-        for mixed in (False, True):  # warm-up: hooks installed, views made, caches filled
-            render(loaded, adapter, calls(seeds, args.batch, mixed)[0], mixed, args)
+        for way in ("mixed", *WAYS):  # warm-up: hooks installed, views made, caches filled
+            prepare(loaded.adapters, way)
+            render(loaded, adapter, calls(seeds, args.batch, way == "mixed")[0],
+                   way == "mixed", args)  # fmt: skip
         print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, "
               f"load {os.getloadavg()[0]:.1f}; {args.size}², {args.steps} steps, calls of "
               f"{args.batch}, {n} images a way", flush=True)  # fmt: skip
         for r in range(args.rounds):
-            order = (False, True) if r % 2 == 0 else (True, False)
+            # Each way takes each place in the order equally often over len(WAYS) rounds.
+            order = WAYS[r % len(WAYS) :] + WAYS[: r % len(WAYS)]
             got = {}
-            for mixed in order:
-                way = "mixed" if mixed else "equal"
-                seconds, got[way], split = run(loaded, adapter, seeds, mixed, args, timer)
-                results[way].append(seconds / n)
+            for way in order:
+                seconds, cpu_seconds, got[way], split = run(loaded, adapter, seeds, way, args,
+                                                            timer)  # fmt: skip
+                wall[way].append(seconds / n)
+                cpu[way].append(cpu_seconds / n)
                 stages[way].append({k: v / n for k, v in split.items()})
-            worst = max(worst, max(float(np.abs(got["equal"][k] - got["mixed"][k]).max())
-                                   for k in got["equal"]))  # fmt: skip
-            print(f"round {r} ({' then '.join('mixed' if m else 'equal' for m in order)}): "
-                  f"equal {results['equal'][-1]:.4f} s/image, mixed "
-                  f"{results['mixed'][-1]:.4f} s/image, equal / mixed "
-                  f"{results['equal'][-1] / results['mixed'][-1]:.3f}", flush=True)  # fmt: skip
-    ratios = [e / m for e, m in zip(results["equal"], results["mixed"], strict=True)]
-    print(f"\nmedian of {args.rounds} rounds; stages per image (medians), "
-          f"load {os.getloadavg()[0]:.1f} at the end\n")  # fmt: skip
-    print("| way | s / image | " + " | ".join(STAGES) + " | other | each round (s / image) |")
-    print("| --- | --- | " + "--- | " * len(STAGES) + "--- | --- |")
-    for way in ("equal", "mixed"):
-        total = statistics.median(results[way])
+            worst = max(worst, *(float(np.abs(got[way][k] - got["mixed"][k]).max())
+                                 for way in WAYS for k in got[way]))  # fmt: skip
+            print(f"round {r}, load {os.getloadavg()[0]:.1f}: " + "; ".join(
+                f"{way} {wall[way][-1]:.4f} s/image ({cpu[way][-1]:.4f} CPU)" for way in order),
+                flush=True)  # fmt: skip
+
+    def ratios(times: dict[str, list[float]], way: str) -> list[float]:
+        return [a / b for a, b in zip(times[way], times["mixed"], strict=True)]
+
+    print(f"\nmedians of {args.rounds} rounds, seconds per image; the stages are wall time "
+          f"(load {os.getloadavg()[0]:.1f} at the end)\n")  # fmt: skip
+    print("| way | wall | CPU | " + " | ".join(STAGES) + " | other | wall, each round |")
+    print("| --- | --- | --- | " + "--- | " * len(STAGES) + "--- | --- |")
+    for way in WAYS:
         split = {k: statistics.median(s[k] for s in stages[way]) for k in STAGES}
-        other = statistics.median(t - sum(s.values()) for t, s in zip(results[way], stages[way],
+        other = statistics.median(t - sum(s.values()) for t, s in zip(wall[way], stages[way],
                                                                         strict=True))  # fmt: skip
-        print(f"| {way} | {total:.4f} | " + " | ".join(f"{split[k]:.4f}" for k in STAGES)
-              + f" | {other:.4f} | " + ", ".join(f"{v:.4f}" for v in results[way]) + " |")
-    print(f"\nequal / mixed: median {statistics.median(ratios):.3f} "
-          f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)}); at least 1 means mixed is at "
-          f"least as fast per image")  # fmt: skip
-    print(f"worst difference between the two ways' images of an item: {worst:.2e} (of 1.0)")
+        print(f"| {way} | {statistics.median(wall[way]):.4f} | "
+              f"{statistics.median(cpu[way]):.4f} | "
+              + " | ".join(f"{split[k]:.4f}" for k in STAGES)
+              + f" | {other:.4f} | " + ", ".join(f"{v:.4f}" for v in wall[way]) + " |")  # fmt: skip
+    print("\nper-round ratios against mixed (at least 1: mixed at least as fast per image):")
+    for way in WAYS[:-1]:
+        for name, times in (("wall", wall), ("CPU", cpu)):
+            each = ratios(times, way)
+            print(f"  {way} / mixed, {name}: median {statistics.median(each):.3f} "
+                  f"(rounds: {', '.join(f'{x:.3f}' for x in each)})")  # fmt: skip
+    print(f"worst difference between the ways' images of an item: {worst:.2e} (of 1.0)")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from test_loras import locon_for_tiny
 from farm.plan.items import Adapter
 from farm.plan.sweep import make_plan, unit_streams
 from farm.records.parts import decode_part, part_key
+from farm.families import tiny_model
 from farm.render.adapters import AdapterSet
 from farm.render.sample_scales import SampleScales
 from farm.run.job import job_context
@@ -127,7 +128,7 @@ def random_lora_pipeline(tiny_dir):
 
 def test_each_kind_of_layer_takes_its_own_sample_scale_under_guidance(tiny_dir):
     pipe, adapter = random_lora_pipeline(tiny_dir)
-    adapters = AdapterSet(pipe)
+    adapters = AdapterSet(pipe, tiny_model())
     adapters.loaded.add("lora_" + "a" * 16)
     parts = {type(m.get_base_layer()).__name__ for _, _, m in adapters._lora_layers()}
     assert parts == {"Linear", "Conv2d"}
@@ -202,14 +203,14 @@ def test_sample_scales_follow_blocks_and_schedules_per_sample():
         {"a": Strength(1.0, 0.8, blocks=blocks), "b": Strength.plain(0.3)},
         {"a": Strength(0.2, 1.0, schedule=parse_schedule("0@0,1@0.5"))},
     ]
-    on_step = scales.set(samples, steps=4, layers_per_block=1)
+    on_step = scales.set(samples, steps=4, where=1)
     assert torch.allclose(scales.table, torch.tensor([[0.5, 0.2], [0.0, 0.0], [1.6, 0.0],
                                                       [0.3, 0.0]]))  # fmt: skip
     on_step(None, 1, None, {})  # after step 1: step 2 is half way, the schedule is on
     assert torch.allclose(scales.table, torch.tensor([[0.5, 0.2], [0.0, 1.0], [1.6, 1.0],
                                                       [0.3, 0.0]]))  # fmt: skip
     table = scales.table
-    scales.set(samples[::-1], steps=4, layers_per_block=1)
+    scales.set(samples[::-1], steps=4, where=1)
     assert scales.table is table  # the same tensor, rewritten in place
 
 

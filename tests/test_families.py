@@ -20,6 +20,7 @@ from PIL import Image
 
 from farm.families import read_folder
 from farm.families.unet import a1111_block
+from farm.loras.describe import describe_lora
 from farm.loras.flux_keys import Widths, from_diffusers
 from farm.loras.layouts import peft_to_kohya
 
@@ -199,6 +200,8 @@ def test_layout_twins_render_identical_images(setups, kind):
                                batch=1)  # fmt: skip
     for layout, tensors in twins(setup).items():
         path = save(tensors, setup.folder / f"{layout}.safetensors")
+        if setup.family.denoiser == "transformer":  # what `farm lora inspect` says of it
+            assert describe_lora(path).blocks == ("D00", "D01", "S00", "S01"), layout
         got = setup.run_here(layout, [{"name": "x", "path": str(path), "alpha": [1]}], batch=1)
         assert sorted(got) == sorted(reference)
         assert all(np.array_equal(got[k], reference[k]) for k in got), layout
@@ -277,6 +280,10 @@ def test_each_family_takes_its_own_render_defaults_unless_the_spec_says(setups):
                                "flow_euler)")  # fmt: skip
     with pytest.raises(SpecError, match="flow_euler does not fit SD2.x models"):
         plan_of(setups("sd2"), render={"scheduler": "flow_euler"})
+    with pytest.raises(SpecError) as info:
+        plan_of(setups("flux-dev"), negative_prompt="blurry")
+    assert str(info.value) == ("negative_prompt: Flux.1-dev models take no negative prompt "
+                               "(their guidance is distilled); remove it")  # fmt: skip
 
 
 @pytest.mark.parametrize(("kind", "blocks", "message"), [
@@ -366,3 +373,27 @@ def test_sdxl_lora_names_in_sgm_form_are_placed_on_diffusers_layers(sgm, diffuse
     from farm.families.placement import _diffusers_name
 
     assert _diffusers_name(sgm, 2) == diffusers
+
+
+def test_a_flux_model_in_an_s3_folder_is_read_planned_and_rendered(setups, s3):
+    """The family is read from the bucket's configs at plan time (two small files), and
+    the worker renders from its node-local copy."""
+    import secrets
+
+    setup = setups("flux-schnell")
+    prefix = f"models/{secrets.token_hex(4)}/tiny-flux-schnell"
+    for path in sorted(p for p in setup.root.rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(setup.root).as_posix()}"
+        s3.client().upload_file(str(path), s3.bucket, key)
+    spec = setup.spec("s3model", [{"name": "x", "path": str(setup.lora), "alpha": [1]}],
+                      batch=1)  # fmt: skip
+    data = yaml.safe_load(spec.read_text()) | {"model": s3.url(prefix)}
+    spec.write_text(yaml.safe_dump(data))
+    farm_here("run", str(spec), "--local")
+    job = setup.folder / "out" / "s3model"
+    assert json.loads((job / "job.json").read_text())["model"]["family"] == "Flux.1-schnell"
+    got = images(job)
+    local = setup.run_here("local", [{"name": "x", "path": str(setup.lora), "alpha": [1]}],
+                           batch=1)  # fmt: skip
+    assert sorted(got) == sorted(local)
+    assert all(np.array_equal(got[k], local[k]) for k in got)

@@ -9,6 +9,7 @@ real tiny pipeline on the CPU where a probe renders. No `gpu` marker: these run 
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from types import SimpleNamespace
 
@@ -102,6 +103,20 @@ def test_the_dtype_flag_reaches_the_workers(hardware, monkeypatch):
     assert "FARM_DTYPE" in FORWARDED_ENV
     ready = RenderWorker().ready()
     assert (ready["device"], ready["dtype"], ready["gpu"]) == ("cuda:0", "bfloat16", GPU_NAME)
+
+
+def test_flux_and_chroma_load_in_bfloat16_on_a_gpu_unless_told(hardware, monkeypatch):
+    from farm.families import by_key, tiny_model
+    from farm.render.pipelines import load_dtype, pick_device
+
+    gpu = pick_device()
+    flux = dataclasses.replace(tiny_model(), family=by_key("flux-dev"))
+    chroma = dataclasses.replace(tiny_model(), family=by_key("chroma"))
+    assert [load_dtype(gpu, m) for m in (tiny_model(), flux, chroma, None)] == [
+        "float16", "bfloat16", "bfloat16", "float16"]  # fmt: skip
+    monkeypatch.setenv("FARM_DTYPE", "float16")
+    assert load_dtype(pick_device(), flux) == "float16"
+    assert load_dtype(pick_device("cpu"), flux) == "float32"
 
 
 def test_a_cpu_worker_renders_in_float32(hardware, monkeypatch):

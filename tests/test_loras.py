@@ -798,7 +798,7 @@ def test_cli_inspect_human_output(tmp_path):
     assert ink["family"] == "unknown (context 64)" and ink["text encoders"] == "text_encoder"
     neon = human_inspect(demo_lora_path("tiny:neon"))
     assert neon["layout"] == "kohya" and (neon["rank"], neon["alpha"]) == ("8", "4")
-    assert neon["unet blocks"] == " ".join(BLOCKS) and neon["ss_output_name"] == "neon"
+    assert neon["blocks"] == " ".join(BLOCKS) and neon["ss_output_name"] == "neon"
     locon = human_inspect(locon_for_tiny(tmp_path / "locon.safetensors"))
     assert locon["layout"] == "kohya LoCon" and locon["rank"] == "2–4"
 

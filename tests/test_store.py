@@ -278,6 +278,8 @@ def row(item_id: str = "i1", **over) -> dict:
                 "unet_weight": 0.2,
                 "blocks": "MIDD",
                 "schedule": "0.2@0,1@0.5",
+                "applied": 288,
+                "dropped": 0,
             },
             {
                 "name": "ink",
@@ -288,6 +290,8 @@ def row(item_id: str = "i1", **over) -> dict:
                 "unet_weight": -0.5,
                 "blocks": None,
                 "schedule": None,
+                "applied": None,
+                "dropped": None,
             },
         ],  # fmt: skip
         "alpha": 0.2,

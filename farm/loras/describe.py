@@ -4,6 +4,7 @@ its kohya `.alpha` scalars)."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ class LoraReport:
 
     file: LoraFile
     modules: dict[str, int]  # component → adapted layers
-    blocks: tuple[str, ...]  # A1111 UNet block ids, in UNet order; "other" for the rest
+    # A1111 UNet block ids in UNet order, or a transformer's D00…/S00…; "other" for the rest
+    blocks: tuple[str, ...]
     rank: tuple[int, int]  # min, max over layers
     # min, max of stored `.alpha` (or of the metadata's lora_alpha); None: none stored
     alpha: tuple[float, float] | None
@@ -63,7 +65,7 @@ class LoraReport:
             ("layout", self.layout),
             ("modules", f"{sum(self.modules.values())} ({counts})"),
             ("text encoders", ", ".join(encoders) or "none"),
-            ("unet blocks", " ".join(self.blocks) or "none"),
+            ("blocks", " ".join(self.blocks) or "none"),
             ("rank", _span(self.rank)),
             ("alpha", self._alpha_text()),
             ("family", str(self.family)),
@@ -96,8 +98,13 @@ def describe_lora(path: str | Path) -> LoraReport:
     counts: dict[str, int] = {}
     for m in mods:
         counts[m.component] = counts.get(m.component, 0) + 1
-    blocks = {a1111_block(m.name) for m in mods if m.component == "unet"}
-    ordered = sorted((b for b in blocks if b), key=block_order)
+    family = transformer_family(mods) or family_of(mods)
+    if family.transformer:
+        blocks = {transformer_block(m.name) for m in mods if m.component != "text_encoder"}
+        ordered = sorted((b for b in blocks if b), key=lambda b: (b[0] != "D", int(b[1:])))
+    else:
+        blocks = {a1111_block(m.name) for m in mods if m.component == "unet"}
+        ordered = sorted((b for b in blocks if b), key=block_order)
     ranks = [m.rank for m in mods]
     stored = _read_scalars(info.path, [m.parts["alpha"] for m in mods if "alpha" in m.parts])
     alphas = stored or metadata_alphas(meta)
@@ -108,9 +115,24 @@ def describe_lora(path: str | Path) -> LoraReport:
         rank=(min(ranks), max(ranks)),
         alpha=(min(alphas), max(alphas)) if alphas else None,
         alpha_missing=bool(stored) and len(stored) < len(mods),
-        family=transformer_family(mods) or family_of(mods),
+        family=family,
         dtypes=tuple(sorted({e["dtype"] for e in header.values()})),
     )
+
+
+_DOUBLE = re.compile(r"(^|_)(double_blocks|transformer_blocks)_(\d+)_")
+_SINGLE = re.compile(r"(^|_)(single_blocks|single_transformer_blocks)_(\d+)_")
+
+
+def transformer_block(name: str) -> str | None:
+    """A Flux-shaped transformer layer's block: D00 … (double), S00 … (single), the ids
+    LoRA Block Weight's Flux form uses; None outside the blocks."""
+    flat = name.replace(".", "_")
+    if match := _SINGLE.search(flat):
+        return f"S{int(match[3]):02d}"
+    if match := _DOUBLE.search(flat):
+        return f"D{int(match[3]):02d}"
+    return None
 
 
 def metadata_alphas(meta: dict[str, str]) -> list[float]:

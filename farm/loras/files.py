@@ -56,6 +56,9 @@ COMPONENTS = (
     ("lora_te_", "text_encoder"), ("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"),
     ("text_encoder.", "text_encoder"), ("lora_transformer_", "transformer"),
     ("transformer.", "transformer"), ("diffusion_model.", "transformer"),
+    # ComfyUI's names for a Flux model's CLIP-L and T5.
+    ("text_encoders.clip_l.transformer.", "text_encoder"),
+    ("text_encoders.t5xxl.transformer.", "text_encoder_2"),
 )  # fmt: skip
 # UNet modules (underscored, relative to the UNet) that belong to a ResNet or a resampler:
 # adapting them is what makes a kohya file "LoCon" rather than attention-only LoRA.

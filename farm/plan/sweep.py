@@ -163,6 +163,11 @@ def with_family_defaults(spec: Spec, family: Family) -> Spec:
     if render.scheduler not in family.schedulers:
         raise SpecError(f"render.scheduler: {render.scheduler} does not fit {family.name} "
                         f"models (use {', '.join(family.schedulers)})")  # fmt: skip
+    if spec.negative_prompt and family.guidance in ("embedded", "none"):
+        # Its guidance is distilled into the model: a negative prompt would be recorded
+        # with every image and change none of them.
+        raise SpecError(f"negative_prompt: {family.name} models take no negative prompt "
+                        "(their guidance is distilled); remove it")  # fmt: skip
     least = SAMPLERS[render.scheduler].min_steps
     if render.steps < least:
         raise SpecError(f"render.steps: {render.steps} is too few for the {render.scheduler} "

@@ -192,9 +192,7 @@ def load_pipeline(model_path: str, device: Device, model: Model | None = None):
     import torch
 
     cls = pipeline_class(model_path, model)
-    dtype = device.dtype
-    if model is not None and device.name != "cpu" and not os.environ.get("FARM_DTYPE"):
-        dtype = model.family.gpu_dtype  # Flux.1 and Chroma overflow in float16
+    dtype = load_dtype(device, model)
     # One load at a time in a process: loading builds modules on torch's "meta" device
     # through process-wide patches, and two loads at once can leave them in place.
     with _LOADING:
@@ -205,6 +203,15 @@ def load_pipeline(model_path: str, device: Device, model: Model | None = None):
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device.name)
+
+
+def load_dtype(device: Device, model: Model | None) -> str:
+    """The dtype a model loads in on this device: the worker's, except that on a GPU a
+    family's own (bfloat16 for Flux.1 and Chroma, which overflow in float16) wins unless
+    `--dtype` (FARM_DTYPE) chose one."""
+    if model is not None and device.name != "cpu" and not os.environ.get("FARM_DTYPE"):
+        return model.family.gpu_dtype
+    return device.dtype
 
 
 def weights_bytes(path: str) -> int:

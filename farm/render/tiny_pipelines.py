@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.home import farm_home
-from farm.tiny.identity import WORDS
+from farm.tiny.identity import VAE_CONFIG, WORDS
 
 # Bump when anything below changes the weights or configs: it names the cached folders.
 VERSION = "v1"
@@ -41,20 +41,9 @@ RENDER: dict[str, dict[str, Any]] = {
 # Diffusers reads a UNet's `attention_head_dim` as the number of heads per level (SD2.x
 # and SDXL configs spell it per level, as here).
 
-# SD 1.x/2.x's KL VAE at small widths: four blocks, so latents are 1/8 of the image, as
-# every family's are.
-_SD_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "block_out_channels": [16, 16, 32, 32],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1,
-    "norm_num_groups": 16,
-    "sample_size": 32,
-    "scaling_factor": 0.18215,
-}
+# The tiny SD1.x model's KL VAE (four blocks, so latents are 1/8 of the image, as every
+# family's are), sized for the test images.
+_SD_VAE = {**VAE_CONFIG, "sample_size": 32}
 # Flux.1's VAE (Chroma uses it too): 16 latent channels, no quant convs, a shift and a
 # scale that the pipelines apply before decoding.
 _FLUX_VAE = {
