@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from test_loras import locon_for_tiny
 
+from farm.families import tiny_model
 from farm.plan.items import Adapter
 from farm.plan.sweep import make_plan, unit_streams
 from farm.records.parts import decode_part, part_key
-from farm.families import tiny_model
 from farm.render.adapters import AdapterSet
 from farm.render.sample_scales import SampleScales
 from farm.run.job import job_context
