@@ -272,10 +272,19 @@ def plan(spec_path: str, as_json: bool, max_items: int | None, tenants_file: str
     enforce_plan(planned, policy)
     counts = planned.counts()
     if as_json:
-        click.echo(json.dumps({"job": spec.job, "output": spec.output, **counts}, indent=2))
+        family = planned.model.family.name if planned.model else None
+        click.echo(json.dumps({"job": spec.job, "output": spec.output, "family": family,
+                               **counts}, indent=2))  # fmt: skip
         return
     click.echo(f"job {spec.job} → {spec.output}/{spec.job}"
                + (f" (tenant {spec.tenant})" if spec.tenant else ""))  # fmt: skip
+    r = planned.spec.render  # with the family's defaults filled in
+    family = planned.model.family.name if planned.model else "?"
+    click.echo(f"  model          {spec.model} ({family}): {r.steps} steps, {r.scheduler}, "
+               f"guidance {r.guidance:g}, {r.width}×{r.height}")  # fmt: skip
+    for a in planned.adapters.values():
+        if a.dropped:
+            click.echo(f"  lora {a.name}: {a.applied} tensors apply, {a.dropped} dropped")
     for key in ("prompts", "seeds", "loras", "combos"):
         click.echo(f"  {key:<15}{counts[key]:>10}")
     if spec.presets:
