@@ -8,9 +8,11 @@ adapter), one column per item of the call.
 
 - The batch is the first dimension of every LoRA branch: (B, N, C) for attention
   projections, (B, C, H, W) for convolutions, (B, C) for the time embedding.
-- Classifier-free guidance runs the UNet on [uncond; cond], twice the items: a branch
-  whose batch is k times the table's width takes the column vector repeated k times,
-  the same order diffusers concatenates in. The text encoder sees the prompts and the
+- Classifier-free guidance in SD and SDXL runs the UNet on [uncond; cond], twice the
+  items: a branch whose batch is k times the table's width takes the column vector
+  repeated k times, the same order diffusers concatenates in. Flux.1 sees each item
+  once (its guidance is an embedding), and Chroma runs its negative pass as a second
+  call of the same items: both read the table as it is. The text encoder sees the prompts and the
   negative prompts B at a time, so each prompt's embedding is made at its own item's
   text-encoder strength.
 - Block multipliers are per row; a schedule rewrites the UNet rows between steps.
