@@ -165,6 +165,10 @@ def test_a_family_renders_through_farm_run_on_ray_as_plain_diffusers_does(ray_jo
         expected = setup.plain(threads, weight)
         for seed in (0, 1):
             assert np.array_equal(got[(seed, (("x", weight),))], expected[seed]), (seed, weight)
+    # diffusers itself made a LoRA layer of every module of the file, as farm counted.
+    layers = [m for c in setup._pipe.components.values() if hasattr(c, "named_modules")
+              for _, m in c.named_modules() if "x" in getattr(m, "lora_A", {})]  # fmt: skip
+    assert len(layers) == len(setup.peft) // 2
     # Strength 0 is the model without the LoRA.
     base = setup.plain(threads, None)
     assert all(np.array_equal(got[(s, (("x", 0.0),))], base[s]) for s in (0, 1))
