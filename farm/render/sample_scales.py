@@ -1,10 +1,12 @@
 """Per-sample LoRA scales: one pipeline call renders its items at different strengths.
 
 diffusers and peft scale a LoRA layer by one float per adapter, shared by the whole batch.
-Here each LoRA layer's branch, the output of its `lora_B` (peft then multiplies it by the
-adapter's alpha/rank and adds it to the base layer's output), is multiplied by a value per
-sample read from one preallocated tensor, `table[row, sample]`: one row per (layer,
-adapter), one column per item of the call.
+Here each LoRA layer's branch is multiplied by a value per sample read from one
+preallocated tensor, `table[row, sample]`: one row per (layer, adapter), one column per
+item of the call. The value multiplies the output of the branch's `lora_A`, its rank-r
+middle (peft then applies `lora_B`, multiplies by the adapter's alpha/rank and adds the
+base layer's output): `lora_B` is linear, so this scales the branch per sample, and a
+rank-r tensor is a fraction of the width of the layer's output that `lora_B` makes.
 
 - The batch is the first dimension of every LoRA branch: (B, N, C) for attention
   projections, (B, C, H, W) for convolutions, (B, C) for the time embedding.
@@ -52,7 +54,7 @@ def unsupported(layers: Sequence[tuple[str, str, object]]) -> str | None:
 
 
 class _ScaleOutput:
-    """Forward hook on one `lora_B`: the branch output times its row, per sample."""
+    """Forward hook on one `lora_A`: the branch's middle times its row, per sample."""
 
     def __init__(self, owner: SampleScales, row: int):
         self.owner, self.row = owner, row
@@ -116,7 +118,10 @@ class SampleScales:
             raise BatchingUnsupported(name)
         self.installs += 1
         for part, name, module in layers:
-            for adapter, branch in module.lora_B.items():
+            for adapter, branch in module.lora_A.items():
+                up = module.lora_B[adapter]
+                if getattr(up, "bias", None) is not None:
+                    branch = up  # a bias after the middle: scale the branch's output instead
                 key = (id(module), adapter)
                 if key in self._index:
                     continue
