@@ -157,9 +157,26 @@ def test_each_kind_of_layer_takes_its_own_sample_scale_under_guidance(tiny_dir):
     adapters.activate([(adapter, Strength.plain(weights[1]))])
     assert adapters.per_sample.installed and not adapters.per_sample.active
     assert torch.equal(unet(latents[1:2], context[1:2]), one[1])
+    # The next mixed call of that layout: every layer's batch is known, so peft's own
+    # scaling reads the table and the hooks come off; the images stay what they were.
+    adapters.activate_per_sample([[(adapter, Strength.plain(w))] for w in weights])
+    scales = adapters.per_sample
+    assert len(scales.resident) == len(scales.rows) and not scales._handles
+    again = unet(torch.cat([latents, latents]), torch.cat([context, context]))
+    assert torch.allclose(again[:3], expected, atol=1e-5)
+    assert torch.allclose(again[3:], expected, atol=1e-5)
+    adapters.activate([(adapter, Strength.plain(weights[1]))])
+    assert torch.equal(unet(latents[1:2], context[1:2]), one[1])
+    # Another layout (no guidance here): hooked again, and a batch that fits no call
+    # of that size is refused, never broadcast.
     with pytest.raises(RuntimeError, match="a batch of 2 for a call of 3"):
-        adapters.activate_per_sample([[(adapter, Strength.plain(w))] for w in weights])
+        adapters.activate_per_sample([[(adapter, Strength.plain(w))] for w in weights],
+                                     layout="single")  # fmt: skip
         unet(latents[:2], context[:2])
+    assert not scales.resident and len(scales._handles) == len(scales.rows)
+    scales.remove()
+    assert all(isinstance(m.scaling[a], float) for _, _, m in adapters._lora_layers()
+               for a in m.scaling)  # fmt: skip
 
 
 def test_each_prompt_is_embedded_at_its_own_text_encoder_strength(cpu_worker):

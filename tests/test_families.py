@@ -180,7 +180,9 @@ def test_mixed_strengths_in_one_call_match_single_calls(setups, kind):
     setup = setups(kind)
     lora = [{"name": "x", "path": str(setup.lora), "alpha": list(WEIGHTS)}]
     single = setup.run_here("single", lora, batch=1)
-    mixed = setup.run_here("mixed", lora, batch=6)
+    # Two calls of three strengths each: the second reads peft's own scaling, the first
+    # the hooks that learn each layer's batch.
+    mixed = setup.run_here("mixed", lora, batch=3)
     for key, image in single.items():
         diff = np.abs(mixed[key].astype(int) - image.astype(int)).max()
         assert diff <= 2, (key, diff)

@@ -131,7 +131,7 @@ class AdapterSet:
         return unsupported(self._lora_layers()) is None
 
     def activate_per_sample(self, samples: Sequence[Sequence[tuple[Adapter, Strength]]],
-                            steps: int = 1) -> Callable | None:  # fmt: skip
+                            steps: int = 1, layout: object = None) -> Callable | None:  # fmt: skip
         """Make these adapters active with a strength per sample of one call; every sample
         names the same adapters (a unit's). Returns a step-end callback for schedules.
 
@@ -155,7 +155,7 @@ class AdapterSet:
         self.per_sample.active = True
         table = [{adapter_name(a): w for a, w in sample} for sample in samples]
         with torch.no_grad():
-            return self.per_sample.set(table, steps, self.where)
+            return self.per_sample.set(table, steps, self.where, layout)
 
     def _scale(self, settings: list[tuple[str, Strength]], *, step: int, steps: int,
                text: bool) -> None:  # fmt: skip

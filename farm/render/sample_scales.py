@@ -20,6 +20,12 @@ rank-r tensor is a fraction of the width of the layer's output that `lora_B` mak
 - Block multipliers are per row; a schedule rewrites the UNet rows between steps.
 - The values change only by `copy_` into the same tensor, and peft's own float scaling
   stays at weight 1: under torch.compile a new strength is new data, not a new graph.
+- A hook costs a Python call per LoRA layer per step. Once a layer's hook has seen its
+  batch (its dimensions, and how many times the call's items it holds), the next call
+  hands peft a view of the layer's row, times the adapter's alpha/rank, as the layer's
+  `scaling`, and takes the hook off: peft's own multiply then scales each sample, and a
+  mixed call does the arithmetic of an equal one. A call laid out otherwise (another
+  guidance) hooks the layers again. A compiled denoiser keeps its hooks.
 
 Multiplying by exactly 1.0 or 0.0 is exact, so strength 0 in a mixed batch is the base
 model's output for that sample, and strength 1 is what set_adapters(…, 1.0) computes.
@@ -72,6 +78,9 @@ class _ScaleOutput:
             scale = self.owner.views.get(key)
             if scale is None:
                 scale = self.owner.view(*key)
+                # What this layer's batch looks like: from the next call on, peft's own
+                # scaling multiplies by the row and this hook comes off (SampleScales.set).
+                self.owner.learned[self.row] = (key[2], key[1] // self.owner.table.shape[1])
             return output.mul_(scale) if not output.requires_grad else output * scale
         scale = self.owner.table[self.row]
         n = output.shape[0]
@@ -92,10 +101,19 @@ class SampleScales:
         self.rows: list[Row] = []
         self.adapters: list[str] = []  # in order of first row
         self._index: dict[tuple[int, str], int] = {}
-        self._handles: list = []
+        self._handles: dict[int, object] = {}  # row → its hook, while it has one
+        self._targets: dict[int, tuple[object, str]] = {}  # row → (LoRA layer, adapter)
+        self._branches: dict[int, object] = {}  # row → the module its hook sits on
+        # Rows whose layer's batch a hook has seen (dimensions, times the call's width),
+        # and rows read by peft's own `scaling`, set to a view of their row: no hook then,
+        # and a mixed call does an equal call's arithmetic. Keyed by the call's layout.
+        self.learned: dict[int, tuple[int, int]] = {}
+        self.resident: dict[int, tuple[int, int, float]] = {}  # row → dims, k, alpha/rank
+        self.layout: object = None
         self._base: dict[tuple[Strength | None, str], object] = {}
         self._hooked = None  # the layer list install() last hooked
         self.table = None  # torch tensor (rows, width), allocated by set()
+        self._factors = None  # per row: alpha/rank for resident rows, else 1
         # The table repeated k times along the batch ([uncond; cond] under guidance is
         # k = 2), kept equal to it by _write, and views of their rows shaped per output.
         self.repeats: dict[int, object] = {}
@@ -107,7 +125,7 @@ class SampleScales:
 
     @property
     def installed(self) -> bool:
-        return bool(self._handles)
+        return bool(self._targets)
 
     def install(self, layers: Sequence[tuple[str, str, object]]) -> None:
         """Hook every adapter of every LoRA layer (part, name, module) not hooked yet. The
@@ -127,7 +145,9 @@ class SampleScales:
                     continue
                 row = self._index[key] = len(self.rows)
                 self.rows.append(Row(part, name, adapter))
-                self._handles.append(branch.register_forward_hook(_ScaleOutput(self, row)))
+                self._targets[row] = (module, adapter)
+                self._handles[row] = branch.register_forward_hook(_ScaleOutput(self, row))
+                self._branches[row] = branch
                 if adapter not in self.adapters:
                     self.adapters.append(adapter)
         self._hooked = layers
@@ -135,9 +155,13 @@ class SampleScales:
 
     def remove(self) -> None:
         """Unhook every layer: plain calls go back to peft's float scaling alone."""
-        for handle in self._handles:
+        self._evict()
+        for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
+        self._targets.clear()
+        self._branches.clear()
+        self.learned.clear()
         self._index.clear()
         self.rows.clear()
         self.adapters.clear()
@@ -148,20 +172,32 @@ class SampleScales:
         self.views.clear()
 
     def set(self, samples: Sequence[dict[str, Strength]], steps: int,
-            where: BlockMap | int) -> Callable | None:  # fmt: skip
+            where: BlockMap | int, layout: object = None) -> Callable | None:  # fmt: skip
         """Write the scales of one call, a {adapter: strength} per sample (an adapter a
         sample lacks is 0 there). Returns a step-end callback for the pipeline when a
-        schedule changes the UNet's scales while denoising, else None."""
+        schedule changes the UNet's scales while denoising, else None.
+
+        `layout` names how the call lays its batch out (whether guidance doubles it):
+        rows learned under another layout are hooked again and learn it anew."""
         import torch
 
+        if layout != self.layout:
+            self._evict()  # batches may have another shape now: learn them again
+            self.learned.clear()
+            self.layout = layout
+        self._settle()
         shape = (len(self.rows), len(samples))
         if self.table is None or tuple(self.table.shape) != shape:
             self.table = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.repeats.clear()
             self.views.clear()
+        self._factors = torch.ones(len(self.rows), dtype=torch.float32)
+        for row, (_, _, alpha) in self.resident.items():
+            self._factors[row] = alpha
         base = torch.stack([self._column(s, where) for s in samples], dim=1)
         if not any(w.schedule for s in samples for w in s.values()):
             self._write(base)
+            self._point()
             return None
         # Each sample's schedule per adapter and step, spread to that adapter's UNet rows.
         at = torch.tensor([
@@ -173,6 +209,7 @@ class SampleScales:
         unet = torch.tensor([r.part == "unet" for r in self.rows])[None, :, None]
         values = torch.where(unet, base[None] * at[:, of_row], base[None]).to(self.dtype)
         self._write(values[0])
+        self._point()
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             # Runs after step `step`: the scales the next step denoises with.
@@ -183,9 +220,43 @@ class SampleScales:
         return on_step_end
 
     def _write(self, values) -> None:
-        self.table.copy_(values)
+        # A resident row holds peft's alpha/rank too: peft multiplies by it alone.
+        self.table.copy_(values.float() * self._factors[:, None])
         for k, table in self.repeats.items():
             table.copy_(self.table.repeat(1, k))
+
+    def _settle(self) -> None:
+        """Rows whose batches a hook has seen become resident: peft's `scaling` for the
+        layer and adapter becomes a view of the row (times alpha/rank, which
+        set_adapters(…, 1.0) has just put there as a float), and the hook comes off."""
+        for row, (dims, k) in self.learned.items():
+            module, adapter = self._targets[row]
+            alpha = module.scaling.get(adapter)
+            if row in self.resident or not isinstance(alpha, int | float):
+                continue
+            self.resident[row] = (dims, k, float(alpha))
+            self._handles.pop(row).remove()
+        self.learned.clear()
+
+    def _point(self) -> None:
+        """Every resident row's peft scaling at its view of this call's table."""
+        width = self.table.shape[1]
+        for row, (dims, k, _) in self.resident.items():
+            module, adapter = self._targets[row]
+            key = (row, width * k, dims)
+            view = self.views.get(key)
+            module.scaling[adapter] = view if view is not None else self.view(*key)
+
+    def _evict(self) -> None:
+        """Resident rows back to hooks, peft's scaling back to its float; the views go,
+        so hooks learn their batches again (they record one as they make its view)."""
+        self.views.clear()
+        for row, (_, _, alpha) in self.resident.items():
+            module, adapter = self._targets[row]
+            module.scaling[adapter] = alpha
+            self._handles[row] = self._branches[row].register_forward_hook(
+                _ScaleOutput(self, row))  # fmt: skip
+        self.resident.clear()
 
     def view(self, row: int, n: int, dims: int):
         """Row `row` of the table for an output of batch `n` and `dims` dimensions:

@@ -245,7 +245,8 @@ class RenderWorker:
         # A call of one strength takes peft's own scaling, as a plain loop's does; a
         # compiled denoiser always reads the table (a float would recompile it).
         if mixed and (ctx.render.compile or any(i.loras != call[0].loras for i in call)):
-            return adapters.activate_per_sample(weights, ctx.render.steps)
+            # The guidance scale says whether the denoiser sees each item once or twice.
+            return adapters.activate_per_sample(weights, ctx.render.steps, ctx.render.guidance)
         return adapters.activate(weights[0], ctx.render.steps)
 
     def batch_size(self, loaded, render: Render) -> int:
