@@ -280,6 +280,12 @@ def row(item_id: str = "i1", **over) -> dict:
                 "schedule": "0.2@0,1@0.5",
                 "applied": 288,
                 "dropped": 0,
+                "checkpoint": {
+                    "run": "neon",
+                    "file": "neon-000004.safetensors",
+                    "step": 400,
+                    "epoch": 4,
+                },
             },
             {
                 "name": "ink",
@@ -292,6 +298,7 @@ def row(item_id: str = "i1", **over) -> dict:
                 "schedule": None,
                 "applied": None,
                 "dropped": None,
+                "checkpoint": None,
             },
         ],  # fmt: skip
         "alpha": 0.2,

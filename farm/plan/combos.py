@@ -27,17 +27,22 @@ class Combos:
             self.axes = []
             self.count = len(self.explicit)
             self.names = frozenset(n for c in self.explicit for n, _ in c)
+            self.checkpointed = False
             return
         if not isinstance(spec.combine, str):
             self.explicit = tuple(tuple(c) for c in spec.combine)
             self.axes: list[list[tuple[str, Strength]]] = []
             self.count = len(self.explicit)
             self.names = frozenset(n for c in self.explicit for n, _ in c)
+            self.checkpointed = False
             return
         swept = spec.loras if spec.combine == "zip" else [x for x in spec.loras if x.alphas]
-        self.axes = [[(x.name, w) for w in x.strengths()] for x in swept]
+        # A training run is one axis: each of its checkpoints at each strength, so every
+        # image uses exactly one checkpoint of the run.
+        self.axes = [[(n, w) for n in x.names for w in x.strengths()] for x in swept]
         self.zip = spec.combine == "zip"
-        self.names = frozenset(x.name for x in swept)
+        self.names = frozenset(n for x in swept for n in x.names)
+        self.checkpointed = any(x.checkpoints for x in swept)
         if self.zip:
             self.count = len(self.axes[0]) if self.axes else 1
         else:
@@ -61,5 +66,17 @@ class Combos:
 
     @property
     def uniform(self) -> bool:
-        """Every combination sets the same LoRAs (product and zip)."""
-        return self.explicit is None
+        """Every combination sets the same LoRAs (product and zip, without checkpoints)."""
+        return self.explicit is None and not self.checkpointed
+
+    @property
+    def swept(self) -> int | None:
+        """Where in a combination the one strength that varies sits, when exactly one
+        does: a run's checkpoints count as one axis, and a LoRA at one fixed strength (a
+        companion, such as a speed LoRA under a style sweep) as part of the base."""
+        if self.explicit is not None:
+            return 0 if len(self.names) == 1 else None
+        varying = [i for i, axis in enumerate(self.axes) if len(axis) > 1]
+        if len(varying) == 1:
+            return varying[0]
+        return 0 if len(self.axes) == 1 else None

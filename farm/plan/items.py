@@ -30,6 +30,11 @@ class Adapter:
     applied: int | None = field(default=None, compare=False)
     dropped: int | None = field(default=None, compare=False)
     dropped_names: tuple[str, ...] = field(default=(), compare=False)
+    # A checkpoint of a training run: the run's name in the spec, and the checkpoint's
+    # place in it (steps and epochs trained, where known).
+    run: str | None = field(default=None, compare=False)
+    step: int | None = field(default=None, compare=False)
+    epoch: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,19 @@ def spec_from_job(doc: dict, job_url: str) -> Spec:
 def stored_plan(store: Store, doc: dict) -> Plan:
     """The job's plan rebuilt from job.json, without reading the model or LoRA files."""
     spec = spec_from_job(doc, store.url)
-    frozen = {
-        a["name"]: Adapter(a["name"], "", a["sha256"], a["shorthash"]) for a in doc["adapters"]
-    }
+    frozen = {a["name"]: Adapter(a["name"], "", a["sha256"], a["shorthash"], **_run_of(a))
+              for a in doc["adapters"]}  # fmt: skip
     return make_plan(spec, frozen=(doc["model"]["fingerprint"], frozen))
+
+
+def _run_of(adapter: dict) -> dict:
+    """A checkpoint's run, step and epoch as job.json recorded them (rows carry them)."""
+    c = adapter.get("checkpoint")
+    if not isinstance(c, dict) or not isinstance(c.get("run"), str):
+        return {}
+    whole = [c.get(k) if isinstance(c.get(k), int) and not isinstance(c.get(k), bool) else None
+             for k in ("step", "epoch")]  # fmt: skip
+    return {"run": c["run"], "step": whole[0], "epoch": whole[1]}
 
 
 @dataclass

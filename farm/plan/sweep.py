@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Iterable, Iterator, Set
@@ -111,19 +112,27 @@ def make_plan(
         fingerprint, adapters = frozen
     else:
         fingerprint = model_fingerprint(spec.model)
-        adapters = {
-            lora.name: adapter_for(lora.name, lora.path, f"loras[{i}].path", model, spec.model)
-            for i, lora in enumerate(spec.loras)
-        }
+        adapters = {}
+        for i, lora in enumerate(spec.loras):
+            if not lora.checkpoints:
+                adapters[lora.name] = adapter_for(lora.name, lora.path, f"loras[{i}].path",
+                                                  model, spec.model)  # fmt: skip
+            for j, c in enumerate(lora.checkpoints):
+                name = lora.checkpoint_name(c)
+                found = adapter_for(name, c.path, f"loras[{i}].checkpoints[{j}]", model,
+                                    spec.model)  # fmt: skip
+                adapters[name] = dataclasses.replace(found, run=lora.name, step=c.step,
+                                                     epoch=c.epoch)  # fmt: skip
         # item_ids hash files, not names: one file under two names would give two items
         # one id, and the job could never account for both.
-        first: dict[str, int] = {}
+        first: dict[str, str] = {}
         for i, lora in enumerate(spec.loras):
-            j = first.setdefault(adapters[lora.name].sha256, i)
-            if j != i:
-                raise SpecError(
-                    f"loras[{i}].path: the same file as loras[{j}].path; give it one name"
-                )
+            fields = ([f"loras[{i}].checkpoints[{j}]" for j in range(len(lora.checkpoints))]
+                      or [f"loras[{i}].path"])  # fmt: skip
+            for name, field in zip(lora.names, fields, strict=True):
+                other = first.setdefault(adapters[name].sha256, field)
+                if other != field:
+                    raise SpecError(f"{field}: the same file as {other}; give it one name")
     sources = list(prompt_sources(spec, adapters, combos, model))
     if model is not None:
         _check_blocks(combos, sources, model.family)
@@ -154,8 +163,6 @@ def _check_names(plan: Plan) -> None:
 def with_family_defaults(spec: Spec, family: Family) -> Spec:
     """The spec with the render settings it left out taken from the model's family, and
     its sampler checked against what the family can use."""
-    import dataclasses
-
     render = spec.render
     defaults = family.defaults
     filled = {k: getattr(defaults, k) for k in DEFAULTED if k not in render.given}
@@ -208,7 +215,7 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
         "scheduler": render.scheduler,
         "format": render.format,
     }
-    single = len(plan.combos.names) == 1
+    swept = plan.combos.swept
     naming = spec.catalog.name if spec.catalog is not None else None
     for combo, label in plan.combos.labelled():
         for source in plan.sources:
@@ -228,7 +235,7 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
                     negative_prompt=spec.negative_prompt,
                     seed=seed,
                     loras=loras,
-                    alpha=_alpha(combo, source, single),
+                    alpha=_alpha(combo, source, swept),
                     catalog=source.catalog,
                     preset=label or source.preset,
                     name=friendly_name(
@@ -239,10 +246,10 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
                 )
 
 
-def _alpha(combo: tuple, source: Source, single: bool) -> float | None:
+def _alpha(combo: tuple, source: Source, swept: int | None) -> float | None:
     """The swept strength: the one swept LoRA's, or a row preset's single weight."""
-    if single and combo:
-        return combo[0][1].alpha
+    if swept is not None and combo:
+        return combo[swept][1].alpha
     if not combo and source.preset is not None and len(source.tags) == 1:
         return source.tags[0][1].unet
     return None

@@ -23,6 +23,19 @@ LORA_TYPE = pa.struct(
         # The file's tensors that adapt a layer of the model, and those it drops.
         ("applied", pa.int64()),
         ("dropped", pa.int64()),
+        # A checkpoint of a training run: the run's name in the spec, the file, and the
+        # steps and epochs it was trained for (where its metadata or name says).
+        (
+            "checkpoint",
+            pa.struct(
+                [
+                    ("run", pa.string()),
+                    ("file", pa.string()),
+                    ("step", pa.int64()),
+                    ("epoch", pa.int64()),
+                ]
+            ),
+        ),
     ]
 )
 CATALOG_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))

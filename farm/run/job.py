@@ -103,6 +103,11 @@ def open_job(plan: Plan, store: Store, echo=print,
                         if a.applied is not None
                         else {}
                     ),
+                    **(
+                        {"checkpoint": {"run": a.run, "step": a.step, "epoch": a.epoch}}
+                        if a.run is not None
+                        else {}
+                    ),
                 }
                 for a in plan.adapters.values()
             ],

@@ -31,7 +31,7 @@ from farm.spec.model import ComboList, LoraAxis
 from farm.spec.strength import Strength, is_lbw_preset
 
 MAX_STRENGTHS = 10_000
-LORA_KEYS = ("name", "path", "alpha", "te", "unet", "blocks", "schedule")
+LORA_KEYS = ("name", "path", "checkpoints", "alpha", "te", "unet", "blocks", "schedule")
 STRENGTHS_HELP = "a number, a list of numbers or a range 'start:stop:step'"
 
 
@@ -102,16 +102,55 @@ def parse_loras(value: Any, base: Path, mode: Any) -> tuple[LoraAxis, ...]:
         if name in names:
             raise SpecError(f"{at}.name: {name!r} is already used by loras[{names[name]}]")
         names[name] = i
-        path = lora_path(as_str(required_field(m, "path", "a .safetensors file", at), f"{at}.path"),
-                          f"{at}.path", base)  # fmt: skip
+        checkpoints = _checkpoints(m, at, base, mode)
+        if checkpoints:
+            path = ""
+            for c in checkpoints:
+                stem = c.name.removesuffix(".safetensors")
+                if not NAME_RE.fullmatch(stem):
+                    raise SpecError(f"{at}.checkpoints: {c.name}: a checkpoint goes by its file "
+                                    "name, which may only use letters, digits, '_', '.', '-'; "
+                                    "rename the file")  # fmt: skip
+                if stem in names:
+                    raise SpecError(f"{at}.checkpoints: {c.name} goes by {stem!r}, a name "
+                                    f"loras[{names[stem]}] already uses")  # fmt: skip
+                names[stem] = i
+        else:
+            path = lora_path(as_str(required_field(m, "path", "a .safetensors file (or "
+                                                   "checkpoints: a training run)", at),
+                                    f"{at}.path"), f"{at}.path", base)  # fmt: skip
         alpha = get_field(m, "alpha")
+        if checkpoints and alpha is None:
+            raise SpecError(f"{at}.alpha: required with checkpoints ({STRENGTHS_HELP}, e.g. "
+                            "'0:1:0.2')")  # fmt: skip
         if alpha is None and alpha_required:
             raise SpecError(f"{at}.alpha: required ({STRENGTHS_HELP}, e.g. '0:1:0.2')")
         alphas = parse_strengths(alpha, f"{at}.alpha") if alpha is not None else ()
         extras = _strength_extras(m, at, has_alpha=bool(alphas), zip_mode=alpha_required)
         # With explicit combos every weight comes from `combine`; a lora's own alpha is unused.
-        out.append(LoraAxis(name, path, () if explicit else alphas, **extras))
+        out.append(LoraAxis(name, path, () if explicit else alphas, **extras,
+                            checkpoints=tuple(checkpoints)))  # fmt: skip
     return tuple(out)
+
+
+def _checkpoints(m: dict, at: str, base: Path, mode: Any) -> list:
+    """A training run's checkpoints, in training order; [] for an entry with a path."""
+    value = get_field(m, "checkpoints")
+    if value is None:
+        return []
+    if get_field(m, "path") is not None:
+        raise SpecError(f"{at}: give path (one file) or checkpoints (a training run), not both")
+    if mode != "product":
+        raise SpecError(f"{at}.checkpoints: a run's checkpoints are swept one per image "
+                        "with combine: product; zip and lists cannot say which")  # fmt: skip
+    from farm.loras.checkpoints import CheckpointError, find_checkpoints, resolved_checkpoints
+
+    try:
+        if isinstance(value, dict) and "resolved" in value:
+            return resolved_checkpoints(value["resolved"], f"{at}.checkpoints")
+        return find_checkpoints(value, base, f"{at}.checkpoints")
+    except CheckpointError as err:
+        raise SpecError(str(err)) from None
 
 
 def _strength_extras(m: dict, at: str, *, has_alpha: bool, zip_mode: bool) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from farm.loras.checkpoints import Checkpoint
 from farm.spec.strength import Blocks, Strength, schedule_text
 
 
@@ -20,6 +21,19 @@ class LoraAxis:
     unet: float | None = None  # a fixed UNet weight: alpha then sets the text encoder's
     blocks: tuple[Blocks, ...] = ()  # per-block multipliers, an axis of its own
     schedule: tuple[tuple[float, float], ...] | None = None
+    # A training run's checkpoints in training order: each image uses one of them.
+    checkpoints: tuple[Checkpoint, ...] = ()
+
+    def checkpoint_name(self, checkpoint: Checkpoint) -> str:
+        """The name a checkpoint goes by in rows and tags: its file's stem."""
+        return checkpoint.name.removesuffix(".safetensors")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The adapter names this entry brings: its own, or one per checkpoint."""
+        if self.checkpoints:
+            return tuple(self.checkpoint_name(c) for c in self.checkpoints)
+        return (self.name,)
 
     def strengths(self) -> list[Strength]:
         """This LoRA's axis: every alpha, times every block setting."""
@@ -181,11 +195,13 @@ class Spec:
         else:
             d["seeds"] = list(s)
         d["loras"] = [
-            {"name": x.name, "path": x.path}
+            {"name": x.name}
+            | ({"checkpoints": {"resolved": [c.as_dict() for c in x.checkpoints]}}
+               if x.checkpoints else {"path": x.path})
             | ({"alpha": list(x.alphas)} if x.alphas else {})
             | x.extras()
             for x in self.loras
-        ]
+        ]  # fmt: skip
         if isinstance(self.combine, str):
             d["combine"] = self.combine
         else:

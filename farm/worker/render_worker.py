@@ -329,7 +329,8 @@ class RenderWorker:
              "blocks": w.blocks.name if w.blocks else None,
              "schedule": schedule_text(w.schedule) if w.schedule else None,
              "applied": placed[n].applied if placed[n] else None,
-             "dropped": placed[n].dropped if placed[n] else None}
+             "dropped": placed[n].dropped if placed[n] else None,
+             "checkpoint": checkpoint_of(ctx.adapters[n])}
             for n, w in item.loras
         ]  # fmt: skip
         return {
@@ -358,6 +359,14 @@ class RenderWorker:
             faults.reach("image-written", row["unit_id"])
         finally:
             self.upload_slots.release()
+
+
+def checkpoint_of(adapter: Adapter) -> dict | None:
+    """A row's record of the training-run checkpoint an adapter is, or None."""
+    if adapter.run is None:
+        return None
+    return {"run": adapter.run, "file": f"{adapter.name}.safetensors", "step": adapter.step,
+            "epoch": adapter.epoch}  # fmt: skip
 
 
 def cell_label(row: dict) -> str:
