@@ -440,3 +440,13 @@ def test_farm_tenants_in_the_environment_always_applies(shared):
     # Without it, farm is the operator's tool: no policy (docs/tenants.md says so).
     result = cli("plan", str(spec))
     assert result.returncode == 0, result.stderr
+
+
+def test_a_tenant_cannot_sweep_a_training_run_from_the_planning_machine(shared, tmp_path):
+    """A run's checkpoints are files on the machine that plans: a tenant names LoRAs from
+    its registry only."""
+    run = tmp_path / "run"
+    run.mkdir()
+    spec = shared.spec("run", loras=[{"name": "house", "checkpoints": str(run), "alpha": [1]}])
+    run_refused(shared, spec, "loras[0].checkpoints: a job of tenant acme names its LoRAs "
+                "from the registry")  # fmt: skip

@@ -166,6 +166,9 @@ def _registry_loras(value: Any, tenant: Tenant) -> list:
             out.append(entry)
             continue
         entry = dict(entry)
+        if "checkpoints" in entry:  # files on the machine that plans, not the registry's
+            raise SpecError(f"{at}.checkpoints: a job of tenant {tenant.name} names its LoRAs "
+                            f"from the registry ({known}), not a training run's files")  # fmt: skip
         ref = entry.get("path", entry.get("name"))
         field = f"{at}.path" if "path" in entry else f"{at}.name"
         if not isinstance(ref, str) or not ref.strip():
