@@ -403,3 +403,21 @@ def test_a_flux_model_in_an_s3_folder_is_read_planned_and_rendered(setups, s3):
                            batch=1)  # fmt: skip
     assert sorted(got) == sorted(local)
     assert all(np.array_equal(got[k], local[k]) for k in got)
+
+
+def test_a_transformer_lora_with_mismatched_ranks_is_refused_at_plan_time(setups):
+    """What of a file applies is counted from its header at the file's shapes, without
+    its tensors: a layer whose two halves disagree is refused there, not mid-job."""
+    from farm.spec import SpecError
+
+    setup = setups("flux-dev")
+    tensors = dict(setup.peft)
+    key = "transformer.single_transformer_blocks.0.attn.to_k.lora_B.weight"
+    tensors[key] = tensors[key][:, :3]
+    bad = save(tensors, setup.folder / "damaged.safetensors")
+    with pytest.raises(SpecError) as info:
+        plan_of(setup, loras=[{"name": "x", "path": str(bad), "alpha": [1]}])
+    assert str(info.value) == (
+        f"loras[0].path: {bad}: layer 'single_transformer_blocks_0_attn_to_k' has lora_down "
+        "[4, 32] and lora_up [32, 3] of different ranks; is the file damaged?"
+    )

@@ -131,7 +131,10 @@ def lora_inspect(path: str, as_json: bool, model: str | None) -> None:
         click.echo(json.dumps(report.as_dict() | ({"model": fit} if fit else {}), indent=2))
         return
     rows = report.rows()
-    if fit:
+    if fit and fit["applied"] is None:  # a UNet model whose layers are not local
+        rows += [("model", f"{model} ({fit['family']})"),
+                 ("applied", "not known: the model's weights are not on this machine")]  # fmt: skip
+    elif fit:
         dropped = f"{fit['dropped']}" + (f" ({', '.join(fit['dropped_names'][:5])}"
                                          f"{', …' if fit['dropped'] > 5 else ''})"
                                          if fit["dropped_names"] else "")  # fmt: skip

@@ -66,6 +66,11 @@ def place(lora_path: str | Path, model: Model, root: Path | None) -> Placement:
 def _place_transformer(path: str, header: dict, meta: dict, model: Model) -> Placement:
     from farm.loras.flux_keys import Widths, to_diffusers
 
+    for m in modules(header, detect_layout(list(header), path), path):
+        down, up = m.parts["down"]["shape"], m.parts["up"]["shape"]
+        if len(down) == 2 and len(up) == 2 and down[0] != up[1]:
+            raise LoraError(f"{path}: layer {m.name!r} has lora_down {down} and lora_up {up} of "
+                            "different ranks; is the file damaged?")  # fmt: skip
     tensors = _header_arrays(header)
     try:
         converted = to_diffusers(tensors, Widths.from_config(model.config))
@@ -97,13 +102,26 @@ def _group_counts(keys: list[str]) -> dict[str, int]:
     return counts
 
 
+_DOWN = (".lora_down.weight", ".lora_A.weight")
+_UP = (".lora_up.weight", ".lora_B.weight")
+
+
 def _header_arrays(header: dict):
-    """Zero arrays of the header's shapes: enough to route every key and check widths."""
+    """Stand-ins for the file's tensors, enough to route every key and check its widths:
+    each LoRA pair at rank 1 (a real file's ranks would cost its whole size in memory)."""
     import numpy as np
 
-    return {k: np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=tuple(e["shape"]),
-                                               strides=(0,) * len(e["shape"]))
-            for k, e in header.items()}  # fmt: skip
+    out = {}
+    for key, entry in header.items():
+        shape = tuple(entry["shape"])
+        if key.endswith(_DOWN) and len(shape) == 2:
+            shape = (1, shape[1])
+        elif key.endswith(_UP) and len(shape) == 2:
+            shape = (shape[0], 1)
+        elif np.prod(shape, dtype=np.int64) > 1 << 16:
+            shape = (1,) * len(shape)  # not a pair: never converted, only routed
+        out[key] = np.ones(shape, np.float32)
+    return out
 
 
 def _te_name(name: str) -> str:
