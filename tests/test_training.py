@@ -9,8 +9,12 @@ import subprocess
 from collections import Counter
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import FARM, REPO
+from jobrun import farm_here
+from safetensors.numpy import load_file
 
 from farm.tiny.identity import BACKGROUNDS, COLOURS, SHAPES
 from farm.training.data import draw_set, drop_prompts
@@ -80,7 +84,9 @@ def test_smoke_training_writes_loadable_weights_and_reproduces_them(tmp_path):
     stage seeds itself). A smoke run takes seconds."""
     one, again, two = tmp_path / "one", tmp_path / "again", tmp_path / "two"
     runs = []
-    for out, more in ((one, []), (again, []), (two, ["--base", str(one)])):
+    # The LoRA stage alone also keeps each LoRA every step, as a training run.
+    for out, more in ((one, []), (again, []), (two, ["--base", str(one), "--checkpoint-every",
+                                                     "1"])):  # fmt: skip
         args = ["model", "train-tiny", str(out), "--smoke", "--seed", "3", *more]
         proc = subprocess.run([*FARM, *args], cwd=REPO, capture_output=True, text=True,
                               timeout=900)  # fmt: skip
@@ -98,6 +104,27 @@ def test_smoke_training_writes_loadable_weights_and_reproduces_them(tmp_path):
     assert record["recipe"]["seed"] == 3 and set(record["stages"]) == {"vae", "unet", "neon", "ink"}
     alone = json.loads((two / "training.json").read_text())
     assert set(alone["stages"]) == {"neon", "ink"} and alone["base"] == str(one)
+    # Its runs, in training order; the final save is the shipped LoRA, byte for byte
+    # (keeping checkpoints took no random draws).
+    from farm.loras.checkpoints import find_checkpoints
+
+    run = find_checkpoints(str(two / "checkpoints" / "neon"), tmp_path, "run")
+    assert [(c.name, c.step) for c in run] == [("neon-step00000001.safetensors", 1),
+                                               ("neon.safetensors", 2)]  # fmt: skip
+    final, shipped = (load_file(str(p)) for p in (run[-1].path, two / "neon.safetensors"))
+    assert final.keys() == shipped.keys() and all(np.array_equal(final[k], shipped[k])
+                                                  for k in final)  # fmt: skip
+    assert not all(np.array_equal(v, load_file(run[0].path)[k]) for k, v in final.items())
+    spec = {"job": "run", "prompts": ["a red circle on a white background"], "seeds": [0],
+            "loras": [{"name": "neon", "checkpoints": str(two / "checkpoints" / "neon"),
+                       "alpha": [0, 1]}],
+            "render": {"steps": 2, "width": 64, "height": 64},
+            "output": str(tmp_path / "o")}  # fmt: skip
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    farm_here("run", str(tmp_path / "run.yaml"), "--local")
+    rows = pq.read_table(tmp_path / "o" / "run" / "metadata.parquet").to_pylist()
+    steps = sorted((x["checkpoint"]["step"], x["weight"]) for r in rows for x in r["loras"])
+    assert steps == [(1, 0.0), (1, 1.0), (2, 0.0), (2, 1.0)]
 
     # The weights load into the tiny pipeline, and both LoRAs into it as diffusers would.
     import torch

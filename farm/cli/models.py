@@ -40,9 +40,15 @@ BASE_FILES = ("unet.safetensors", "vae.safetensors", "text_encoder.safetensors")
 @click.option("--smoke", is_flag=True, help="A few steps of every stage, to check the script.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Torch threads; a seed and thread count give the same bytes.")  # fmt: skip
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="STEPS",
-              help="Also keep the UNet and text encoder every STEPS steps, in "
-                   "OUT/checkpoints/; the final weights are the same.")  # fmt: skip
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="STEPS",
+    help="Also keep the UNet and text encoder every STEPS steps, in "
+    "OUT/checkpoints/, and each LoRA's, as a training run a spec sweeps "
+    "(checkpoints: OUT/checkpoints/neon); the final weights stay the same.",
+)
 @click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Train only the LoRAs, on the unet, vae and text_encoder in this folder "
                    "(such as farm/tiny/weights/tiny-v3).")  # fmt: skip

@@ -111,7 +111,8 @@ def parse_loras(value: Any, base: Path, mode: Any) -> tuple[LoraAxis, ...]:
                     raise SpecError(f"{at}.checkpoints: {c.name}: a checkpoint goes by its file "
                                     "name, which may only use letters, digits, '_', '.', '-'; "
                                     "rename the file")  # fmt: skip
-                if stem in names:
+                # The run's final save goes by the run's own name: no clash with itself.
+                if stem in names and (names[stem] != i or stem != name):
                     raise SpecError(f"{at}.checkpoints: {c.name} goes by {stem!r}, a name "
                                     f"loras[{names[stem]}] already uses")  # fmt: skip
                 names[stem] = i

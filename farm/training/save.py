@@ -41,8 +41,9 @@ def save_modules(modules: dict, out: Path, recipe: Recipe) -> None:
         save_file(dict(sorted(state.items())), str(out / f"{name}.safetensors"), metadata=meta)
 
 
-def save_lora(tensors: dict, lora: LoraRecipe, path: Path, name: str) -> None:
-    """Write a trained LoRA in its shipped layout, fp16."""
+def save_lora(tensors: dict, lora: LoraRecipe, path: Path, name: str,
+              extra: dict | None = None) -> None:  # fmt: skip
+    """Write a trained LoRA in its shipped layout, fp16 (`extra`: more metadata)."""
     from farm.loras.layouts import peft_to_kohya, write_lora
 
     arrays = {k: v.half().numpy() for k, v in tensors.items()}
@@ -55,4 +56,5 @@ def save_lora(tensors: dict, lora: LoraRecipe, path: Path, name: str) -> None:
         rank=lora.rank,
         alpha=lora.alpha,
         layout=lora.layout,
+        extra=extra,
     )

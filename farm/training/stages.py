@@ -203,9 +203,13 @@ def train_unet(pipe, latents, prompts: list[str], recipe: Recipe, log: Log,
 
 
 def train_lora(pipe, plain, styled, prompts: list[str], lora: LoraRecipe, recipe: Recipe,
-               log: Log) -> tuple[dict, dict]:  # fmt: skip
+               log: Log, snapshot=None, every: int = 0) -> tuple[dict, dict]:  # fmt: skip
     """Train one LoRA on the UNet and text encoder; returns its PEFT-layout tensors
     (`unet.…lora_A.weight`) and its losses. The base model is left as it was.
+
+    With `snapshot` and `every`, `snapshot(step, tensors)` gets a copy of the LoRA every
+    that many steps before the last, as a training run saves checkpoints; copying takes
+    no random draws, so the final LoRA is the same with or without them.
 
     `plain` and `styled` are the latents of the same scenes drawn both ways. Each step runs
     the LoRA at a strength s and aims at the latents s of the way from plain to styled.
@@ -244,6 +248,12 @@ def train_lora(pipe, plain, styled, prompts: list[str], lora: LoraRecipe, recipe
         loss = _diffusion_step(pipe, target, batch, generator)
         _update(optimizer, loss, params, losses)
         _log_every_100(log, "lora", step, recipe.lora_steps, losses)
+        if snapshot is not None and every and (step + 1) % every == 0 \
+                and step + 1 < recipe.lora_steps:  # fmt: skip
+            copy = {}
+            for prefix, model in (("unet", unet), ("text_encoder", text)):
+                copy |= _take_adapter(model, name, prefix, remove=False)
+            snapshot(step + 1, copy)
     unet.eval()
     text.eval()
     tensors = {}
@@ -252,8 +262,9 @@ def train_lora(pipe, plain, styled, prompts: list[str], lora: LoraRecipe, recipe
     return tensors, {"final_loss": round(float(np.mean(losses[-50:])), 5)}
 
 
-def _take_adapter(model, name: str, prefix: str) -> dict:
-    """The adapter's A and B weights in PEFT layout, removed from the model."""
+def _take_adapter(model, name: str, prefix: str, remove: bool = True) -> dict:
+    """The adapter's A and B weights in PEFT layout, removed from the model (or left in
+    it, for a checkpoint)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from farm.render.tiny import canonical_key
@@ -265,5 +276,6 @@ def _take_adapter(model, name: str, prefix: str) -> dict:
             for kind in ("A", "B"):
                 weight = getattr(module, f"lora_{kind}")[name].weight.detach().clone()
                 tensors[f"{prefix}.{where}.lora_{kind}.weight"] = weight
-            module.delete_adapter(name)
+            if remove:
+                module.delete_adapter(name)
     return tensors

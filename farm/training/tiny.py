@@ -40,7 +40,9 @@ def train(out: Path, recipe: Recipe = DEFAULT, log: Log = print, checkpoint_ever
     """Train everything and write the shipped files to `out`; returns the training record.
 
     With `checkpoint_every`, the UNet's and text encoder's EMA weights are also written to
-    out/checkpoints/step-N/ every that many steps, to see how drawing improves; they take
+    out/checkpoints/step-N/ every that many steps, to see how drawing improves, and each
+    LoRA's to out/checkpoints/NAME/ as a training run saves them (kohya's step names and
+    `ss_steps`, the final save last): the run a spec sweeps with `checkpoints:`. They take
     no random draws, so the final weights are the same with or without them.
 
     With `base` (a folder of unet, vae and text_encoder .safetensors, such as the shipped
@@ -99,10 +101,21 @@ def train(out: Path, recipe: Recipe = DEFAULT, log: Log = print, checkpoint_ever
     for name, lora in recipe.loras:
         with _stage(record, name, log):
             latents = encode(pipe.vae, styled[name].images)
+            run = out / "checkpoints" / name  # the LoRA's training run, as farm sweeps one
+
+            def keep(step: int, tensors: dict, name=name, lora=lora, run=run) -> None:
+                # kohya's names and metadata for a step save: `name-step00000150`, ss_steps.
+                save_lora(tensors, lora, run / f"{name}-step{step:08d}.safetensors", name,
+                          {"ss_steps": str(step)})  # fmt: skip
+
             tensors, losses = train_lora(pipe, plain_latents, latents, styled[name].prompts,
-                                         lora, recipe, log)  # fmt: skip
+                                         lora, recipe, log, snapshot=keep if checkpoint_every
+                                         else None, every=checkpoint_every)  # fmt: skip
             record["stages"][name] |= losses
             save_lora(tensors, lora, out / f"{name}.safetensors", name)
+            if checkpoint_every:  # the run's last save, at its full step count
+                save_lora(tensors, lora, run / f"{name}.safetensors", name,
+                          {"ss_steps": str(recipe.lora_steps)})  # fmt: skip
     record["seconds"] = round(time.monotonic() - started, 1)
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
