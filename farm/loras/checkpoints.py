@@ -27,7 +27,6 @@ checkpoints is ordered at once.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.errors import show, suggest
 from farm.limits import PICKLE_SUFFIXES
 from farm.loras.families import Recognised, family_of, transformer_family
 from farm.loras.files import LoraError, detect_layout, modules, read_header
@@ -133,15 +133,14 @@ def find_checkpoints(value: Any, base: Path, where: str) -> list[Checkpoint]:
         return _from_list(value, base, where)
     raise CheckpointError(
         f"{where}: expected the run's folder, a list of its files or {{dir, every, last}}, "
-        f"got {_show(value)}"
+        f"got {show(value)}"
     )
 
 
 def _mapping(value: dict, where: str) -> tuple[Any, int, int | None]:
     for key in value:
         if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(KEYS)})"
+            hint = suggest(key, KEYS) or f" (known: {', '.join(KEYS)})"
             raise CheckpointError(f"{where}.{key}: unknown key{hint}")
     if value.get("dir") is None:
         raise CheckpointError(f"{where}.dir: missing: give the folder the run was saved to")
@@ -157,7 +156,7 @@ def _mapping(value: dict, where: str) -> tuple[Any, int, int | None]:
 def _positive(value: Any, at: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    raise CheckpointError(f"{at}: expected a positive whole number, got {_show(value)}")
+    raise CheckpointError(f"{at}: expected a positive whole number, got {show(value)}")
 
 
 def _thin(ordered: list[Checkpoint], every: int, last: int | None) -> list[Checkpoint]:
@@ -170,7 +169,7 @@ def _thin(ordered: list[Checkpoint], every: int, last: int | None) -> list[Check
 
 def _from_folder(text: Any, base: Path, where: str, at: str) -> list[Checkpoint]:
     if not isinstance(text, str | Path) or not str(text).strip():
-        raise CheckpointError(f"{at}: expected the path of the run's folder, got {_show(text)}")
+        raise CheckpointError(f"{at}: expected the path of the run's folder, got {show(text)}")
     folder = _local(text, base)
     if not folder.exists():
         raise CheckpointError(
@@ -248,7 +247,7 @@ def _from_list(value: list | tuple, base: Path, where: str) -> list[Checkpoint]:
     for i, item in enumerate(value):
         at = f"{where}[{i}]"
         if not isinstance(item, str | Path) or not str(item).strip():
-            raise CheckpointError(f"{at}: expected the path of a checkpoint, got {_show(item)}")
+            raise CheckpointError(f"{at}: expected the path of a checkpoint, got {show(item)}")
         path = _local(item, base)
         if not path.name.lower().endswith(SUFFIX):
             raise CheckpointError(
@@ -450,18 +449,3 @@ def _names(names: list[str]) -> str:
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" if n == 1 else f"{n} {what}s"
-
-
-def _show(value: Any) -> str:
-    """A value as a message shows it: short and one line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return str(value)
