@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from farm.limits import MAX_SPEC_BYTES
 from farm.spec.errors import SpecError
+from farm.spec.fields import read_text_file
 from farm.spec.lora_axes import parse_strengths
 from farm.spec.model import Catalog, ComboList, LoraAxis, Render, Spec, strength_to_spec
 from farm.spec.parse import parse_spec, with_output
@@ -46,23 +46,9 @@ def load_spec(path: str | Path, resolve: Resolve | None = None) -> Spec:
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json") and path.is_file():
         raise SpecError(f"{name}: unknown spec format (use a .yaml, .yml or .json file)")
-    try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(
-                f"{name}: {size / 2**20:.1f} MiB, more than the {MAX_SPEC_BYTES // 2**20} MiB "
-                "a spec may hold; put long prompt lists in a catalog (catalog: {path: "
-                "prompts.csv, template: '{prompt}', key: id}), which farm streams"
-            )
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SpecError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{name}: is a folder, not a spec file") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{name}: not UTF-8 text") from None
-    except OSError as e:
-        raise SpecError(f"{name}: cannot read ({e.strerror})") from None
+    text = read_text_file(path, name, "spec file", "a spec may hold; put long prompt lists "
+                          "in a catalog (catalog: {path: prompts.csv, template: '{prompt}', "
+                          "key: id}), which farm streams")  # fmt: skip
     if suffix == ".json":
         try:
             data = json.loads(text, object_pairs_hook=lambda kv: _no_repeats(kv, name))

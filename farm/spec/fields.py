@@ -152,3 +152,27 @@ def s3_url(text: str, at: str) -> str:
         # S3 keeps an empty segment as part of the key: `a//b` is not `a/b`.
         raise SpecError(f"{at}: {text!r} has an empty segment ('//'); write each once")
     return text
+
+
+def read_text_file(path: Path, where: str, kind: str, too_big: str,
+                   not_text: str = "not UTF-8 text") -> str:  # fmt: skip
+    """A UTF-8 text file of at most MAX_SPEC_BYTES, a leading BOM dropped; each way it
+    cannot be read is one SpecError naming `where` (`kind`: what a folder is not;
+    `too_big`: what follows "more than the 4 MiB")."""
+    from farm.limits import MAX_SPEC_BYTES
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{where}: {size / 2**20:.1f} MiB, more than the "
+                            f"{MAX_SPEC_BYTES // 2**20} MiB {too_big}")  # fmt: skip
+        # read_text's universal newlines: '\r\n' and '\r' end a line.
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SpecError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{where}: is a folder, not a {kind}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{where}: {not_text}") from None
+    except OSError as e:
+        raise SpecError(f"{where}: cannot read ({e.strerror})") from None

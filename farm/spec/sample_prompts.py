@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.limits import MAX_PROMPT_CHARS, MAX_SPEC_BYTES
+from farm.limits import MAX_PROMPT_CHARS
 from farm.spec.errors import SpecError, show, suggest
+from farm.spec.fields import read_text_file
 from farm.spec.parse import MAX_SEED
 from farm.spec.yaml_rules import load_yaml
 
@@ -143,21 +144,8 @@ def load_sample_prompts(path: str | Path, fmt: str) -> list[SamplePrompt]:
 
 
 def _read(path: Path, where: str) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(f"{where}: {size / 2**20:.1f} MiB, more than the "
-                            f"{MAX_SPEC_BYTES // 2**20} MiB a prompt file may hold")  # fmt: skip
-        # read_text's universal newlines: '\r\n' and '\r' end a line, as in the trainers.
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SpecError(f"{where}: file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{where}: is a folder, not a prompt file") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{where}: not UTF-8 text (is it a binary file?)") from None
-    except OSError as e:
-        raise SpecError(f"{where}: cannot read ({e.strerror})") from None
+    text = read_text_file(path, where, "prompt file", "a prompt file may hold",
+                          "not UTF-8 text (is it a binary file?)")  # fmt: skip
     if "\0" in text:
         raise SpecError(f"{where}: has NUL bytes; not a text file")
     if not text.strip():
