@@ -144,16 +144,6 @@ FLUX_T5 = {
     "feed_forward_proj": "gated-gelu",
     "tie_word_embeddings": False,
 }
-# black-forest-labs/FLUX.1-dev's scheduler.
-FLUX_SCHEDULER = {
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-}
 
 
 @dataclass(frozen=True)
@@ -221,7 +211,7 @@ def build_flux(root: Path, cpu: bool = False) -> tuple[Path, Path]:
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from farm.render.tiny import build_tokenizer
-    from farm.render.tiny_pipelines import build_t5_tokenizer
+    from farm.render.tiny_pipelines import FLUX_SCHEDULER, build_t5_tokenizer
 
     device, dtype = ("cpu", torch.float32) if cpu else ("cuda", torch.bfloat16)
     tokenizer, tokenizer_2 = build_tokenizer(), build_t5_tokenizer()
@@ -254,7 +244,7 @@ def build_flux(root: Path, cpu: bool = False) -> tuple[Path, Path]:
         )
     )
     pipe = FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),  # FLUX.1-dev's
         vae=AutoencoderKL(**FLUX_VAE).to(dtype),
         text_encoder=clip.to(dtype).eval(),
         tokenizer=tokenizer,

@@ -179,7 +179,7 @@ _CHROMA_TRANSFORMER = {
     "approximator_layers": 1,
 }
 # black-forest-labs/FLUX.1-dev's scheduler; Chroma ships the same settings.
-_FLUX_SCHEDULER = {
+FLUX_SCHEDULER = {
     "num_train_timesteps": 1000,
     "shift": 3.0,
     "use_dynamic_shifting": True,
@@ -189,7 +189,7 @@ _FLUX_SCHEDULER = {
     "max_image_seq_len": 4096,
 }
 # FLUX.1-schnell's: a fixed shift of 1 (its few steps are distilled without shifting).
-_SCHNELL_SCHEDULER = {**_FLUX_SCHEDULER, "shift": 1.0, "use_dynamic_shifting": False}
+_SCHNELL_SCHEDULER = {**FLUX_SCHEDULER, "shift": 1.0, "use_dynamic_shifting": False}
 
 # Flux and Chroma pad T5 prompts to max_sequence_length, 512 unless a caller says less.
 _T5_MAX_LENGTH = 512
@@ -337,7 +337,7 @@ def _build_flux(seed: int, guidance: bool):
     text_encoder = _clip(tokenizer, _FLUX_CLIP, projection=False)
     torch.manual_seed(seed + 3)
     text_encoder_2 = _t5(tokenizer_2)
-    scheduler = _FLUX_SCHEDULER if guidance else _SCHNELL_SCHEDULER
+    scheduler = FLUX_SCHEDULER if guidance else _SCHNELL_SCHEDULER
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**scheduler),
         vae=vae,
@@ -366,7 +366,7 @@ def _build_chroma(seed: int):
     torch.manual_seed(seed + 2)
     text_encoder = _t5(tokenizer)
     return ChromaPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**_FLUX_SCHEDULER),
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
