@@ -75,14 +75,14 @@ class AdapterSet:
             return path
         import torch
         from safetensors import safe_open
-        from safetensors.numpy import load_file
 
         from farm.loras.describe import metadata_alphas
         from farm.loras.flux_keys import Widths, to_diffusers
 
-        with safe_open(path, "numpy") as f:
+        with safe_open(path, "numpy") as f:  # one open: the tensors and their metadata
             alphas = metadata_alphas(f.metadata() or {})
-        converted = to_diffusers(load_file(path), Widths.from_config(self.model.config),
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        converted = to_diffusers(tensors, Widths.from_config(self.model.config),
                                  alphas=alphas[0] if len(set(alphas)) == 1 else None)  # fmt: skip
         keep = ("transformer.", *(f"{te}." for te in family.lora_text_encoders))
         return {k: torch.from_numpy(v) for k, v in converted.tensors.items() if k.startswith(keep)}

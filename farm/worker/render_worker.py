@@ -18,6 +18,7 @@ from farm.plan.items import AUTO_UNIT, Adapter, Item, Unit
 from farm.records.encode import EXTENSIONS, encode_image
 from farm.records.infotext import build_infotext, format_number
 from farm.records.parts import catalog_pairs, encode_rows, part_key
+from farm.render.adapters import adapter_name
 from farm.spec import Render
 from farm.spec.samplers import SAMPLERS
 from farm.spec.strength import schedule_text
@@ -300,8 +301,6 @@ class RenderWorker:
     def _row(self, item: Item, unit: Unit, ctx: JobContext, attempt: int, seconds: float,
              batch_size: int, loaded) -> dict:  # fmt: skip
         import torch
-
-        from farm.render.adapters import adapter_name
 
         r = ctx.render
         placed = {n: loaded.adapters.placements.get(adapter_name(ctx.adapters[n]))
