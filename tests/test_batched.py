@@ -16,6 +16,7 @@ from PIL import Image
 from test_loras import locon_for_tiny
 
 from farm.families import tiny_model
+from farm.families.base import BlockMap
 from farm.plan.items import Adapter
 from farm.plan.sweep import make_plan, unit_streams
 from farm.records.parts import decode_part, part_key
@@ -220,14 +221,16 @@ def test_sample_scales_follow_blocks_and_schedules_per_sample():
         {"a": Strength(1.0, 0.8, blocks=blocks), "b": Strength.plain(0.3)},
         {"a": Strength(0.2, 1.0, schedule=parse_schedule("0@0,1@0.5"))},
     ]
-    on_step = scales.set(samples, steps=4, where=1)
+    on_step = scales.set(
+        samples, steps=4, where=BlockMap(tiny_model().family, {"layers_per_block": 1})
+    )
     assert torch.allclose(scales.table, torch.tensor([[0.5, 0.2], [0.0, 0.0], [1.6, 0.0],
                                                       [0.3, 0.0]]))  # fmt: skip
     on_step(None, 1, None, {})  # after step 1: step 2 is half way, the schedule is on
     assert torch.allclose(scales.table, torch.tensor([[0.5, 0.2], [0.0, 1.0], [1.6, 1.0],
                                                       [0.3, 0.0]]))  # fmt: skip
     table = scales.table
-    scales.set(samples[::-1], steps=4, where=1)
+    scales.set(samples[::-1], steps=4, where=BlockMap(tiny_model().family, {"layers_per_block": 1}))
     assert scales.table is table  # the same tensor, rewritten in place
 
 

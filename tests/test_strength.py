@@ -15,6 +15,8 @@ from conftest import FARM, REPO
 from PIL import Image
 
 from farm.cli import main
+from farm.families import sd1
+from farm.families.base import BlockMap
 from farm.loras.demo import demo_lora_path
 from farm.plan.items import Adapter
 from farm.plan.sweep import expand, make_plan, unit_streams
@@ -200,23 +202,28 @@ def test_image_flags_on_known_arrays():
 # ---------------------------------------------------------------- strength values
 
 
+def unet(blocks, module: str) -> float:
+    """A block multiplier for a layer of SD1.5's UNet (two layers per block)."""
+    return blocks.multiplier(BlockMap(sd1.FAMILY, {"layers_per_block": 2}), "unet", module)
+
+
 def test_lbw_presets_map_to_blocks_like_lora_block_weight():
     midd = parse_blocks("midd")
     assert midd.name == "MIDD" and midd.te() == 1.0
     # SD1.x numbering (2 layers per block): down_blocks.0 holds IN01/IN02, .2 IN07/IN08.
-    assert midd.unet("down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q", 2) == 0
-    assert midd.unet("down_blocks.1.attentions.1.proj_in", 2) == 1  # IN05
-    assert midd.unet("down_blocks.2.resnets.0.conv1", 2) == 1  # IN07, a ResNet (LoCon)
-    assert midd.unet("mid_block.attentions.0.proj_out", 2) == 1
-    assert midd.unet("up_blocks.1.attentions.2.proj_out", 2) == 1  # OUT05
-    assert midd.unet("up_blocks.2.attentions.0.proj_out", 2) == 1  # OUT06
-    assert midd.unet("up_blocks.2.attentions.1.proj_out", 2) == 0  # OUT07
-    assert midd.unet("up_blocks.3.attentions.2.proj_out", 2) == 0  # OUT11
-    assert midd.unet("conv_in", 2) == 1  # outside the named blocks: untouched
+    assert unet(midd, "down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q") == 0
+    assert unet(midd, "down_blocks.1.attentions.1.proj_in") == 1  # IN05
+    assert unet(midd, "down_blocks.2.resnets.0.conv1") == 1  # IN07, a ResNet (LoCon)
+    assert unet(midd, "mid_block.attentions.0.proj_out") == 1
+    assert unet(midd, "up_blocks.1.attentions.2.proj_out") == 1  # OUT05
+    assert unet(midd, "up_blocks.2.attentions.0.proj_out") == 1  # OUT06
+    assert unet(midd, "up_blocks.2.attentions.1.proj_out") == 0  # OUT07
+    assert unet(midd, "up_blocks.3.attentions.2.proj_out") == 0  # OUT11
+    assert unet(midd, "conv_in") == 1  # outside the named blocks: untouched
     # Blocks the 17 values don't name keep 1, as LoRA Block Weight expands them.
-    assert parse_blocks("NONE").unet("up_blocks.0.resnets.1.conv1", 2) == 1  # OUT01
+    assert unet(parse_blocks("NONE"), "up_blocks.0.resnets.1.conv1") == 1  # OUT01
     outs = parse_blocks("OUTS")
-    assert outs.te() == 1 and outs.unet("up_blocks.3.attentions.0.x", 2) == 1  # OUT09
+    assert outs.te() == 1 and unet(outs, "up_blocks.3.attentions.0.x") == 1  # OUT09
     values = parse_blocks(LBW_PRESETS["OUTD"])
     assert values.pairs == parse_blocks("OUTD").pairs
     assert len(LBW_PRESETS) >= 9 and {"ALL", "INS", "IND", "INALL", "MIDD", "OUTD", "OUTS",
@@ -228,11 +235,11 @@ def test_diffusers_dict_blocks():
         {"text_encoder": 0.5, "unet": {"down": {"block_1": [0.2, 0.3]}, "mid": 0, "up": 0.9}}
     )
     assert blocks.te() == 0.5
-    assert blocks.unet("down_blocks.1.attentions.1.to_k", 2) == 0.3
-    assert blocks.unet("down_blocks.1.resnets.0.conv1", 2) == 0.2
-    assert blocks.unet("down_blocks.0.attentions.0.to_k", 2) == 1.0
-    assert blocks.unet("mid_block.resnets.1.conv2", 2) == 0
-    assert blocks.unet("up_blocks.2.attentions.2.to_v", 2) == 0.9
+    assert unet(blocks, "down_blocks.1.attentions.1.to_k") == 0.3
+    assert unet(blocks, "down_blocks.1.resnets.0.conv1") == 0.2
+    assert unet(blocks, "down_blocks.0.attentions.0.to_k") == 1.0
+    assert unet(blocks, "mid_block.resnets.1.conv2") == 0
+    assert unet(blocks, "up_blocks.2.attentions.2.to_v") == 0.9
 
 
 @pytest.mark.parametrize("value, message", [

@@ -172,7 +172,7 @@ class SampleScales:
         self.views.clear()
 
     def set(self, samples: Sequence[dict[str, Strength]], steps: int,
-            where: BlockMap | int, layout: object = None) -> Callable | None:  # fmt: skip
+            where: BlockMap, layout: object = None) -> Callable | None:  # fmt: skip
         """Write the scales of one call, a {adapter: strength} per sample (an adapter a
         sample lacks is 0 there). Returns a step-end callback for the pipeline when a
         schedule changes the UNet's scales while denoising, else None.
@@ -272,7 +272,7 @@ class SampleScales:
         view = self.views[(row, n, dims)] = table[row].view(n, *([1] * (dims - 1)))
         return view
 
-    def _column(self, sample: dict[str, Strength], where: BlockMap | int):
+    def _column(self, sample: dict[str, Strength], where: BlockMap):
         """One sample's scale for every row before any schedule (float32, on the CPU);
         each (strength, adapter) is worked out once, as sweeps repeat strengths."""
         import torch

@@ -77,11 +77,6 @@ class Blocks:
     def te(self) -> float:
         return dict(self.pairs).get("te", 1.0)
 
-    def unet(self, module: str, layers_per_block: int) -> float:
-        """The multiplier for a module of an SD1.x-shaped UNet (diffusers name)."""
-        where = BlockMap(sd1.FAMILY, {"layers_per_block": layers_per_block})
-        return self.multiplier(where, "unet", module)
-
     def problem(self, family: Family) -> str | None:
         """Why these blocks cannot be read on a family's models; None when they can."""
         forms = " or ".join(f.name for f in family.block_forms)
@@ -172,13 +167,10 @@ class Strength:
             args.append(f"sched={schedule_text(self.schedule)}")
         return args
 
-    def layer_scale(self, part: str, module: str, where: BlockMap | int) -> float:
+    def layer_scale(self, part: str, module: str, where: BlockMap) -> float:
         """A LoRA layer's scale before any schedule: its part's weight (te or unet: the
         denoiser, UNet or transformer) times the multiplier of the block the module sits
-        in, read in the model's block names (`where`; a number is an SD1.x-shaped UNet of
-        that many layers per block)."""
-        if isinstance(where, int):
-            where = BlockMap(sd1.FAMILY, {"layers_per_block": where})
+        in, read in the model's block names (`where`)."""
         weight = self.te if part == "te" else self.unet
         return weight * (self.blocks.multiplier(where, part, module) if self.blocks else 1.0)
 
