@@ -28,7 +28,6 @@ class AdapterSet:
         self._layers: list | None = None
         self._layers_at = -1
         self.per_sample = None  # SampleScales, made on the first mixed call
-        self.root: str | None = None  # the model's local folder, for placements
         self.placements: dict[str, Placement | None] = {}  # what of each file applies
 
     def missing(self, adapters: Sequence[Adapter]) -> list[Adapter]:
@@ -60,7 +59,7 @@ class AdapterSet:
 
         from farm.families.placement import place
 
-        root = Path(self.root) if self.root and Path(self.root).is_dir() else None
+        root = Path(self.model.root) if self.model.root else None  # a folder read_folder read
         if root is None and self.model.family.denoiser == "unet":
             return None
         return place(path, self.model, root)

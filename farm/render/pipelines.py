@@ -59,7 +59,6 @@ class Loaded:
         self.base_scheduler = pipe.scheduler
         self.schedulers: dict[str, object] = {}
         self.compiled = False
-        self.root: str | None = None  # the local folder it was loaded from
         self._fits: dict[tuple[int, int, float], int] = {}
 
     def compile(self) -> None:
@@ -141,7 +140,6 @@ class PipelineCache:
             release_cached_memory()
         info = local_model(path)
         loaded = Loaded(load_pipeline(path, self.device, info), self.device, info)
-        loaded.root = loaded.adapters.root = path
         self.pipelines[model] = loaded
         self.loads += 1
         return loaded
