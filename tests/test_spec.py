@@ -124,7 +124,12 @@ BAD = [
     (
         "prompts-mapping",
         spec(prompts={"a": 1}),
-        "prompts: expected a list of strings, got a mapping",
+        "prompts.a: unknown key (known: file, format, resolved)",
+    ),
+    (
+        "prompts-number",
+        spec(prompts=3),
+        "prompts: expected a list of strings or {file, format}, got 3",
     ),
     (
         "negative-type",

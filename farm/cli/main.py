@@ -282,6 +282,12 @@ def plan(spec_path: str, as_json: bool, max_items: int | None, tenants_file: str
     family = planned.model.family.name if planned.model else "?"
     click.echo(f"  model          {spec.model} ({family}): {r.steps} steps, {r.scheduler}, "
                f"guidance {r.guidance:g}, {r.width}×{r.height}")  # fmt: skip
+    lines = planned.spec.prompt_file
+    if lines is not None:
+        own = sum(1 for s in planned.sources
+                  if s.settings or s.negative is not None or s.seed is not None)  # fmt: skip
+        click.echo(f"  prompt file    {lines.path} ({lines.format}): {own} of "
+                   f"{len(lines.lines)} lines set their own seed or settings")  # fmt: skip
     for a in planned.adapters.values():
         if a.dropped:
             click.echo(f"  lora {a.name}: {a.applied} tensors apply, {a.dropped} dropped")

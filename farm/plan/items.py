@@ -4,11 +4,13 @@ content ids they are named by. Only types and ids: nothing here plans."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from farm.spec.model import Render
 from farm.spec.strength import Strength
 
 # Items per unit: enough to amortise a dispatch, small enough to spread over workers. A
@@ -17,6 +19,10 @@ from farm.spec.strength import Strength
 UNIT_SIZE = 8
 AUTO_UNIT = 16
 ID_HEX = 20  # 80 bits: collision-free for any realistic sweep
+
+# An item's own render settings where they differ from the spec's `render:` (a prompt
+# file line's steps, guidance, width, height): (field, value) pairs, sorted by field.
+Settings = tuple[tuple[str, int | float], ...]
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,11 @@ class Item:
     catalog: tuple[tuple[str, str], ...] = ()
     preset: str | None = None  # the preset its strengths came from
     name: str | None = None  # a catalog's friendly output name, without the extension
+    settings: Settings = ()  # () for the spec's render settings, as for most items
+
+    def render_of(self, render: Render) -> Render:
+        """The render settings this item is drawn with: the job's, with its own in place."""
+        return dataclasses.replace(render, **dict(self.settings)) if self.settings else render
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,11 @@ class Source:
     tags: tuple[tuple[str, Strength], ...]
     catalog: tuple[tuple[str, str], ...] = ()
     preset: str | None = None  # a catalog row's preset (preset_by), set in its tags
+    # A prompt file line's own: its render settings that differ from the spec's, its
+    # negative prompt and its one seed, each in place of the spec's (None: the spec's).
+    settings: Settings = ()
+    negative: str | None = None
+    seed: int | None = None
 
 
 @dataclass

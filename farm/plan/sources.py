@@ -4,6 +4,7 @@ from the spec's lora_dir by file stem."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from farm.families import FamilyError, Model, check_compatible
@@ -98,10 +99,13 @@ def prompt_sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos,
 
         rows = ((f"catalog[{r.key}]", r.prompt, tuple(sorted(r.fields.items())))
                 for r in read_catalog(spec.catalog))  # fmt: skip
+    elif spec.prompt_file is not None:
+        rows = ((spec.prompt_file.where(i), p, ()) for i, p in enumerate(spec.prompts))
     else:
         rows = ((f"prompts[{i}]", p, ()) for i, p in enumerate(spec.prompts))
     seen: set[tuple] = set()
-    for where, prompt, catalog in rows:
+    repeats = _Repeats(spec)
+    for i, (where, prompt, catalog) in enumerate(rows):
         try:
             text, tags = parse_prompt(prompt)
         except PromptError as err:
@@ -129,12 +133,58 @@ def prompt_sources(spec: Spec, adapters: dict[str, Adapter], combos: Combos,
         if len({t.name for t in tags}) != len(tags):
             raise SpecError(f"{where}: a LoRA is tagged twice; merge the tags")
         key = (text, tuple((t.name, t.strength) for t in tags) + row_tags, catalog)
+        # The row's strengths are shown as tags, as a swept LoRA's are (A1111 reads them).
+        shown = " ".join([prompt, *(lora_tag(n, w) for n, w in row_tags)])
+        if spec.prompt_file is not None:
+            source = line_source(spec, i, Source(shown, text, key[1], catalog, preset))
+            repeats.check(key, source, i)
+            yield source
+            continue
         if key in seen:
             raise SpecError(f"{where}: duplicate of an earlier prompt; remove it")
         seen.add(key)
-        # The row's strengths are shown as tags, as a swept LoRA's are (A1111 reads them).
-        shown = " ".join([prompt, *(lora_tag(n, w) for n, w in row_tags)])
         yield Source(shown, text, key[1], catalog, preset)
+
+
+def line_source(spec: Spec, i: int, source: Source) -> Source:
+    """Prompt file line i's source: its seed, and its negative prompt and render settings
+    where they differ from the spec's (so a line that sets the spec's own values gives the
+    items, and ids, of the same prompt in a list)."""
+    line = spec.prompt_file.lines[i]
+    render = spec.render
+    settings = tuple(sorted((k, v) for k, v in spec.prompt_file.settings(i).items()
+                            if v != getattr(render, k)))  # fmt: skip
+    negative = line.negative if line.negative != spec.negative_prompt else None
+    return dataclasses.replace(source, settings=settings, negative=negative, seed=line.seed)
+
+
+class _Repeats:
+    """Prompt file lines that would render an image twice: the same prompt, tags, negative
+    prompt and settings as the spec fills them in, and a seed in common (a line's own, or
+    any of the spec's `seeds` for a line without one)."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.seen: dict[tuple, list[tuple[int | None, int]]] = {}
+        self._seeds: frozenset[int] | None = None
+
+    def spec_seeds(self) -> frozenset[int]:
+        if self._seeds is None:
+            self._seeds = frozenset(self.spec.seeds)
+        return self._seeds
+
+    def check(self, key: tuple, source: Source, i: int) -> None:
+        """Refuse line i if an earlier line renders one of its images."""
+        key = (*key, source.settings, source.negative)
+        earlier = self.seen.setdefault(key, [])
+        for seed, j in earlier:
+            if seed == source.seed or (seed is None and source.seed in self.spec_seeds()) or \
+                    (source.seed is None and seed in self.spec_seeds()):  # fmt: skip
+                lines = self.spec.prompt_file
+                raise SpecError(f"{lines.where(i)}: renders the same images as {lines.place(j)} "
+                                "(the same prompt, settings and seed once the spec's settings "
+                                "fill in what a line leaves out); remove one")  # fmt: skip
+        earlier.append((source.seed, i))
 
 
 def row_preset(spec: Spec, fields: dict[str, str],

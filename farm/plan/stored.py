@@ -22,6 +22,8 @@ def plan_fingerprint(plan: Plan) -> str:
     spec = {k: v for k, v in plan.spec.to_dict().items()
             if k not in ("output", "catalog", "lora_dir")}  # fmt: skip
     spec["loras"] = [{k: v for k, v in x.items() if k != "path"} for x in spec["loras"]]
+    if isinstance(spec.get("prompts"), dict):  # a prompt file's lines count, not its path
+        spec["prompts"] = {k: v for k, v in spec["prompts"].items() if k != "file"}
     adapters = sorted((a.name, a.sha256) for a in plan.adapters.values())
     sources = [(s.prompt, s.catalog) for s in plan.sources]
     parts = [spec, plan.model_fingerprint, adapters, sources]
@@ -41,12 +43,12 @@ def spec_from_job(doc: dict, job_url: str) -> Spec:
 def stored_plan(store: Store, doc: dict) -> Plan:
     """The job's plan rebuilt from job.json, without reading the model or LoRA files."""
     spec = spec_from_job(doc, store.url)
-    frozen = {a["name"]: Adapter(a["name"], "", a["sha256"], a["shorthash"], **_run_of(a))
+    frozen = {a["name"]: Adapter(a["name"], "", a["sha256"], a["shorthash"], **run_of(a))
               for a in doc["adapters"]}  # fmt: skip
     return make_plan(spec, frozen=(doc["model"]["fingerprint"], frozen))
 
 
-def _run_of(adapter: dict) -> dict:
+def run_of(adapter: dict) -> dict:
     """A checkpoint's run, step and epoch as job.json recorded them (rows carry them)."""
     c = adapter.get("checkpoint")
     if not isinstance(c, dict) or not isinstance(c.get("run"), str):

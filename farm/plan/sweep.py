@@ -39,25 +39,40 @@ class Plan:
     sources: list[Source] = field(default_factory=list)
     model: Model | None = None  # its family and configs; None for a plan rebuilt from job.json
 
+    def seeds_of(self, source: Source) -> tuple[int, ...]:
+        """The seeds a prompt renders with: a prompt file line's own, else the spec's."""
+        return (source.seed,) if source.seed is not None else self.spec.seeds
+
     @property
     def items(self) -> int:
-        return len(self.sources) * len(self.spec.seeds) * self.combos.count
+        if self.spec.prompt_file is None:
+            return len(self.sources) * len(self.spec.seeds) * self.combos.count
+        return sum(len(self.seeds_of(s)) for s in self.sources) * self.combos.count
+
+    @property
+    def seeds(self) -> int:
+        """How many seeds the sweep renders with: the spec's, and prompt file lines' own."""
+        if self.spec.prompt_file is None:
+            return len(self.spec.seeds)
+        own = {s.seed for s in self.sources if s.seed is not None}
+        if all(s.seed is not None for s in self.sources):
+            return len(own)
+        return len(self.spec.seeds) + len(own.difference(self.spec.seeds))
 
     def groups(self) -> list[tuple[tuple[str, ...], int]]:
         """Each adapter set of the sweep with its item count, in order of first use."""
         items: dict[tuple[str, ...], int] = {}
-        seeds = len(self.spec.seeds)
         if self.combos.uniform:
             # Every combination sets the same LoRAs: the sets differ only by prompt tags.
             swept = tuple((n, None) for n in self.combos.names)
             for source in self.sources:
                 key = adapter_key(swept + source.tags)
-                items[key] = items.get(key, 0) + seeds * self.combos.count
+                items[key] = items.get(key, 0) + len(self.seeds_of(source)) * self.combos.count
             return list(items.items())
         for combo in self.combos:
             for source in self.sources:
                 key = adapter_key(combo + source.tags)
-                items[key] = items.get(key, 0) + seeds
+                items[key] = items.get(key, 0) + len(self.seeds_of(source))
         return list(items.items())
 
     @property
@@ -78,7 +93,7 @@ class Plan:
     def counts(self) -> dict:
         return {
             "prompts": len(self.sources),
-            "seeds": len(self.spec.seeds),
+            "seeds": self.seeds,
             "combos": self.combos.count,
             "loras": len(self.spec.loras),
             "items": self.items,
@@ -105,9 +120,10 @@ def make_plan(
         # The model's family first: its render defaults and samplers shape every item.
         model = read_model(spec.model)
         spec = with_family_defaults(spec, model.family)
+        check_prompt_lines(spec, model.family)
     combos = Combos(spec)
     # Refuse a runaway product before reading any file or prompt.
-    _check_size(combos.count * len(spec.seeds) * max(len(spec.prompts), 1), limit)
+    _check_size(combos.count * _prompt_seeds(spec), limit)
     if frozen:
         fingerprint, adapters = frozen
     else:
@@ -182,6 +198,32 @@ def with_family_defaults(spec: Spec, family: Family) -> Spec:
     return dataclasses.replace(spec, render=render)
 
 
+def check_prompt_lines(spec: Spec, family: Family) -> None:
+    """A prompt file's own settings, checked against the model family as the spec's
+    render and negative prompt are (with_family_defaults); sizes, guidance and the
+    steps' range are the file reader's to check."""
+    lines = spec.prompt_file
+    if lines is None:
+        return
+    scheduler = spec.render.scheduler
+    least = SAMPLERS[scheduler].min_steps
+    for i, line in enumerate(lines.lines):
+        if line.steps is not None and line.steps < least:
+            raise SpecError(f"{lines.where(i)}: {line.steps} steps are too few for the "
+                            f"{scheduler} scheduler (give the line {least} or more, or "
+                            "another render.scheduler)")  # fmt: skip
+        if line.negative and family.guidance in ("embedded", "none"):
+            raise SpecError(f"{lines.where(i)}: a negative prompt, but {family.name} models "
+                            "take none (their guidance is distilled); remove it")  # fmt: skip
+
+
+def _prompt_seeds(spec: Spec) -> int:
+    """(prompt, seed) pairs the spec plans, a catalog's rows counted as one prompt."""
+    if spec.prompt_file is None:
+        return len(spec.seeds) * max(len(spec.prompts), 1)
+    return sum(1 if line.seed is not None else len(spec.seeds) for line in spec.prompt_file.lines)
+
+
 def _check_blocks(combos: Combos, sources: list[Source], family: Family) -> None:
     """Every per-block setting of the sweep, read in the model family's block names."""
     settings = [w for axis in combos.axes for _, w in axis]
@@ -225,14 +267,16 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
             prompt = " ".join([source.prompt, *(lora_tag(n, w) for n, w in combo)])
             # A plain strength hashes as the bare number it always was.
             hashed = sorted((plan.adapters[n].sha256, w.key()) for n, w in loras)
-            for seed in spec.seeds:
-                payload = {**base, "text": source.text, "seed": seed, "loras": hashed,
+            own = _own_settings(source, base)
+            negative = spec.negative_prompt if source.negative is None else source.negative
+            for seed in plan.seeds_of(source):
+                payload = {**base, **own, "text": source.text, "seed": seed, "loras": hashed,
                            "catalog": source.catalog}  # fmt: skip
                 yield Item(
                     item_id=content_id(payload),
                     prompt=prompt,
                     text=source.text,
-                    negative_prompt=spec.negative_prompt,
+                    negative_prompt=negative,
                     seed=seed,
                     loras=loras,
                     alpha=_alpha(combo, source, swept),
@@ -243,7 +287,25 @@ def expand(plan: Plan, only: tuple[str, ...] | None = None) -> Iterator[Item]:
                     )
                     if naming
                     else None,
+                    settings=source.settings,
                 )
+
+
+def _own_settings(source: Source, base: dict) -> dict:
+    """A prompt file line's values in the id payload, in place of the spec's: an item is
+    hashed with what it renders with, so a line that sets the spec's own values (and so
+    none here) gets the id of the same prompt written in a list."""
+    own: dict = {}
+    if source.negative is not None:
+        own["negative"] = source.negative
+    settings = dict(source.settings)
+    for key in ("steps", "guidance"):
+        if key in settings:
+            own[key] = settings[key]
+    if "width" in settings or "height" in settings:
+        width, height = base["size"]
+        own["size"] = [settings.get("width", width), settings.get("height", height)]
+    return own
 
 
 def _alpha(combo: tuple, source: Source, swept: int | None) -> float | None:

@@ -120,8 +120,8 @@ def shot_from_row(row: dict) -> Shot:
 def planned_shots(store: Store, doc: dict) -> Iterator[Shot]:
     """Shots for every item job.json plans, none of them rendered (key None)."""
     plan = stored_plan(store, doc)
-    r = plan.spec.render
     for item in expand(plan):
+        r = item.render_of(plan.spec.render)  # a prompt file's line may set its own
         row = {
             "negative_prompt": item.negative_prompt, "model": plan.spec.model,
             "steps": r.steps, "guidance": r.guidance, "scheduler": r.scheduler,

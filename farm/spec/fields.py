@@ -17,6 +17,8 @@ from farm.spec.errors import SpecError, show, suggest
 from farm.spec.strength import Blocks, Strength, StrengthError, parse_blocks, parse_schedule
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# The largest seed a spec or a prompt file gives: an unsigned 32-bit number.
+MAX_SEED = 2**32 - 1
 URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 STRENGTH_KEYS = ("weight", "te", "unet", "blocks", "schedule")
 _NO_TENANTS = (

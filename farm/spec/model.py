@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.loras.checkpoints import Checkpoint
+from farm.spec.prompt_file import PromptFile
 from farm.spec.strength import Blocks, Strength, schedule_text
 
 
@@ -158,9 +159,9 @@ ComboList = tuple[tuple[tuple[str, Strength], ...], ...]
 class Spec:
     job: str
     model: str
-    prompts: tuple[str, ...]  # () when catalog is given
+    prompts: tuple[str, ...]  # () when catalog is given; a prompt file's lines' texts
     negative_prompt: str
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # () only when every line of prompt_file sets its own seed
     loras: tuple[LoraAxis, ...]
     combine: str | ComboList  # 'product' | 'zip' | explicit combos of (lora name, weight)
     render: Render
@@ -171,6 +172,9 @@ class Spec:
     tenant: str | None = None  # whose job: its caps and prefix apply (farm/tenancy/tenants.py)
     # Presets as resolved: the preset axis, or (with catalog.preset_by) the rows' choices.
     presets: tuple[PresetWeights, ...] = ()
+    # `prompts: {file, format}`: the lines behind `prompts` (one each, in order), with the
+    # seed, negative prompt and render settings each sets in place of the spec's.
+    prompt_file: PromptFile | None = None
 
     @property
     def row_presets(self) -> bool:
@@ -185,6 +189,8 @@ class Spec:
             d["tenant"] = self.tenant
         if self.catalog is not None:
             d["catalog"] = self.catalog.to_dict()
+        elif self.prompt_file is not None:
+            d["prompts"] = self.prompt_file.to_dict()
         else:
             d["prompts"] = list(self.prompts)
         d["negative_prompt"] = self.negative_prompt
@@ -192,7 +198,7 @@ class Spec:
         # A contiguous run is written compactly: a million seeds stay one line in job.json.
         if len(s) > 1 and all(b == a + 1 for a, b in zip(s, s[1:], strict=False)):
             d["seeds"] = {"start": s[0], "count": len(s)}
-        else:
+        elif s:  # none: every prompt file line sets its own
             d["seeds"] = list(s)
         d["loras"] = [
             {"name": x.name}

@@ -15,6 +15,7 @@ from farm.limits import MAX_PROMPT_CHARS
 from farm.spec.catalog_block import parse_catalog
 from farm.spec.errors import SpecError, show, suggest
 from farm.spec.fields import (
+    MAX_SEED,
     NAME_RE,
     URL_RE,
     as_int,
@@ -30,11 +31,11 @@ from farm.spec.fields import (
 from farm.spec.lora_axes import combine_mode, parse_combine, parse_loras
 from farm.spec.model import DEFAULTED, Render, Spec
 from farm.spec.preset_weights import parse_preset_weights
+from farm.spec.prompt_file import PromptFile, parse_prompt_file
 from farm.spec.samplers import SAMPLERS
 
 JOB_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 HUB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-MAX_SEED = 2**32 - 1
 MAX_SEED_COUNT = 1_000_000
 FORMATS = ("png", "jpeg", "webp")
 TOP_KEYS = ("job", "model", "prompts", "catalog", "negative_prompt", "seeds", "loras",
@@ -68,9 +69,14 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
         raise SpecError(
             "prompts: required (a list of prompts, or a catalog: {path, template, key})"
         )
-    prompts = _prompts(data["prompts"]) if has_prompts else ()
+    prompt_file = None
+    if has_prompts and isinstance(data["prompts"], dict):
+        prompt_file = parse_prompt_file(data["prompts"], base)
+        prompts = tuple(line.text for line in prompt_file.lines)
+    else:
+        prompts = _prompts(data["prompts"]) if has_prompts else ()
     negative = as_str(get_field(data, "negative_prompt", ""), "negative_prompt", empty_ok=True)
-    seeds = _seeds(required_field(data, "seeds", "a list of seeds or {start, count}"))
+    seeds = _spec_seeds(get_field(data, "seeds"), prompt_file)
     mode = combine_mode(get_field(data, "combine", "product"))
     loras = parse_loras(get_field(data, "loras", []), base, mode)
     combine = parse_combine(mode, loras)
@@ -83,7 +89,7 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
         raise SpecError(f"tenant: {show(tenant)} is not a tenant name")
     presets = parse_preset_weights(get_field(data, "preset_weights"), loras, catalog, combine)
     return Spec(job, model, prompts, negative, seeds, loras, combine, render, output,
-                catalog, source, lora_dir, tenant, presets)  # fmt: skip
+                catalog, source, lora_dir, tenant, presets, prompt_file)  # fmt: skip
 
 
 def _lora_dir(value: Any, base: Path) -> str | None:
@@ -125,7 +131,8 @@ def _prompts(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list | tuple):
-        raise SpecError(f"prompts: expected a list of strings, got {show(value)}")
+        raise SpecError(f"prompts: expected a list of strings or {{file, format}}, got "
+                        f"{show(value)}")  # fmt: skip
     if not value:
         raise SpecError("prompts: the list is empty (give at least one prompt)")
     seen: dict[str, int] = {}
@@ -141,6 +148,19 @@ def _prompts(value: Any) -> tuple[str, ...]:
             raise SpecError(f"prompts[{i}]: same as prompts[{seen[prompt]}] (give each once)")
         seen[prompt] = i
     return tuple(value)
+
+
+def _spec_seeds(value: Any, prompt_file: PromptFile | None) -> tuple[int, ...]:
+    """`seeds`: required unless every line of the prompt file sets its own seed."""
+    if value is not None or prompt_file is None:
+        return _seeds(required_field({"seeds": value}, "seeds",
+                                     "a list of seeds or {start, count}"))  # fmt: skip
+    i = prompt_file.unseeded()
+    if i is None:
+        return ()
+    raise SpecError(f"{prompt_file.where(i)}: sets no seed and the spec has no seeds; "
+                    f"give the line one ({prompt_file.seed_hint()}) or add seeds: to the "
+                    "spec")  # fmt: skip
 
 
 def _seeds(value: Any) -> tuple[int, ...]:

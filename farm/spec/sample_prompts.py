@@ -51,8 +51,7 @@ from typing import Any
 
 from farm.limits import MAX_PROMPT_CHARS
 from farm.spec.errors import SpecError, show, suggest
-from farm.spec.fields import read_text_file
-from farm.spec.parse import MAX_SEED
+from farm.spec.fields import MAX_SEED, read_text_file
 from farm.spec.yaml_rules import load_yaml
 
 FORMATS = ("sd-scripts", "ai-toolkit")

@@ -215,8 +215,14 @@ def _add_preset_loras(out: dict, resolved: list[dict], tenant: Tenant) -> None:
 def check_stored_paths(data: dict, tenant: Tenant, base: Path) -> None:
     """The paths of a spec mapping (a spec file's, or job.json's) that are read before
     validation checks anything: a tenant's job names no LoRA folder, and its catalog
-    lies in the tenant's own folders. Run before the catalog is opened, so a refusal
-    says nothing of what exists elsewhere."""
+    lies in the tenant's own folders, and it reads no prompt file. Run before the catalog
+    or a prompt file is opened, so a refusal says nothing of what exists elsewhere."""
+    prompts = data.get("prompts")
+    if isinstance(prompts, dict) and prompts.get("file") is not None:
+        # A file on the machine that plans: for a shared farm's driver, anyone's file.
+        raise SpecError(f"prompts.file: a job of tenant {tenant.name} lists its prompts in "
+                        "the spec (prompts: [...]) or in a catalog of the tenant's own, not "
+                        "in a file on the machine that plans")  # fmt: skip
     catalog = data.get("catalog")
     path = catalog.get("path") if isinstance(catalog, dict) else None
     _check_paths(data.get("lora_dir"), path if isinstance(path, str) else None, tenant, base)
@@ -270,6 +276,8 @@ def enforce(spec: Spec, tenants: Tenants | None) -> Tenant | None:
         raise SpecError(f"model: {spec.model} is not allowed for tenant {tenant.name} "
                         f"(allowed: {', '.join(tenant.models)})")  # fmt: skip
     _check_paths(spec.lora_dir, spec.catalog.path if spec.catalog else None, tenant, Path.cwd())
+    if spec.prompt_file is not None and spec.prompt_file.path:
+        check_stored_paths({"prompts": {"file": spec.prompt_file.path}}, tenant, Path.cwd())
     registry = set(tenant.loras.values())
     for i, lora in enumerate(spec.loras):
         if lora.path not in registry:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from farm import __version__, faults
-from farm.plan.items import AUTO_UNIT, Adapter, Item, Unit
+from farm.plan.items import AUTO_UNIT, Adapter, Item, Settings, Unit
 from farm.records.encode import EXTENSIONS, encode_image
 from farm.records.infotext import build_infotext, format_number
 from farm.records.parts import catalog_pairs, encode_rows, part_key
@@ -191,17 +191,17 @@ class RenderWorker:
         )
 
     def _render_images(self, unit: Unit, ctx: JobContext, store, attempt: int):
-        render = ctx.render
-        loaded, new, size, mixed = self._ready(unit, ctx)
+        loaded, new = self._ready(unit, ctx)
         rows: list[dict] = []
         pending: list[Future] = []
-        for batch in batches(unit.items, size, mixed):
+        for batch, size, mixed in self._calls(unit, ctx, loaded):
             if self.abandoned.is_set():
                 raise RuntimeError("the run stopped: this unit renders again on resume")
             # 4. Strengths for this call (padded to the batch size when compiled, so the
-            # shapes never change), then one pipeline call.
+            # shapes never change), then one pipeline call, at the call's own settings.
+            render = batch[0].render_of(ctx.render)
             call = batch + [batch[-1]] * (size - len(batch)) if render.compile else batch
-            on_step = self._strengths(loaded.adapters, ctx, call, mixed)
+            on_step = self._strengths(loaded.adapters, ctx, render, call, mixed)
             t0 = time.perf_counter()
             images, flags = self._call(loaded.pipe, call, render, on_step, loaded.family)
             seconds = (time.perf_counter() - t0) / len(call)
@@ -220,35 +220,44 @@ class RenderWorker:
         return rows, pending, tuple(a.name for a in new)
 
     def _ready(self, unit: Unit, ctx: JobContext):
-        """Steps 2 and 3: (the loaded pipeline, adapters newly loaded, items per call,
-        whether items of different strengths share a call)."""
-        render = ctx.render
+        """Steps 2 and 3: (the loaded pipeline, adapters newly loaded)."""
         # 2. Pipeline from the cache, with the unit's sampler (compiled if the job asks).
         loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint)
-        loaded.use_scheduler(render.scheduler)
+        loaded.use_scheduler(ctx.render.scheduler)
         # 3. Adapters: what is missing made local (tiny:NAME written, s3:// fetched), then loaded.
         adapters = loaded.adapters
         missing = adapters.missing([ctx.adapters[name] for name in unit.adapters])
         new = adapters.ensure([replace(a, path=local_lora_path(a)) for a in missing])
-        size = self.batch_size(loaded, render)
-        if render.compile:  # after auto's probe, which would compile for its own shape
-            loaded.compile()
-        # Items of any strengths share a call when every LoRA layer takes per-sample scales;
-        # a compiled denoiser always takes them, so strengths never become Python floats.
-        mixed = (bool(unit.adapters) and (render.compile or (self.mixed and size > 1))
-                 and adapters.can_mix())  # fmt: skip
-        return loaded, new, size, mixed
+        return loaded, new
+
+    def _calls(self, unit: Unit, ctx: JobContext, loaded):
+        """The unit's pipeline calls: (items, call size, whether items of different
+        strengths share it). One call renders at one set of settings, so items with
+        their own (a prompt file line's size, steps or guidance) get calls of their own."""
+        for _, items in settings_groups(unit.items):
+            render = items[0].render_of(ctx.render)
+            size = self.batch_size(loaded, render)
+            if render.compile:  # after auto's probe, which would compile for its own shape
+                loaded.compile()
+            # Items of any strengths share a call when every LoRA layer takes per-sample
+            # scales; a compiled denoiser always takes them, so strengths never become
+            # Python floats.
+            mixed = (bool(unit.adapters) and (render.compile or (self.mixed and size > 1))
+                     and loaded.adapters.can_mix())  # fmt: skip
+            for batch in batches(items, size, mixed):
+                yield batch, size, mixed
 
     @staticmethod
-    def _strengths(adapters, ctx: JobContext, call: list, mixed: bool):
-        """Set the call's LoRA strengths; returns the per-step callback."""
+    def _strengths(adapters, ctx: JobContext, render: Render, call: list, mixed: bool):
+        """Set the call's LoRA strengths (`render`: its items' settings); returns the
+        per-step callback."""
         weights = [[(ctx.adapters[n], w) for n, w in item.loras] for item in call]
         # A call of one strength takes peft's own scaling, as a plain loop's does; a
         # compiled denoiser always reads the table (a float would recompile it).
-        if mixed and (ctx.render.compile or any(i.loras != call[0].loras for i in call)):
+        if mixed and (render.compile or any(i.loras != call[0].loras for i in call)):
             # The guidance scale says whether the denoiser sees each item once or twice.
-            return adapters.activate_per_sample(weights, ctx.render.steps, ctx.render.guidance)
-        return adapters.activate(weights[0], ctx.render.steps)
+            return adapters.activate_per_sample(weights, render.steps, render.guidance)
+        return adapters.activate(weights[0], render.steps)
 
     def batch_size(self, loaded, render: Render) -> int:
         """The call size for this pipeline and render: the spec's, else `auto`'s pick."""
@@ -302,7 +311,7 @@ class RenderWorker:
              batch_size: int, loaded) -> dict:  # fmt: skip
         import torch
 
-        r = ctx.render
+        r = item.render_of(ctx.render)  # a prompt file line's own settings, where it has them
         placed = {n: loaded.adapters.placements.get(adapter_name(ctx.adapters[n]))
                   for n, _ in item.loras}  # fmt: skip
         lora_hashes = [(n, ctx.adapters[n].shorthash) for n, _ in item.loras]
@@ -399,13 +408,24 @@ def image_flags(array, latent_std: float | None = None) -> list[str]:
     return flags
 
 
+def settings_groups(items: Sequence[Item]) -> list[tuple[Settings, list[Item]]]:
+    """A unit's items by their render settings, each group in order, groups in order of
+    first use: a pipeline call renders at one size, step count and guidance."""
+    groups: dict[Settings, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.settings, []).append(item)
+    return list(groups.items())
+
+
 def batches(items: Sequence[Item], size: int, mixed: bool) -> list[list[Item]]:
     """Cut a unit's items into pipeline calls of at most `size`: in order when strengths
-    can differ within a call (`mixed`), else only items of identical strengths together."""
+    can differ within a call (`mixed`), else only items of identical strengths together;
+    never items of different render settings together (settings_groups sorts them)."""
     out: list[list[Item]] = []
     for item in items:
         last = out[-1] if out else None
-        if last and len(last) < size and (mixed or last[0].loras == item.loras):
+        if last and len(last) < size and last[0].settings == item.settings and \
+                (mixed or last[0].loras == item.loras):  # fmt: skip
             last.append(item)
         else:
             out.append([item])
