@@ -31,6 +31,10 @@ def write_report(job_url: str, *, max_pixels: int, cell_px: int) -> None:
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(summary_table(report))
+    for run in report.runs:
+        click.echo("")
+        click.echo(run_table(run))
+        click.echo(f"recommended: {run.sentence()}")
     if report.collapsed:
         click.echo(
             f"collapsed: {report.collapsed} images past full strength have lost the "
@@ -62,6 +66,30 @@ def summary_table(report) -> str:
     widths = [max(len(r[i]) for r in lines) for i in range(len(head) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
                      for r in lines)  # fmt: skip
+
+
+def run_table(run) -> str:
+    """A training run's checkpoints side by side, in training order."""
+    from farm.spec.strength import format_number
+
+    def num(x: float | None, digits: int = 2) -> str:
+        return "-" if x is None or x != x else format_number(round(x, digits))
+
+    head = ["checkpoint", "step", "effect at 1", "reach", "spread", "onset", "knee", "break",
+            "recommended", "verdict"]  # fmt: skip
+    lines = [head]
+    for c in run.candidates:
+        s = c.summary
+        rec = f"{num(s.recommended[0])} to {num(s.recommended[1])}" if s.recommended else "-"
+        place = c.place.step if c.place.step is not None else c.place.epoch
+        verdict = "recommended" if c is run.chosen else (c.why_not or "eligible")
+        lines.append([c.file, "-" if place is None else str(place), num(c.effect, 3),
+                      "-" if c.reach != c.reach else f"{c.reach:.0%}", num(c.spread),
+                      num(s.onset), num(s.knee), num(s.break_at), rec, verdict])  # fmt: skip
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head) - 1)]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  "
+                      + r[-1] for r in lines)  # fmt: skip
+    return f"training run {run.title}:\n{table}"
 
 
 @click.command()

@@ -100,10 +100,11 @@ def presets_suggest(job_url: str, lora: str | None, as_json: bool, tenants_file:
     guard_job(job_url, tenants_file, tenant)
     found = suggest_presets(open_store(job_url), lora)
     if as_json:
-        click.echo(json.dumps([{"lora": s.lora, "onset": s.onset, "knee": s.knee,
-                                "break": s.break_at, "measured": s.measured,
-                                "presets": s.weights, "why": s.why} for s in found],
-                              indent=2))  # fmt: skip
+        click.echo(json.dumps([{"lora": s.lora, "curve": s.curve, "onset": s.onset,
+                                "knee": s.knee, "break": s.break_at, "measured": s.measured,
+                                "presets": s.weights, "why": s.why, "run": s.run,
+                                "checkpoint_file": s.checkpoint_file, "step": s.step}
+                               for s in found], indent=2))  # fmt: skip
         return
     sys.stdout.write(presets_yaml(found, job_url))
 

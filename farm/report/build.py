@@ -24,6 +24,7 @@ from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
 from farm.report.measure import decode, measure
 from farm.report.response import Summary, collapsed, curve_spans, summarize
+from farm.report.runs import Place, RunComparison, checkpoint_label, compare_runs, run_places
 from farm.report.series import Series, series_of, swept_loras
 from farm.report.sheets import DEFAULT_MAX_PIXELS, Axis, SheetCell, layout, sheet_pages
 from farm.report.shots import JobShots, Shot, detail_row, read_shots, row_tables, shot_from_row
@@ -49,6 +50,7 @@ class Report:
     keys: list[str] = field(default_factory=list)  # every file written, under the job
     notes: list[str] = field(default_factory=list)
     collapsed: int = 0  # images the report marked collapsed
+    runs: list[RunComparison] = field(default_factory=list)  # training runs compared
 
     @property
     def sheets(self) -> list[str]:
@@ -66,10 +68,12 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     job = read_shots(store)
     shots = job.shots
     loras = swept_loras(shots)
+    places = {n: p for n, p in run_places(job.doc).items() if n in loras}
+    loras = _training_order(loras, places)
     report = Report(job.doc["job_id"], job.planned, job.rendered, [], notes=_notes(job))
     # Every sheet is laid out before anything is written: a cap too small for one cell is
     # a bad flag, refused with the job's report folder untouched.
-    sheets = list(_sheets(shots, loras))
+    sheets = list(_sheets(shots, loras, places))
     for _, rows_axis, cols_axis, _ in sheets:
         try:
             layout(rows_axis, cols_axis, cell_px, max_pixels)
@@ -88,16 +92,18 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     report.collapsed = len(marks)
     report.summaries = [summarize(lora, rows, curve)
                         for (lora, curve), rows in measured.curves.items()]  # fmt: skip
-    put(RESPONSE, response_table(measured.rows, report.summaries))
-    put(CURVES, curves_png(report.summaries))
+    report.runs = compare_runs(report.summaries, places)
+    put(RESPONSE, response_table(measured.rows, report.summaries, report.runs))
+    put(CURVES, curves_png(report.summaries, report.runs))
     echo("drawing contact sheets")
     _draw_sheets(sheets, marks, load, put, max_pixels, cell_px)
     echo("writing the gallery")
-    axes = _axes(shots, loras)
+    axes = _axes(shots, loras, places)
     entries = _entries(store, job, axes, measured.d0, marks)
     write_gallery(entries, lambda name, data: put(f"{REPORT}{name}", data),
                   title=f"farm report: {report.job_id}", axes=[a for a, _ in axes],
-                  notes=report.notes)  # fmt: skip
+                  notes=report.notes,
+                  headlines=[run.sentence() for run in report.runs])  # fmt: skip
     written = set(report.keys)
     for key in list(store.list(REPORT)):
         if key not in written:  # left by an earlier report of this job
@@ -145,6 +151,21 @@ def _measure(shots, loras: list[str], load, put, cell_px: int, echo) -> Measured
                 side = min(cell_px, max(128, *frames[0][1].size))
                 put(_animation_key(one, n), strength_animation(frames, cell_px=side))
     return out
+
+
+def _training_order(loras: list[str], places: dict[str, Place]) -> list[str]:
+    """The swept LoRAs with each run's checkpoints together, in training order, where the
+    run's first checkpoint was seen."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(loras):
+        if name in places:
+            first.setdefault(places[name].run, i)
+
+    def key(item: tuple[int, str]) -> tuple[int, int]:
+        i, name = item
+        return (first[places[name].run], places[name].order) if name in places else (i, -1)
+
+    return [name for _, name in sorted(enumerate(loras), key=key)]
 
 
 def _draw_sheets(sheets: list, marks: dict, load, put, max_pixels: int, cell_px: int) -> None:
@@ -200,23 +221,38 @@ def _animation_key(series: Series, n: int) -> str:
     return f"{REPORT}animations/{n:04d}-{_slug(name)}.webp"
 
 
-def _sheets(shots: list[Shot], loras: list[str]) -> Iterator[tuple[str, Axis, Axis, dict]]:
+def _sheets(shots: list[Shot], loras: list[str],
+            places: dict[str, Place]) -> Iterator[tuple[str, Axis, Axis, dict]]:  # fmt: skip
     """One sheet per prompt and LoRA set: strengths across, seeds down. With two or more
-    swept LoRAs, one sheet per seed: the first LoRA's strength across, the others' down."""
+    swept LoRAs, one sheet per seed: the first LoRA's strength across, the others' down.
+    A training run swept alone gets one sheet per prompt and seed: its checkpoints down,
+    in training order, and strengths across."""
     groups: dict[tuple, list[Shot]] = defaultdict(list)
     bare: dict[tuple, list[Shot]] = defaultdict(list)  # shots with every LoRA at a plain 0
+    runs: dict[tuple, str] = {}  # the groups of a run swept alone, and the run
     for shot in shots:
-        fixed = tuple((x.name, None if x.name in loras else x.weight, x.shape) for x in shot.loras)
-        groups[(shot.text, shot.context, fixed)].append(shot)
+        swept = [x.name for x in shot.loras if x.name in loras]
+        run = places[swept[0]].run if len(swept) == 1 and swept[0] in places else None
+        # A swept setting is None in the key: its value is an axis of the sheet.
+        fixed = tuple((run if run and x.name == swept[0] else x.name,
+                       None if x.name in loras else x.weight, x.shape)
+                      for x in shot.loras)  # fmt: skip
+        key = (shot.text, shot.context, fixed)
+        groups[key].append(shot)
+        if run:
+            runs[key] = run
         if not any(x.weight or x.shape for x in shot.loras):
             bare[(shot.text, shot.context)].append(shot)
     varying = _varying_context(shots)
     for (text, context, fixed), members in groups.items():
-        mine = [name for name, _, _ in fixed if name in loras]
+        mine = [name for name, weight, _ in fixed if weight is None]
         extra = [f"{k} {v}" for k, v in context if k in varying]
         plain = [f"{n} {format_number(w)}" for n, w, _ in fixed if w is not None]
         title = " · ".join([text, *([" × ".join(mine)] if mine else []), *plain, *extra])
         seeds = sorted({s.seed for s in members})
+        if (text, context, fixed) in runs:
+            yield from _run_sheets(title, members, loras, places)
+            continue
         if not mine:
             cols = Axis("image", [""])
             rows = Axis("seed", [str(s) for s in seeds])
@@ -244,6 +280,24 @@ def _sheets(shots: list[Shot], loras: list[str]) -> Iterator[tuple[str, Axis, Ax
             yield f"{title} · seed {seed}", rows, cols, cells
 
 
+def _run_sheets(title: str, members: list[Shot], loras: list[str],
+                places: dict[str, Place]) -> Iterator[tuple[str, Axis, Axis, dict]]:  # fmt: skip
+    """A run's sheets, one per seed: checkpoints down in training order, strengths across."""
+
+    def checkpoint(shot: Shot) -> str:
+        return next(x.name for x in shot.loras if x.name in loras)
+
+    names = sorted({checkpoint(s) for s in members}, key=lambda n: places[n].order)
+    strengths = sorted({s.weight(checkpoint(s)) for s in members})
+    cols = Axis(f"{places[names[0]].run} strength", [format_number(v) for v in strengths])
+    # Steps keep a row label short; the file of each is in the run's table and the gallery.
+    rows = Axis("checkpoint", [checkpoint_label(n, places[n], short=True) for n in names])
+    for seed in sorted({s.seed for s in members}):
+        cells = {(names.index(checkpoint(s)), strengths.index(s.weight(checkpoint(s)))): s
+                 for s in members if s.seed == seed}  # fmt: skip
+        yield f"{title} · seed {seed}", rows, cols, cells
+
+
 def _sheet_name(title: str) -> str:
     """What a sheet's file is named for: its LoRAs and seed first, so they survive the cut."""
     text, *rest = title.split(" · ")
@@ -262,9 +316,11 @@ def _varying_context(shots: list[Shot]) -> set[str]:
     return {k for k, v in values.items() if len(v) > 1}
 
 
-def _axes(shots: list[Shot], loras: list[str]) -> list[tuple[dict, Callable[[Shot], str]]]:
+def _axes(shots: list[Shot], loras: list[str],
+          places: dict[str, Place]) -> list[tuple[dict, Callable[[Shot], str]]]:  # fmt: skip
     """The gallery's axes, each with how to read it off a shot: prompt, seed, each swept
-    LoRA's strength, and any setting that varies."""
+    LoRA's strength (a training run's: its checkpoint and its strength), and any setting
+    that varies."""
     rendered = [s for s in shots if s.key]
     axes: list[tuple[dict, Callable[[Shot], str]]] = []
 
@@ -274,10 +330,26 @@ def _axes(shots: list[Shot], loras: list[str]) -> list[tuple[dict, Callable[[Sho
     add("prompt", "prompt", list(dict.fromkeys(s.text for s in rendered)), lambda s: s.text)
     add("seed", "seed", [str(v) for v in sorted({s.seed for s in rendered})],
         lambda s: str(s.seed))  # fmt: skip
+    runs: dict[str, list[str]] = defaultdict(list)
     for lora in loras:
+        if lora in places:
+            runs[places[lora].run].append(lora)
+            continue
         values = sorted({s.weight(lora) for s in rendered})
         add(f"{lora} strength", "strength", [format_number(v) for v in values],
             lambda s, lora=lora: format_number(s.weight(lora)))  # fmt: skip
+    for run, names in runs.items():
+        names.sort(key=lambda n: places[n].order)
+        labels = {n: checkpoint_label(n, places[n]) for n in names}
+
+        def member(s: Shot, names=tuple(names)) -> str | None:
+            return next((x.name for x in s.loras if x.name in names), None)
+
+        add(f"{run} checkpoint", "checkpoint", [labels[n] for n in names],
+            lambda s, m=member, at=labels: at.get(m(s) or "", "none"))  # fmt: skip
+        values = sorted({s.weight(member(s) or "") for s in rendered})
+        add(f"{run} strength", "strength", [format_number(v) for v in values],
+            lambda s, member=member: format_number(s.weight(member(s) or "")))  # fmt: skip
     shapes: dict[str, set[str]] = defaultdict(set)
     for s in rendered:
         for x in s.loras:
@@ -326,7 +398,9 @@ def _entries(store: Store, job: JobShots, axes: list[tuple[dict, Callable[[Shot]
 
 
 RESPONSE_SCHEMA = pa.schema([
-    ("kind", pa.string()),  # "strength": one series at one strength; "summary": one curve
+    # "strength": one series at one strength; "point": one curve at one strength, over its
+    # series; "summary": one curve; "recommendation": one training run's checkpoint to ship
+    ("kind", pa.string()),
     ("lora", pa.string()), ("curve", pa.string()), ("series", pa.int32()), ("prompt", pa.string()),
     ("seed", pa.int64()), ("strength", pa.float64()), ("item_id", pa.string()),
     ("reference", pa.float64()), ("rendered", pa.bool_()), ("flags", pa.list_(pa.string())),
@@ -338,23 +412,59 @@ RESPONSE_SCHEMA = pa.schema([
     ("knee", pa.float64()), ("break_at", pa.float64()), ("break_reason", pa.string()),
     ("recommended_low", pa.float64()), ("recommended_high", pa.float64()),
     ("monotone", pa.bool_()), ("notes", pa.string()),
+    # Consistency: the coefficient of variation of d0_pixel across a curve's series.
+    ("spread", pa.float64()),
+    # A training run's checkpoint: the run, its file, step and epoch, and how it compares.
+    ("run", pa.string()), ("checkpoint_file", pa.string()), ("step", pa.int64()),
+    ("epoch", pa.int64()), ("effect_full", pa.float64()), ("spread_full", pa.float64()),
+    ("reach", pa.float64()), ("eligible", pa.bool_()), ("why_not", pa.string()),
 ])  # fmt: skip
 
 
-def response_table(rows: list[dict], summaries: list[Summary]) -> bytes:
-    """response.parquet: a row per series and strength, then a summary row per LoRA."""
+def response_table(rows: list[dict], summaries: list[Summary],
+                   runs: list[RunComparison] = ()) -> bytes:  # fmt: skip
+    """response.parquet: a row per series and strength, a row per curve and strength, a
+    summary row per curve, and a recommendation row per training run."""
+    candidates = {(c.summary.lora, c.summary.curve): (run, c) for run in runs
+                  for c in run.candidates}  # fmt: skip
     out = [{"kind": "strength", **r} for r in rows]
     for s in summaries:
+        out += [{"kind": "point", "lora": s.lora, "curve": s.curve, "strength": p.strength,
+                 "series_count": p.series, "d0_pixel": p.pixel, "d0_structure": p.structure,
+                 "d0_changed": p.changed, "step_pixel": p.step_pixel, "from_full": p.from_full,
+                 "spread": p.spread} for p in s.points]  # fmt: skip
+    for s in summaries:
         low, high = s.recommended or (None, None)
-        out.append({
+        row = {
             "kind": "summary", "lora": s.lora, "curve": s.curve,
             "series_count": max((p.series for p in s.points), default=0), "full": s.full,
             "onset": s.onset, "knee": s.knee,
             "break_at": s.break_at, "break_reason": s.break_reason or None,
             "recommended_low": low, "recommended_high": high, "monotone": s.monotone,
             "notes": "; ".join(s.notes) or None,
-        })  # fmt: skip
+        }  # fmt: skip
+        if (s.lora, s.curve) in candidates:
+            run, c = candidates[(s.lora, s.curve)]
+            row |= _checkpoint_columns(run, c) | {"eligible": not c.why_not,
+                                                  "why_not": c.why_not or None}  # fmt: skip
+        out.append(row)
+    for run in runs:
+        row = {"kind": "recommendation", "run": run.run, "curve": run.title, "notes": run.reason}
+        if run.chosen is not None:
+            c = run.chosen
+            low, high = c.summary.recommended
+            row |= _checkpoint_columns(run, c) | {
+                "lora": c.name, "curve": c.summary.curve, "recommended_low": low,
+                "recommended_high": high, "onset": c.summary.onset, "knee": c.summary.knee,
+                "break_at": c.summary.break_at}  # fmt: skip
+        out.append(row)
     table = pa.Table.from_pylist(out, schema=RESPONSE_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+def _checkpoint_columns(run: RunComparison, c) -> dict:
+    return {"run": run.run, "checkpoint_file": c.file, "step": c.place.step,
+            "epoch": c.place.epoch, "effect_full": c.effect, "spread_full": c.spread,
+            "reach": c.reach}  # fmt: skip

@@ -1,5 +1,6 @@
 """The response curves as a PNG: distance from strength 0 against strength, per LoRA,
-with onset, knee, break and the recommended range marked."""
+with onset, knee, break and the recommended range marked. A training run comes first:
+every checkpoint's curve on one plot, in training order, with their consistency under it."""
 
 from __future__ import annotations
 
@@ -7,19 +8,25 @@ import io
 import math
 
 from farm.report.response import Summary
+from farm.report.runs import RunComparison, checkpoint_label
 
 MARKS = (("onset", "tab:green"), ("knee", "tab:orange"), ("break", "tab:red"))
 
 
-def curves_png(summaries: list[Summary]) -> bytes:
+def curves_png(summaries: list[Summary], runs: list[RunComparison] = ()) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: a report is written, never shown
     import matplotlib.pyplot as plt
 
-    n = max(1, len(summaries))
-    fig, axes = plt.subplots(n, 1, figsize=(8, 3.6 * n), squeeze=False, dpi=110)
-    for ax, summary in zip(axes[:, 0], summaries, strict=False):
+    heights = [h for _ in runs for h in (3.6, 2.0)] + [3.6] * len(summaries)
+    fig, axes = plt.subplots(max(1, len(heights)), 1, figsize=(8, sum(heights) or 3.6),
+                             squeeze=False, dpi=110,
+                             gridspec_kw={"height_ratios": heights or [1]})  # fmt: skip
+    panels = iter(axes[:, 0])
+    for run in runs:
+        _plot_run(next(panels), next(panels), run)
+    for ax, summary in zip(panels, summaries, strict=False):
         _plot(ax, summary)
     if not summaries:
         axes[0, 0].text(0.5, 0.5, "no LoRA strength is swept in this job", ha="center",
@@ -63,3 +70,36 @@ def _plot(ax, summary: Summary) -> None:
     ax.set_xticks(xs, minor=True)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center right", fontsize=8)
+
+
+def _plot_run(ax, below, run: RunComparison) -> None:
+    """Each checkpoint's pixel distance from 0 (darker = earlier), the recommended one
+    drawn thick, and under it each checkpoint's spread across series at each strength."""
+    from matplotlib import colormaps
+
+    colours = colormaps["viridis"]
+    n = len(run.candidates)
+    for i, c in enumerate(run.candidates):
+        points = c.summary.points
+        xs = [p.strength for p in points]
+        colour = colours(i / max(1, n - 1) * 0.9)
+        chosen = c is run.chosen
+        label = checkpoint_label(c.name, c.place) + (" (recommended)" if chosen else "")
+        ax.plot(xs, [p.pixel for p in points], "-o", color=colour, markersize=3,
+                linewidth=3 if chosen else 1.2, label=label)  # fmt: skip
+        below.plot(xs, [p.spread for p in points], "-o", color=colour, markersize=3,
+                   linewidth=3 if chosen else 1.2)  # fmt: skip
+    if run.chosen is not None and run.chosen.summary.recommended:
+        lo, hi = run.chosen.summary.recommended
+        ax.axvspan(lo, hi, color="tab:green", alpha=0.08, label="its recommended range")
+    ax.set_title(f"{run.title}: {n} checkpoints, in training order")
+    ax.set_ylabel("pixel distance from 0")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
+    below.set_title("consistency: spread of the distance from 0 across prompts and seeds "
+                    "(std / mean; lower is steadier)", fontsize=9)  # fmt: skip
+    below.set_xlabel(f"{run.run} strength")
+    below.set_ylabel("spread")
+    below.set_ylim(bottom=0)
+    below.grid(True, alpha=0.3)

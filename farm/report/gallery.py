@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any
 
-AXIS_KINDS = ("strength", "prompt", "seed", "other")
+AXIS_KINDS = ("strength", "checkpoint", "prompt", "seed", "other")
 DEFAULT_SRC = ("../images/", ".png")
 _PAGE_ASSETS = ("gallery.js", "gallery.css")
 
@@ -55,6 +55,7 @@ def gallery_files(
     title: str,
     axes: list[dict],
     notes: Sequence[str] = (),
+    headlines: Sequence[str] = (),
     detail_chunk: int = 500,
 ) -> dict[str, bytes]:
     """The gallery's files, keyed by path relative to the report folder.
@@ -63,7 +64,13 @@ def gallery_files(
     """
     files: dict[str, bytes] = {}
     write_gallery(
-        entries, files.__setitem__, title=title, axes=axes, notes=notes, detail_chunk=detail_chunk
+        entries,
+        files.__setitem__,
+        title=title,
+        axes=axes,
+        notes=notes,
+        headlines=headlines,
+        detail_chunk=detail_chunk,
     )
     return files
 
@@ -75,6 +82,7 @@ def write_gallery(
     title: str,
     axes: list[dict],
     notes: Sequence[str] = (),
+    headlines: Sequence[str] = (),
     detail_chunk: int = 500,
 ) -> int:
     """Stream the gallery into `put(path, data)`, each detail chunk as soon as it is full.
@@ -120,6 +128,8 @@ def write_gallery(
         "version": 1,
         "title": str(title),
         "notes": [str(note) for note in notes],
+        # What the report concludes, shown above everything (which checkpoint to ship).
+        "headlines": [str(line) for line in headlines],
         "axes": axes_out,
         "chunk": detail_chunk,
         "count": len(rows),

@@ -90,6 +90,9 @@ class Point:
     step_pixel: float  # mean distance from the next lower strength's image
     from_full: float  # mean structural distance from the strength-1 image (nan: none)
     flagged: float  # share of images with a flag
+    # Consistency: the coefficient of variation (std / mean) of the pixel distance from 0
+    # across the series; nan with fewer than two series or no distance to divide by.
+    spread: float = math.nan
 
 
 @dataclass
@@ -105,6 +108,11 @@ class Summary:
     recommended: tuple[float, float] | None = None
     monotone: bool = True
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def full_point(self) -> Point | None:
+        """The point at full strength, where the curve has one."""
+        return next((p for p in self.points if p.strength == self.full), None)
 
 
 def summarize(lora: str, rows: list[dict], curve: str | None = None) -> Summary:
@@ -131,7 +139,7 @@ def summarize(lora: str, rows: list[dict], curve: str | None = None) -> Summary:
                               and p.pixel >= ONSET_SHARE * size
                               and p.changed >= ONSET_CHANGED), None)  # fmt: skip
         summary.knee = _crossing(points, size / 2)
-    summary.break_at, summary.break_reason = _break(points, summary.full)
+    summary.break_at, summary.break_reason = _break(points, summary.full, summary.knee)
     summary.monotone = _monotone(points, summary.break_at)
     if summary.onset is not None:
         below = [s for s in strengths if s >= summary.onset and
@@ -175,7 +183,18 @@ def _point(strength: float, rows: list[dict]) -> Point:
 
     return Point(strength, len(rows), mean("d0_pixel"), mean("d0_structure"), mean("d0_changed"),
                  mean("step_pixel"), mean("from_full"),
-                 sum(1 for r in rows if r["flags"]) / len(rows))  # fmt: skip
+                 sum(1 for r in rows if r["flags"]) / len(rows),
+                 variation([r["d0_pixel"] for r in rows]))  # fmt: skip
+
+
+def variation(values: list[float]) -> float:
+    """The coefficient of variation (population std / mean) of the finite values; nan
+    with fewer than two of them or a mean of 0 (strength 0 has no effect to vary)."""
+    finite = [v for v in values if not math.isnan(v)]
+    if len(finite) < 2:
+        return math.nan
+    mean = float(np.mean(finite))
+    return float(np.std(finite) / mean) if mean > 0 else math.nan
 
 
 def _crossing(points: list[Point], level: float) -> float | None:
@@ -187,17 +206,22 @@ def _crossing(points: list[Point], level: float) -> float | None:
     return None
 
 
-def _break(points: list[Point], full: float | None) -> tuple[float | None, str]:
-    """The first strength past the lowest where images are flagged, a sudden jump appears,
-    or (past full strength) the structure leaves the full-strength picture."""
+def _break(points: list[Point], full: float | None,
+           knee: float | None = None) -> tuple[float | None, str]:  # fmt: skip
+    """The first strength past the lowest where images are flagged, a sudden jump appears
+    past the knee, or (past full strength) the structure leaves the full-strength picture.
+
+    A jump up to the knee is the LoRA taking over, which is what a style LoRA does around
+    its knee; past it the effect should settle, and a jump there leaves the style."""
     upto = [p.step_pixel for p in points[1:] if full is None or p.strength <= full]
     median_step = float(np.median(upto)) if upto else math.nan
     start = next((p for p in points if p.strength == full), points[0])
     span = start.structure  # how far full strength's structure is from strength 0's
-    for p in points[1:]:
+    for before, p in zip(points, points[1:], strict=False):
         if p.flagged >= FLAGGED_BREAK:
             return p.strength, f"{p.flagged:.0%} of images flagged"
-        if median_step > 0 and p.step_pixel > JUMP_BREAK * median_step:
+        settled = knee is None or before.strength >= knee
+        if settled and median_step > 0 and p.step_pixel > JUMP_BREAK * median_step:
             return p.strength, (f"a jump: the step from the last strength is "
                                 f"{p.step_pixel / median_step:.1f}× the usual step")  # fmt: skip
         if full is not None and p.strength > full and span > 0 and \

@@ -14,6 +14,7 @@
  *   #slider-axis                     <select> of the axis the sliders move along
  *   #prev, #next, #page-info         pager of the current view ("page k of n")
  *   #summary, #empty, #notes         counts, the no-match message, the notes banner
+ *   #headlines > p.headline          what the report concludes (the checkpoint to ship)
  *   .block[data-block]               one grid per combination of the other axes
  *     .block-title                   that combination, "name: value · ..."
  *     th.col-head[data-value]        column header (value text)
@@ -103,11 +104,11 @@
     return true;
   }
 
-  function showNotes(notes) {
-    var box = $("notes");
+  function showLines(id, cls, lines) {
+    var box = $(id);
     box.textContent = "";
-    notes.forEach(function (note) { box.appendChild(el("p", "note", note)); });
-    box.hidden = notes.length === 0;
+    lines.forEach(function (line) { box.appendChild(el("p", cls, line)); });
+    box.hidden = lines.length === 0;
   }
 
   // ---- controls -------------------------------------------------------------------------
@@ -132,7 +133,9 @@
 
   function defaultAxes() {
     var col = firstOf(isKind("strength"), NONE);
-    var row = firstOf(isKind("seed"), col);
+    // A training run's checkpoints go down, as on its contact sheets.
+    var row = firstOf(isKind("checkpoint"), col);
+    if (row === NONE) row = firstOf(isKind("seed"), col);
     if (row === NONE) row = firstOf(isKind("prompt"), col);
     if (row === NONE) row = firstOf(any, col);
     if (col === NONE) col = firstOf(any, row);
@@ -143,7 +146,10 @@
     var rc = defaultAxes();
     fillAxisSelect($("row-axis"), varying, true, rc[0]);
     fillAxisSelect($("col-axis"), varying, true, rc[1]);
-    var strengths = varying.filter(function (k) { return axes[k].kind === "strength"; });
+    // Sliders move along a strength, or along a run's checkpoints at a fixed strength.
+    var strengths = varying.filter(function (k) {
+      return axes[k].kind === "strength" || axes[k].kind === "checkpoint";
+    });
     var sliderAxes = strengths.length ? strengths : varying;
     fillAxisSelect($("slider-axis"), sliderAxes, sliderAxes.length === 0,
       sliderAxes.length ? sliderAxes[0] : NONE);
@@ -551,7 +557,8 @@
     else { $("grid-view").textContent = ""; renderSlider(); }
   }
 
-  showNotes(data.notes || []);
+  showLines("headlines", "headline", data.headlines || []);
+  showLines("notes", "note", data.notes || []);
   buildControls();
   buildDetail();
   render();
