@@ -107,3 +107,32 @@ def test_break_lands_where_the_mean_collapses():
     summary = summarize("x", rows)
     assert summary.break_at == 3 and "structure collapses" in summary.break_reason
     assert summary.recommended == (0.5, 2)
+
+
+def jump_rows(pixels: dict[float, float]) -> list[dict]:
+    """Two series of one curve, each strength's distance from 0 as given, each step the
+    difference from the strength below."""
+    rows, before = [], 0.0
+    for s, d in sorted(pixels.items()):
+        rows += [{"strength": s, "series": n, "d0_pixel": d, "d0_structure": d,
+                  "d0_changed": d, "step_pixel": d - before if s else math.nan,
+                  "from_full": 0.0, "flags": []} for n in (0, 1)]  # fmt: skip
+        before = d
+    return rows
+
+
+def test_a_jump_up_to_the_knee_is_the_take_over_not_a_break():
+    # Barely there, then the style takes over between 0.4 and 0.6: that step is 13 times
+    # the median, and it is where the curve crosses half of full strength's effect.
+    summary = summarize("x", jump_rows({0: 0, 0.2: 0.02, 0.4: 0.04, 0.6: 0.30, 0.8: 0.32,
+                                        1: 0.34}))  # fmt: skip
+    assert 0.4 < summary.knee < 0.6
+    assert summary.break_at is None and summary.recommended == (0.4, 1)
+
+
+def test_a_jump_past_the_knee_is_a_break():
+    summary = summarize("x", jump_rows({0: 0, 0.25: 0.1, 0.5: 0.2, 0.75: 0.3, 1: 0.35,
+                                        1.5: 0.9}))  # fmt: skip
+    assert summary.knee < 1
+    assert summary.break_at == 1.5 and summary.break_reason.startswith("a jump")
+    assert summary.recommended == (0.25, 1)

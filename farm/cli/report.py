@@ -75,7 +75,7 @@ def run_table(run) -> str:
     def num(x: float | None, digits: int = 2) -> str:
         return "-" if x is None or x != x else format_number(round(x, digits))
 
-    head = ["checkpoint", "step", "effect at 1", "reach", "spread", "onset", "knee", "break",
+    head = ["checkpoint", "step", "effect at 1", "likeness", "spread", "onset", "knee", "break",
             "recommended", "verdict"]  # fmt: skip
     lines = [head]
     for c in run.candidates:
@@ -84,7 +84,7 @@ def run_table(run) -> str:
         place = c.place.step if c.place.step is not None else c.place.epoch
         verdict = "recommended" if c is run.chosen else (c.why_not or "eligible")
         lines.append([c.file, "-" if place is None else str(place), num(c.effect, 3),
-                      "-" if c.reach != c.reach else f"{c.reach:.0%}", num(c.spread),
+                      "-" if c.likeness != c.likeness else f"{c.likeness:.0%}", num(c.spread),
                       num(s.onset), num(s.knee), num(s.break_at), rec, verdict])  # fmt: skip
     widths = [max(len(r[i]) for r in lines) for i in range(len(head) - 1)]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  "

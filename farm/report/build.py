@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -23,7 +24,7 @@ from farm.report.animate import strength_animation
 from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
 from farm.report.measure import decode, measure
-from farm.report.response import Summary, collapsed, curve_spans, summarize
+from farm.report.response import Summary, collapsed, curve_spans, pixel_distance, summarize
 from farm.report.runs import Place, RunComparison, checkpoint_label, compare_runs, run_places
 from farm.report.series import Series, series_of, swept_loras
 from farm.report.sheets import DEFAULT_MAX_PIXELS, Axis, SheetCell, layout, sheet_pages
@@ -92,7 +93,7 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     report.collapsed = len(marks)
     report.summaries = [summarize(lora, rows, curve)
                         for (lora, curve), rows in measured.curves.items()]  # fmt: skip
-    report.runs = compare_runs(report.summaries, places)
+    report.runs = compare_runs(report.summaries, places, _apart(measured, shots, load))
     put(RESPONSE, response_table(measured.rows, report.summaries, report.runs))
     put(CURVES, curves_png(report.summaries, report.runs))
     echo("drawing contact sheets")
@@ -120,6 +121,9 @@ class Measured:
     d0: dict[str, float] = field(default_factory=dict)
     curves: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
     series: list[list[dict]] = field(default_factory=list)
+    # Each series' number → what it holds fixed besides its LoRA's strength: the prompt,
+    # seed and settings, by which the series of two checkpoints of a run are paired.
+    places: dict[int, tuple] = field(default_factory=dict)
 
 
 def _measure(shots, loras: list[str], load, put, cell_px: int, echo) -> Measured:
@@ -138,6 +142,7 @@ def _measure(shots, loras: list[str], load, put, cell_px: int, echo) -> Measured
                     out.d0.setdefault(r["item_id"], r["d0_pixel"])
             out.rows += measured
             out.series.append(measured)
+            out.places[n] = (one.text, one.seed, one.fixed[0])
             # A curve averages only series that start at strength 0: a blend swept from
             # 0.5 up measures from 0.5, which would drag another series' curve off zero.
             if one.shots[0][0] == 0.0:
@@ -151,6 +156,38 @@ def _measure(shots, loras: list[str], load, put, cell_px: int, echo) -> Measured
                 side = min(cell_px, max(128, *frames[0][1].size))
                 put(_animation_key(one, n), strength_animation(frames, cell_px=side))
     return out
+
+
+def _apart(measured: Measured, shots: list[Shot], load):
+    """How far a checkpoint's full-strength pictures are from another's (the run's last),
+    series by series: the pixel distance of each pair, written into the checkpoint's row
+    as `to_last`, summed, with the other's distances from strength 0 summed beside it."""
+    key_of = {s.item_id: s.key for s in shots}
+
+    def at_full(c) -> dict[tuple, dict]:
+        rows = measured.curves.get((c.name, c.summary.curve), [])
+        return {measured.places[r["series"]]: r for r in rows
+                if r["strength"] == c.summary.full and r["rendered"]}  # fmt: skip
+
+    def apart(c, last) -> tuple[float, float]:
+        if c.summary.full is None or c.summary.full != last.summary.full:
+            return math.nan, math.nan
+        theirs = at_full(last)
+        total = span = 0.0
+        for where, row in at_full(c).items():
+            other = theirs.get(where)
+            if other is None or math.isnan(other["d0_pixel"]):
+                continue
+            if c is last:
+                row["to_last"] = 0.0
+            else:
+                a, b = (np.asarray(load(key_of[r["item_id"]])) for r in (row, other))
+                row["to_last"] = pixel_distance(a, b)
+            total += row["to_last"]
+            span += other["d0_pixel"]
+        return total, span
+
+    return apart
 
 
 def _training_order(loras: list[str], places: dict[str, Place]) -> list[str]:
@@ -417,7 +454,10 @@ RESPONSE_SCHEMA = pa.schema([
     # A training run's checkpoint: the run, its file, step and epoch, and how it compares.
     ("run", pa.string()), ("checkpoint_file", pa.string()), ("step", pa.int64()),
     ("epoch", pa.int64()), ("effect_full", pa.float64()), ("spread_full", pa.float64()),
-    ("reach", pa.float64()), ("eligible", pa.bool_()), ("why_not", pa.string()),
+    ("likeness", pa.float64()), ("eligible", pa.bool_()), ("why_not", pa.string()),
+    # A checkpoint's image at full strength: its pixel distance from the run's last
+    # checkpoint's image of the same prompt, seed and settings.
+    ("to_last", pa.float64()),
 ])  # fmt: skip
 
 
@@ -467,4 +507,4 @@ def response_table(rows: list[dict], summaries: list[Summary],
 def _checkpoint_columns(run: RunComparison, c) -> dict:
     return {"run": run.run, "checkpoint_file": c.file, "step": c.place.step,
             "epoch": c.place.epoch, "effect_full": c.effect, "spread_full": c.spread,
-            "reach": c.reach}  # fmt: skip
+            "likeness": c.likeness}  # fmt: skip

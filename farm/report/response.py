@@ -45,7 +45,7 @@ def distances(a: np.ndarray, b: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> d
     gray_small copies). Each is 0 for equal images and at most 1."""
     if a.shape != b.shape:
         return dict(NAN)
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    diff = _diff(a, b)
     # Too small for a 7-pixel window: the pixel measure stands in for the structure.
     structure = _structure(ga, gb) if min(ga.shape) >= 7 else float(diff.mean() / 255.0)
     return {
@@ -53,6 +53,15 @@ def distances(a: np.ndarray, b: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> d
         "structure": structure,
         "changed": float((diff.max(axis=2) > CHANGED_AT).mean()),
     }
+
+
+def pixel_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The pixel distance alone (see distances); nan for images of different sizes."""
+    return float(_diff(a, b).mean() / 255.0) if a.shape == b.shape else math.nan
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int16) - b.astype(np.int16))
 
 
 def _structure(ga: np.ndarray, gb: np.ndarray, win: int = 7) -> float:
