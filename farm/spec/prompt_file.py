@@ -21,12 +21,12 @@ from farm.spec.sample_prompts import (
     FORMAT_FIELD,
     FORMATS,
     SamplePrompt,
-    _guidance,
-    _prompt_text,
-    _seed,
-    _size,
-    _steps,
+    guidance_value,
     load_sample_prompts,
+    prompt_text,
+    seed_value,
+    size_value,
+    steps_value,
 )
 
 KEYS = ("file", "format", "resolved")
@@ -118,19 +118,19 @@ def _resolved(value: Any) -> list[SamplePrompt]:
         text = as_str(required_field(entry, "text", "the prompt", at), f"{at}.text")
         negative = entry.get("negative")
         if negative is not None:
-            negative = _prompt_text(as_str(negative, f"{at}.negative", empty_ok=True),
+            negative = prompt_text(as_str(negative, f"{at}.negative", empty_ok=True),
                                     f"{at}.negative", "the negative prompt", True)  # fmt: skip
         line = entry.get("line")
         if isinstance(line, bool) or not isinstance(line, int) or line < 1:
             raise SpecError(f"{at}.line: expected a line number (1 or more), got {show(line)}")
         out.append(SamplePrompt(
-            text=_prompt_text(text, f"{at}.text", "the prompt"),
+            text=prompt_text(text, f"{at}.text", "the prompt"),
             negative=negative,
-            width=_optional(entry, "width", at, lambda v, a: _size(v, a, "", "width")),
-            height=_optional(entry, "height", at, lambda v, a: _size(v, a, "", "height")),
-            seed=_optional(entry, "seed", at, lambda v, a: _seed(v, a, "")),
-            guidance=_optional(entry, "guidance", at, lambda v, a: _guidance(v, a, "")),
-            steps=_optional(entry, "steps", at, lambda v, a: _steps(v, a, "")),
+            width=_optional(entry, "width", at, lambda v, a: size_value(v, a, "", "width")),
+            height=_optional(entry, "height", at, lambda v, a: size_value(v, a, "", "height")),
+            seed=_optional(entry, "seed", at, lambda v, a: seed_value(v, a, "")),
+            guidance=_optional(entry, "guidance", at, lambda v, a: guidance_value(v, a, "")),
+            steps=_optional(entry, "steps", at, lambda v, a: steps_value(v, a, "")),
             line=line,
         ))  # fmt: skip
     return out

@@ -189,20 +189,20 @@ def _sd_line(line: str, at: str, number: int) -> SamplePrompt:
         values[name] = value
     guidance = _sd_guidance(values, at)
     return SamplePrompt(
-        text=_prompt_text(prompt.strip(), at, "the prompt"),
-        negative=_prompt_text(values["n"], at, "--n", empty_ok=True) if "n" in values else None,
-        width=_size(values["w"], at, "--w", "width") if "w" in values else None,
-        height=_size(values["h"], at, "--h", "height") if "h" in values else None,
-        seed=_seed(values["d"], at, "--d") if "d" in values else None,
+        text=prompt_text(prompt.strip(), at, "the prompt"),
+        negative=prompt_text(values["n"], at, "--n", empty_ok=True) if "n" in values else None,
+        width=size_value(values["w"], at, "--w", "width") if "w" in values else None,
+        height=size_value(values["h"], at, "--h", "height") if "h" in values else None,
+        seed=seed_value(values["d"], at, "--d") if "d" in values else None,
         guidance=guidance,
-        steps=_steps(values["s"], at, "--s") if "s" in values else None,
+        steps=steps_value(values["s"], at, "--s") if "s" in values else None,
         line=number,
     )
 
 
 def _sd_guidance(values: dict[str, str], at: str) -> float | None:
-    cfg = _guidance(values["l"], at, "--l") if "l" in values else None
-    embedded = _guidance(values["g"], at, "--g") if "g" in values else None
+    cfg = guidance_value(values["l"], at, "--l") if "l" in values else None
+    embedded = guidance_value(values["g"], at, "--g") if "g" in values else None
     if cfg is None or embedded is None:
         return embedded if cfg is None else cfg
     if cfg != 1:
@@ -242,7 +242,7 @@ def _ai_toolkit(text: str, where: str, is_json: bool) -> list[SamplePrompt]:
     walk = block.get("walk_seed", False)
     if not isinstance(walk, bool):
         raise SpecError(f"{at}.walk_seed: {show(walk)} is not true or false")
-    start = _seed(block["seed"], f"{at}.seed", "") if block.get("seed") is not None else None
+    start = seed_value(block["seed"], f"{at}.seed", "") if block.get("seed") is not None else None
     base = _ait_fields(block, at)
     out = []
     current = start
@@ -254,7 +254,7 @@ def _ai_toolkit(text: str, where: str, is_json: bool) -> list[SamplePrompt]:
                                 f"seed ({MAX_SEED}); start lower")  # fmt: skip
         fields = {**base, **_ait_fields(item, item_at)}
         if item.get("seed") is not None:
-            current = _seed(item["seed"], f"{item_at}.seed", "")
+            current = seed_value(item["seed"], f"{item_at}.seed", "")
         fields["seed"] = current
         prompt = _substitute(prompt_at, prompt, name, trigger)
         out.append(_ait_prompt_flags(prompt, fields, name, trigger, prompt_at, i + 1))
@@ -326,18 +326,18 @@ def _ait_fields(m: dict, at: str) -> dict[str, Any]:
     """The render fields a block or a samples item sets: only those it gives."""
     fields: dict[str, Any] = {}
     if m.get("width") is not None:
-        fields["width"] = _size(m["width"], f"{at}.width", "", "width")
+        fields["width"] = size_value(m["width"], f"{at}.width", "", "width")
     if m.get("height") is not None:
-        fields["height"] = _size(m["height"], f"{at}.height", "", "height")
+        fields["height"] = size_value(m["height"], f"{at}.height", "", "height")
     neg = m.get("neg")
     if neg is not None and neg is not False:  # ai-toolkit's default `neg: false`: none
         if not isinstance(neg, str):
             raise SpecError(f"{at}.neg: expected a string, got {show(neg)}")
         fields["negative"] = neg
     if m.get("guidance_scale") is not None:
-        fields["guidance"] = _guidance(m["guidance_scale"], f"{at}.guidance_scale", "")
+        fields["guidance"] = guidance_value(m["guidance_scale"], f"{at}.guidance_scale", "")
     if m.get("sample_steps") is not None:
-        fields["steps"] = _steps(m["sample_steps"], f"{at}.sample_steps", "")
+        fields["steps"] = steps_value(m["sample_steps"], f"{at}.sample_steps", "")
     return fields
 
 
@@ -385,18 +385,18 @@ def _ait_prompt_flags(
         if field == "negative":
             fields[field] = value
         elif field in ("width", "height"):
-            fields[field] = _size(value, at, label, field)
+            fields[field] = size_value(value, at, label, field)
         elif field == "seed":
-            fields[field] = _seed(value, at, label)
+            fields[field] = seed_value(value, at, label)
         elif field == "guidance":
-            fields[field] = _guidance(value, at, label)
+            fields[field] = guidance_value(value, at, label)
         else:
-            fields[field] = _steps(value, at, label)
+            fields[field] = steps_value(value, at, label)
     negative = fields.get("negative")
     if negative is not None:
-        negative = _prompt_text(_substitute(at, negative, name, trigger), at, "neg", True)
+        negative = prompt_text(_substitute(at, negative, name, trigger), at, "neg", True)
     return SamplePrompt(
-        text=_prompt_text(head.strip(), at, "the prompt"),
+        text=prompt_text(head.strip(), at, "the prompt"),
         negative=negative,
         width=fields.get("width"),
         height=fields.get("height"),
@@ -424,7 +424,7 @@ def _fail(at: str, label: str, value: Any, why: str) -> SpecError:
     return SpecError(f"{at}: {label + ' ' if label else ''}{shown} {why}")
 
 
-def _size(value: Any, at: str, label: str, what: str) -> int:
+def size_value(value: Any, at: str, label: str, what: str) -> int:
     n = _whole(value)
     if n is None or not MIN_SIZE <= n <= MAX_SIZE:
         shown = value if n is None else n
@@ -436,7 +436,7 @@ def _size(value: Any, at: str, label: str, what: str) -> int:
     return n
 
 
-def _seed(value: Any, at: str, label: str) -> int:
+def seed_value(value: Any, at: str, label: str) -> int:
     n = _whole(value)
     if n is None or not 0 <= n <= MAX_SEED:
         shown = value if n is None else n
@@ -444,7 +444,7 @@ def _seed(value: Any, at: str, label: str) -> int:
     return n
 
 
-def _steps(value: Any, at: str, label: str) -> int:
+def steps_value(value: Any, at: str, label: str) -> int:
     n = _whole(value)
     if n is None or not 1 <= n <= MAX_STEPS:
         shown = value if n is None else n
@@ -452,7 +452,7 @@ def _steps(value: Any, at: str, label: str) -> int:
     return n
 
 
-def _guidance(value: Any, at: str, label: str) -> float:
+def guidance_value(value: Any, at: str, label: str) -> float:
     x: float | None = None
     if isinstance(value, str):
         try:
@@ -469,7 +469,7 @@ def _guidance(value: Any, at: str, label: str) -> float:
     return x + 0.0
 
 
-def _prompt_text(text: str, at: str, what: str, empty_ok: bool = False) -> str:
+def prompt_text(text: str, at: str, what: str, empty_ok: bool = False) -> str:
     if not empty_ok and not text:
         raise SpecError(f"{at}: {what} is empty")
     if len(text) > MAX_PROMPT_CHARS:
