@@ -281,3 +281,5 @@ def test_the_walkthrough_spec_plans_a_run_where_train_tiny_puts_it(run_dir, tmp_
     # This run keeps 4 checkpoints (the walkthrough's keeps 6); 7 strengths, 4 lines.
     assert plan.items == len(FILES) * 7 * 4
     assert {source.seed for source in plan.sources} == {1, 2, 3, 4}
+    out = farm_here("plan", str(examples / "training-run.yaml")).stdout
+    assert "  run neon: 4 checkpoints, steps 50 to 200, each swept alone\n" in out

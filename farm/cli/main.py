@@ -288,6 +288,13 @@ def plan(spec_path: str, as_json: bool, max_items: int | None, tenants_file: str
                   if s.settings or s.negative is not None or s.seed is not None)  # fmt: skip
         click.echo(f"  prompt file    {lines.path} ({lines.format}): {own} of "
                    f"{len(lines.lines)} lines set their own seed or settings")  # fmt: skip
+    for lora in planned.spec.loras:
+        if lora.checkpoints:  # a training run: its checkpoints in training order
+            at = [c.step if c.step is not None else c.epoch for c in lora.checkpoints]
+            span = (f", {'steps' if lora.checkpoints[0].step is not None else 'epochs'} "
+                    f"{at[0]} to {at[-1]}" if None not in at else "")  # fmt: skip
+            click.echo(f"  run {lora.name}: {len(lora.checkpoints)} checkpoints{span}, each "
+                       "swept alone")  # fmt: skip
     for a in planned.adapters.values():
         if a.dropped:
             click.echo(f"  lora {a.name}: {a.applied} tensors apply, {a.dropped} dropped")
