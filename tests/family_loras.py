@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 
 # Layers a test LoRA adapts: attention and MLP projections of the denoiser (both streams
-# and the single blocks of a transformer, with their modulation), and the text encoders'
-# attention.
+# and the single blocks of a transformer, with their modulation; Qwen-Image's per-stream
+# MLPs and modulations; Z-Image's blocks' attention, feed-forward and modulation), and
+# the text encoders' attention.
 _DENOISER = re.compile(
     r"(attn[12]?\.(to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)|ff(_context)?\.net\.(0\.proj|2)"
     r"|proj_mlp|single_transformer_blocks\.\d+\.proj_out|norm1(_context)?\.linear"
-    r"|single_transformer_blocks\.\d+\.norm\.linear)\.weight$"
+    r"|single_transformer_blocks\.\d+\.norm\.linear|(img|txt)_mlp\.net\.(0\.proj|2)"
+    r"|(img|txt)_mod\.1|attention\.(to_[qkv]|to_out\.0)|feed_forward\.w[123]"
+    r"|refiner\.\d+\.adaLN_modulation\.0|layers\.\d+\.adaLN_modulation\.0)\.weight$"
 )
 _TEXT = re.compile(r"self_attn\.(q|k|v|out)_proj\.weight$")
 

@@ -18,19 +18,23 @@ from family_loras import random_lora, save
 from jobrun import farm_here
 from PIL import Image
 
-from farm.families import read_folder
+from farm.families import LORA_KEYS, read_folder
 from farm.families.unet import a1111_block
 from farm.loras.describe import describe_lora
-from farm.loras.flux_keys import Widths, from_diffusers
+from farm.loras.flux_keys import from_diffusers
 from farm.loras.layouts import peft_to_kohya
 
 pytestmark = pytest.mark.slow
 
-# Family key → the text encoders its LoRAs adapt (Chroma's T5 is left alone).
+# Family key → the text encoders its LoRAs adapt (Chroma's T5, Qwen-Image's and
+# Z-Image's Qwen encoders are left alone).
 TE = ("text_encoder",)
 KINDS = {"sd2": TE, "sdxl": ("text_encoder", "text_encoder_2"), "flux-dev": TE,
-         "flux-schnell": TE, "chroma": ()}  # fmt: skip
+         "flux-schnell": TE, "chroma": (), "qwen-image": (), "z-image": ()}  # fmt: skip
 RENDER = {"steps": 2, "width": 32, "height": 32}
+# Settings a family's jobs take besides its defaults: Z-Image's defaults are Turbo's
+# (guidance 0, one pass); at 3 it runs Base's [cond; uncond] pass, the doubled batch.
+OVER = {"z-image": {"guidance": 3.0}}
 PROMPT, NEGATIVE = "a red house", "blurry"
 WEIGHTS = (0.0, 0.5, 1.0)
 
@@ -52,7 +56,8 @@ class Setup:
     def spec(self, name: str, loras: list[dict], **render) -> Path:
         spec = {"job": name, "model": str(self.root), "prompts": [PROMPT], "seeds": [0, 1],
                 "negative_prompt": self.negative, "loras": loras,
-                "render": RENDER | render, "output": str(self.folder / "out")}  # fmt: skip
+                "render": RENDER | OVER.get(self.kind, {}) | render,
+                "output": str(self.folder / "out")}  # fmt: skip
         path = self.folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(spec))
         return path
@@ -86,6 +91,10 @@ class Setup:
         args = guidance[self.family.guidance]
         if self.kind == "sdxl":
             args["guidance_scale"] = 7.0
+        if self.kind == "qwen-image":  # its true CFG scale has an argument of its own
+            args = {"true_cfg_scale": 4.0, "negative_prompt": self.negative}
+        if self.kind == "z-image":
+            args["guidance_scale"] = OVER["z-image"]["guidance"]
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -159,6 +168,8 @@ def test_a_family_renders_through_farm_run_on_ray_as_plain_diffusers_does(ray_jo
     assert (doc["adapters"][0]["applied"], doc["adapters"][0]["dropped"]) == (len(setup.peft), 0)
     if kind == "flux-dev":
         assert "CFG scale: 1, Distilled CFG Scale: 3.5," in rows[0]["infotext"]
+    if kind == "z-image":  # diffusers' guidance 3 is A1111's CFG scale 4
+        assert "CFG scale: 4," in rows[0]["infotext"] and rows[0]["guidance"] == 3.0
     got = images(job)
     threads = rows[0]["threads"]
     for weight in WEIGHTS:
@@ -189,14 +200,24 @@ def test_mixed_strengths_in_one_call_match_single_calls(setups, kind):
 
 
 def twins(setup: Setup) -> dict[str, dict[str, np.ndarray]]:
-    """The LoRA in each other layout it is shared in, the same weights."""
+    """The LoRA in each other layout it is shared in, the same weights: kohya's and
+    ComfyUI's in the model's original names (q, k and v fused where those fuse them)
+    and in diffusers' names, as people share both."""
     if setup.family.denoiser == "transformer":
         config = json.loads((setup.root / "transformer" / "config.json").read_text())
-        widths = Widths.from_config(config)
-        return {layout: from_diffusers(setup.peft, layout, widths)
-                for layout in ("kohya", "onetrainer", "comfyui")}  # fmt: skip
+        layers = setup.family.lora_layers(config)
+        out = {layout: from_diffusers(setup.peft, layout, layers)
+               for layout in ("kohya", "onetrainer", "comfyui")}  # fmt: skip
+        if layers.native_table():
+            out |= {f"{layout}-split": from_diffusers(setup.peft, layout, layers, fuse=False)
+                    for layout in ("kohya", "comfyui")}  # fmt: skip
+        return out
     rank = next(iter(setup.peft.values())).shape[0]
     return {"kohya": peft_to_kohya(setup.peft, alpha=float(rank))}
+
+
+# The blocks `farm lora inspect` finds in each transformer family's test LoRA.
+LORA_BLOCKS = {"qwen-image": ("B00", "B01"), "z-image": ("CR00", "L00", "L01", "NR00")}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -207,7 +228,9 @@ def test_layout_twins_render_identical_images(setups, kind):
     for layout, tensors in twins(setup).items():
         path = save(tensors, setup.folder / f"{layout}.safetensors")
         if setup.family.denoiser == "transformer":  # what `farm lora inspect` says of it
-            assert describe_lora(path).blocks == ("D00", "D01", "S00", "S01"), layout
+            report = describe_lora(path, LORA_KEYS)
+            assert report.family.name == setup.family.lora_family, layout
+            assert report.blocks == LORA_BLOCKS.get(kind, ("D00", "D01", "S00", "S01")), layout
         got = setup.run_here(layout, [{"name": "x", "path": str(path), "alpha": [1]}], batch=1)
         assert sorted(got) == sorted(reference)
         assert all(np.array_equal(got[k], reference[k]) for k in got), layout
@@ -219,6 +242,19 @@ def without(peft: dict, drop) -> dict:
 
 def block_cases(setup: Setup) -> list[tuple[object, object]]:
     """(a block setting that zeroes one block, the layers that block holds)."""
+    if setup.kind == "qwen-image":
+        values = ["1"] * 61
+        values[1] = "0"  # B00 of BASE, B00 … B59
+        return [(",".join(values), lambda m: m.startswith("transformer.transformer_blocks.0.")),
+                ({"transformer": {"blocks": {"block_1": 0}}},
+                 lambda m: m.startswith("transformer.transformer_blocks.1."))]  # fmt: skip
+    if setup.kind == "z-image":
+        values = ["1"] * 35
+        values[6] = "0"  # L01 of BASE, NR00, NR01, CR00, CR01, L00 … L29
+        return [(",".join(values), lambda m: m.startswith("transformer.layers.1.")),
+                ({"transformer": {"noise_refiner": 0, "context_refiner": {"block_0": 0}}},
+                 lambda m: m.startswith(("transformer.noise_refiner.",
+                                         "transformer.context_refiner.0.")))]  # fmt: skip
     if setup.family.denoiser == "transformer":
         lbw = ["1"] * 61
         lbw[3] = "0"  # D00 of LoRA Block Weight's CLIP, T5, IN, D00 … S37, OUT
@@ -290,6 +326,13 @@ def test_each_family_takes_its_own_render_defaults_unless_the_spec_says(setups):
         plan_of(setups("flux-dev"), negative_prompt="blurry")
     assert str(info.value) == ("negative_prompt: Flux.1-dev models take no negative prompt "
                                "(their guidance is distilled); remove it")  # fmt: skip
+    qwen = plan_of(setups("qwen-image")).spec.render
+    assert (qwen.steps, qwen.guidance, qwen.width, qwen.scheduler) == (50, 4.0, 1328,
+                                                                       "flow_euler")  # fmt: skip
+    z = plan_of(setups("z-image")).spec.render
+    assert (z.steps, z.guidance, z.width, z.scheduler) == (9, 0.0, 1024, "flow_euler")
+    with pytest.raises(SpecError, match="euler does not fit Z-Image models"):
+        plan_of(setups("z-image"), render={"scheduler": "euler"})
 
 
 @pytest.mark.parametrize(("kind", "blocks", "message"), [
@@ -300,6 +343,12 @@ def test_each_family_takes_its_own_render_defaults_unless_the_spec_says(setups):
     ("sd2", [1] * 12, "12 block values do not fit SD2.x: use LoRA Block Weight, 17 values"),
     ("chroma", {"unet": {"mid": 0}}, "Chroma names its blocks as transformer: {double, single}"),
     ("sd2", {"transformer": {"double": 0}}, "SD2.x names its blocks as unet: {down, mid, up}"),
+    ("qwen-image", {"transformer": {"double": 0}},
+     "Qwen-Image names its blocks as transformer: {blocks}"),
+    ("z-image", {"transformer": {"blocks": 0}},
+     "Z-Image names its blocks as transformer: {layers, noise_refiner, context_refiner}"),
+    ("z-image", "FLUXALL", "FLUXALL is not a Z-Image preset (its presets: ZIMAGE-ALL, "),
+    ("qwen-image", [1] * 35, "35 block values do not fit Qwen-Image: use Qwen-Image's 61"),
 ])  # fmt: skip
 def test_blocks_of_another_family_are_refused_at_plan_time(setups, kind, blocks, message):
     from farm.spec import SpecError
@@ -421,3 +470,76 @@ def test_a_transformer_lora_with_mismatched_ranks_is_refused_at_plan_time(setups
         f"loras[0].path: {bad}: layer 'single_transformer_blocks_0_attn_to_k' has lora_down "
         "[4, 32] and lora_up [32, 3] of different ranks; is the file damaged?"
     )
+
+
+# ---------------------------------------------------------------- Qwen-Image and Z-Image
+
+
+@pytest.mark.parametrize(("lora_kind", "model_kind"), [
+    ("qwen-image", "z-image"), ("z-image", "qwen-image"), ("flux-dev", "qwen-image"),
+    ("qwen-image", "flux-dev"), ("z-image", "chroma"),
+])  # fmt: skip
+def test_a_lora_of_another_transformer_family_is_refused_at_plan_time(setups, lora_kind,
+                                                                      model_kind):  # fmt: skip
+    from farm.spec import SpecError
+
+    lora, model = setups(lora_kind), setups(model_kind)
+    with pytest.raises(SpecError) as info:
+        plan_of(model, loras=[{"name": "x", "path": str(lora.lora), "alpha": [1]}])
+    assert str(info.value) == (
+        f"loras[0].path: {lora.lora}: a {lora.family.lora_family} LoRA cannot be used on "
+        f"{model.family.name} model {str(model.root)!r}: it adapts another transformer's "
+        "layers; pick a LoRA trained for the model"
+    )
+
+
+def test_z_image_turbo_and_a_lora_on_its_embedders_mix_strengths_as_single_calls(setups):
+    """At Turbo's guidance 0 the transformer sees each item once; a LoRA that adapts
+    the input embedders (which take every sample's tokens end to end, no batch
+    dimension) renders a call per strength, and matches single calls all the same."""
+    setup = setups("z-image")
+    rng = np.random.default_rng(1)
+    embedders = {}
+    for module, (n_in, n_out) in (("all_x_embedder.2-1", (64, 32)), ("cap_embedder.1", (32, 32))):
+        embedders[f"transformer.{module}.lora_A.weight"] = rng.normal(0, 0.3, (4, n_in))
+        embedders[f"transformer.{module}.lora_B.weight"] = rng.normal(0, 0.3, (n_out, 4))
+    with_embedders = save({k: v.astype(np.float32) for k, v in (setup.peft | embedders).items()},
+                          setup.folder / "embedders.safetensors")  # fmt: skip
+    for name, path, guidance in (("turbo", setup.lora, 0.0), ("embedders", with_embedders, 3.0)):
+        lora = [{"name": "x", "path": str(path), "alpha": list(WEIGHTS)}]
+        single = setup.run_here(f"{name}-single", lora, batch=1, guidance=guidance)
+        mixed = setup.run_here(f"{name}-mixed", lora, batch=3, guidance=guidance)
+        assert sorted(mixed) == sorted(single)
+        for key, image in single.items():
+            diff = np.abs(mixed[key].astype(int) - image.astype(int)).max()
+            assert diff <= 2, (name, key, diff)
+        assert not np.array_equal(single[(0, (("x", 1.0),))], single[(0, (("x", 0.0),))])
+
+
+@pytest.mark.parametrize("kind", ["qwen-image", "z-image"])
+def test_diffusers_own_converter_reads_the_kohya_and_comfyui_twins_as_farm_does(setups, kind):
+    """The twins in diffusers' names are the layouts diffusers itself converts (its
+    converters for these families): farm's conversion gives the same delta B @ A per
+    layer. (Z-Image's fused `attention.qkv` files are farm's alone: diffusers' converter
+    does not split them.)"""
+    import torch
+    from diffusers.loaders import lora_conversion_utils as convert
+
+    from farm.loras.flux_keys import to_diffusers
+
+    theirs_of = {"qwen-image": convert._convert_non_diffusers_qwen_lora_to_diffusers,
+                 "z-image": convert._convert_non_diffusers_z_image_lora_to_diffusers}  # fmt: skip
+    setup = setups(kind)
+    config = json.loads((setup.root / "transformer" / "config.json").read_text())
+    layers = setup.family.lora_layers(config)
+    for layout in ("kohya", "comfyui"):
+        twin = from_diffusers(setup.peft, layout, layers, fuse=False)
+        theirs = theirs_of[kind]({k: torch.from_numpy(v) for k, v in twin.items()})
+        ours = to_diffusers(twin, layers)
+        assert sorted(theirs) == sorted(ours.tensors) == sorted(setup.peft), layout
+        assert not ours.dropped
+        for key in (k for k in ours.tensors if k.endswith(".lora_A.weight")):
+            up = key.replace(".lora_A.", ".lora_B.")
+            mine = ours.tensors[up] @ ours.tensors[key]
+            np.testing.assert_allclose((theirs[up] @ theirs[key]).numpy(), mine, rtol=1e-6,
+                                       atol=1e-7)  # fmt: skip

@@ -17,7 +17,7 @@ from conftest import FARM, REPO
 from safetensors.numpy import load_file, save_file
 
 from farm import families
-from farm.families import FamilyError
+from farm.families import LORA_KEYS, FamilyError
 from farm.loras.demo import (
     DEMO_LORAS,
     demo_lora_path,
@@ -594,8 +594,9 @@ def test_sd15_lora_on_sdxl_model_is_refused(tmp_path):
 
 
 # Transformer (DiT) LoRAs in the layouts they are shared in: Flux.1 layers spelled by
-# kohya's sd-scripts, ai-toolkit (diffusers/PEFT), OneTrainer and ComfyUI, and a
-# Qwen-Image one.
+# kohya's sd-scripts, ai-toolkit (diffusers/PEFT), OneTrainer and ComfyUI (attention
+# alone, named as Flux.1's and Qwen-Image's double blocks both name it), Qwen-Image and
+# Z-Image ones, and one of a family farm does not render.
 DIT_LORAS = {
     "kohya": (kohya("lora_unet_double_blocks_0_img_attn_qkv", 64, 192), "Flux.1", 64),
     "ai-toolkit": (peft("transformer.single_transformer_blocks.7.proj_out", 64, 64),
@@ -605,6 +606,10 @@ DIT_LORAS = {
     "comfyui": (peft("diffusion_model.transformer_blocks.0.attn.to_q", 64, 64),
                 "transformer (DiT)", None),
     "qwen": (peft("transformer.transformer_blocks.0.img_mlp.net.2", 64, 64), "Qwen-Image", None),
+    "qwen-kohya": (kohya("lora_unet_transformer_blocks_40_attn_to_q", 64, 64), "Qwen-Image", 64),
+    "z-image": (peft("diffusion_model.layers.3.attention.qkv", 48, 144), "Z-Image", 48),
+    "flux2": (peft("transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj", 64, 384),
+              "Flux.2", None),
 }  # fmt: skip
 
 
@@ -614,14 +619,15 @@ def test_a_transformer_lora_on_a_unet_model_is_refused_naming_both_families(tmp_
     never accepted as "unknown" to fail in every unit."""
     shapes, family, width = DIT_LORAS[layout]
     path = save_shapes(tmp_path / f"{layout}.safetensors", shapes)
-    assert lora_family(path) == Recognised(family, None, transformer=True, width=width)
-    assert describe_lora(path).family == lora_family(path)  # what `farm lora inspect` says
+    known = lora_family(path, LORA_KEYS)
+    assert known == Recognised(family, None, transformer=True, width=width)
+    assert describe_lora(path, LORA_KEYS).family == known  # what `farm lora inspect` says
     message = refused_message(path, lambda p: check_compatible(p, "tiny"))
     detail = f"width {width}" if width else "a transformer (DiT) model"
-    if family == "Qwen-Image":
+    if family == "Flux.2":
         assert message == (
-            f"{path}: a Qwen-Image LoRA cannot be used on SD1.x model 'tiny': farm renders "
-            "SD1.x, SD2.x, SDXL, Flux.1 LoRAs; pick one made for the model"
+            f"{path}: a Flux.2 LoRA cannot be used on SD1.x model 'tiny': farm renders "
+            "SD1.x, SD2.x, SDXL, Flux.1, Qwen-Image, Z-Image LoRAs; pick one made for the model"
         )
     else:
         assert message == (
@@ -646,7 +652,7 @@ def write_dit_model(root: Path, cls: str) -> Path:
 
 
 @pytest.mark.parametrize(("cls", "what"), [
-    ("QwenImagePipeline", "a Qwen-Image model (QwenImagePipeline)"),
+    ("HiDreamImagePipeline", "a HiDream model (HiDreamImagePipeline)"),
     ("Flux2Pipeline", "a Flux.2 model (Flux2Pipeline)"),
     ("NewDiT", "a transformer (DiT) model of a family farm does not render (NewDiT)"),
 ])  # fmt: skip
@@ -656,8 +662,8 @@ def test_a_model_of_a_family_farm_does_not_render_is_refused_at_plan_time(tmp_pa
     with pytest.raises(SpecError) as info:
         make_plan(parse_spec(spec, base_dir=tmp_path))
     assert str(info.value) == (
-        f"model: {model} is {what}; farm renders SD1.x, SD2.x, SDXL, Flux.1 (dev, schnell) "
-        "and Chroma models"
+        f"model: {model} is {what}; farm renders SD1.x, SD2.x, SDXL, Flux.1 (dev, schnell), "
+        "Chroma, Qwen-Image and Z-Image models"
     )
 
 

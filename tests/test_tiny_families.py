@@ -16,7 +16,12 @@ CLASSES = {
     "flux-dev": "FluxPipeline",
     "flux-schnell": "FluxPipeline",
     "chroma": "ChromaPipeline",
+    "qwen-image": "QwenImagePipeline",
+    "z-image": "ZImagePipeline",
 }
+# Kinds whose guidance takes a negative prompt: true CFG (Chroma, Qwen-Image, whose scale
+# has an argument of its own) and Z-Image's CFG.
+NEGATIVE = ("chroma", "qwen-image", "z-image")
 
 
 def render(pipe, kind: str) -> np.ndarray:
@@ -24,16 +29,19 @@ def render(pipe, kind: str) -> np.ndarray:
     import torch
 
     settings = RENDER[kind]
-    extra = {"negative_prompt": ["blurry"] * len(PROMPTS)} if kind == "chroma" else {}
+    scale = "true_cfg_scale" if kind == "qwen-image" else "guidance_scale"
+    guidance = {scale: settings["guidance"]}
+    if kind in NEGATIVE:
+        guidance["negative_prompt"] = ["blurry"] * len(PROMPTS)
     return pipe(
-        prompt=PROMPTS,
+        # A new list each call: ZImagePipeline writes its chat template into the list.
+        prompt=list(PROMPTS),
         num_inference_steps=settings["steps"],
         width=settings["width"],
         height=settings["height"],
-        guidance_scale=settings["guidance"],
         generator=[torch.Generator("cpu").manual_seed(i) for i in range(len(PROMPTS))],
         output_type="np",
-        **extra,
+        **guidance,
     ).images
 
 
@@ -86,6 +94,14 @@ def test_builds_saves_and_loads_back_identically(built, kind):
     if kind.startswith("flux"):
         assert loaded.transformer.config.guidance_embeds == (kind == "flux-dev")
         assert loaded.vae.config.latent_channels == 16
+    if kind in ("qwen-image", "z-image"):
+        # The prompt templates tokenize as Qwen's tokenizers split them: Qwen-Image drops
+        # its system prompt's 34 tokens from the text encoder's output.
+        template = loaded.prompt_template_encode if kind == "qwen-image" else None
+        if template is not None:
+            assert len(loaded.tokenizer(template.split("{}")[0]).input_ids) == 34
+        encoder = "Qwen2_5_VLForConditionalGeneration" if kind == "qwen-image" else "Qwen3Model"
+        assert type(loaded.text_encoder).__name__ == encoder
 
 
 def test_building_is_deterministic():
@@ -149,7 +165,7 @@ def test_lora_strength_changes_the_image_and_zero_gives_it_back(built, kind, tmp
 # Attention projections a LoRA adapts, by the component's module-name suffix.
 TARGETS = {
     "unet": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_k", "attn2.to_v"),
-    "transformer": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "transformer": ("attn.to_q", "attn.to_k", "attn.to_v", "attention.to_q", "attention.to_v"),
     "text_encoder": ("self_attn.q_proj", "self_attn.v_proj"),
     "text_encoder_2": ("self_attn.q_proj", "self_attn.v_proj"),
 }

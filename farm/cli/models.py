@@ -121,6 +121,7 @@ def lora_inspect(path: str, as_json: bool, model: str | None) -> None:
 
     FILE is a .safetensors LoRA, or tiny:NAME for a demo LoRA.
     """
+    from farm.families import LORA_KEYS
     from farm.loras.describe import describe_lora
     from farm.loras.files import LoraError
 
@@ -131,7 +132,7 @@ def lora_inspect(path: str, as_json: bool, model: str | None) -> None:
             path = str(demo_lora_path(path))
         except KeyError as err:
             raise LoraError(err.args[0]) from None
-    report = describe_lora(path)
+    report = describe_lora(path, LORA_KEYS)
     fit = _fit(path, model) if model else None
     if as_json:
         click.echo(json.dumps(report.as_dict() | ({"model": fit} if fit else {}), indent=2))

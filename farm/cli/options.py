@@ -23,8 +23,8 @@ def dtype_option(command):
         type=click.Choice(["float16", "bfloat16"]),
         expose_value=False,
         callback=apply,
-        help="GPU precision (default: float16, bfloat16 for Flux.1 and Chroma; CPU workers "
-        "use float32).",
+        help="GPU precision (default: float16, bfloat16 for the transformer families: "
+        "Flux.1, Chroma, Qwen-Image, Z-Image; CPU workers use float32).",
     )(command)
 
 

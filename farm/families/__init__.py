@@ -1,7 +1,7 @@
 """The model families farm renders, one module each: SD1.x, SD2.x, SDXL, Flux.1 (dev and
-schnell) and Chroma. A family module says how to recognise the family's models and
-LoRAs, how to render it (pipeline, denoiser, text encoders, guidance, defaults,
-samplers) and how its blocks are named; nothing else in farm names a family.
+schnell), Chroma, Qwen-Image and Z-Image. A family module says how to recognise the
+family's models and LoRAs, how to render it (pipeline, denoiser, text encoders, guidance,
+defaults, samplers) and how its blocks are named; nothing else in farm names a family.
 
 Models are recognised from their diffusers configs, LoRAs from their key names and
 shapes (farm/loras/families.py). A model or LoRA that fits no family here is refused
@@ -10,29 +10,40 @@ with the family it belongs to named, where farm can tell it."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import FarmError
-from farm.families import chroma, flux, sd1, sd2, sdxl
+from farm.families import chroma, flux, qwen_image, sd1, sd2, sdxl, z_image
 from farm.families.base import Family
-from farm.loras.families import KNOWN_CONTEXTS, Recognised, lora_family
+from farm.loras.families import KNOWN_CONTEXTS, LoraKeys, Recognised, lora_family
 from farm.tiny.identity import UNET_CONFIG
 
 # In matching order: SDXL and SD2.x before the SD1.x they would otherwise look like.
 FAMILIES: tuple[Family, ...] = (sdxl.FAMILY, sd2.FAMILY, sd1.FAMILY, flux.DEV, flux.SCHNELL,
-                                chroma.FAMILY)  # fmt: skip
-SHOWN = (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, flux.DEV, flux.SCHNELL, chroma.FAMILY)
-RENDERED = "SD1.x, SD2.x, SDXL, Flux.1 (dev, schnell) and Chroma"
+                                chroma.FAMILY, qwen_image.FAMILY, z_image.FAMILY)  # fmt: skip
+SHOWN = (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, flux.DEV, flux.SCHNELL, chroma.FAMILY,
+         qwen_image.FAMILY, z_image.FAMILY)  # fmt: skip
+RENDERED = "SD1.x, SD2.x, SDXL, Flux.1 (dev, schnell), Chroma, Qwen-Image and Z-Image"
 # Transformer pipelines farm recognises by model_index.json's _class_name, not renders.
 OTHER_PIPELINES = {
     "FluxKontextPipeline": "Flux.1 Kontext", "Flux2Pipeline": "Flux.2",
-    "QwenImagePipeline": "Qwen-Image", "ZImagePipeline": "Z-Image",
     "StableDiffusion3Pipeline": "SD3", "HiDreamImagePipeline": "HiDream",
     "SanaPipeline": "Sana", "PixArtSigmaPipeline": "PixArt-Σ", "AuraFlowPipeline": "AuraFlow",
     "LuminaText2ImgPipeline": "Lumina", "Lumina2Pipeline": "Lumina 2",
     "CogView4Pipeline": "CogView4",
 }  # fmt: skip
+# How LoRAs name their layers, in matching order: families farm does not render first
+# (their names overlap Flux.1's), then each transformer family farm renders.
+LORA_KEYS: tuple[LoraKeys, ...] = (
+    LoraKeys("Flux.2", re.compile(r"to_qkv_mlp_proj|double_stream_modulation"
+                                  r"|single_stream_modulation")),
+    LoraKeys("HiDream", re.compile(r"(double|single)_stream_blocks_")),
+    LoraKeys("SD3", re.compile(r"joint_blocks_\d+_|(^|_)context_block_")),
+    *{f.lora_family: LoraKeys(f.lora_family, f.lora_keys, f.lora_width, f.lora_block)
+      for f in FAMILIES if f.lora_keys is not None}.values(),
+)  # fmt: skip
 
 
 class FamilyError(FarmError, ValueError):
@@ -69,9 +80,11 @@ class Model:
 
     @property
     def width(self) -> int | None:
-        """A transformer's hidden width (heads × head width)."""
+        """A transformer's hidden width (heads × head width, or as its config says it)."""
         heads, dim = self.config.get("num_attention_heads"), self.config.get("attention_head_dim")
-        return heads * dim if isinstance(heads, int) and isinstance(dim, int) else None
+        if isinstance(heads, int) and isinstance(dim, int):
+            return heads * dim
+        return self.config.get("dim") if isinstance(self.config.get("dim"), int) else None
 
 
 def by_key(key: str) -> Family:
@@ -143,9 +156,11 @@ def lora_families() -> str:
 def check_compatible(lora_path: str | Path, model: Model | None, name: str = "") -> Recognised:
     """The LoRA's family; FamilyError if it cannot be used on the model (None: a model
     whose configs are not at hand, checked for the LoRA alone)."""
-    ours = lora_family(lora_path)  # first, so a refused file is refused for every model
+    # First, so a refused file is refused for every model.
+    ours = lora_family(lora_path, LORA_KEYS)
     on = f" on {model.family.name} model {name!r}" if model is not None else ""
-    if ours.transformer and ours.name not in ("Flux.1", "transformer (DiT)"):
+    rendered = {f.lora_family for f in SHOWN if f.denoiser == "transformer"}
+    if ours.transformer and ours.name not in (*rendered, "transformer (DiT)"):
         raise FamilyError(
             f"{lora_path}: a {ours.name} LoRA cannot be used{on}: farm renders "
             f"{lora_families()} LoRAs; pick one made for the model"
@@ -159,6 +174,12 @@ def check_compatible(lora_path: str | Path, model: Model | None, name: str = "")
             f"{lora_path}: {_a(ours.name)} LoRA ({ours.detail}) cannot be used on "
             f"{theirs.name} model {name!r} ({theirs.detail}): it adapts {lora_kind}'s "
             "layers the model does not have; pick a LoRA trained for the model"
+        )
+    if ours.transformer and ours.name in rendered and ours.name != model.family.lora_family:
+        raise FamilyError(
+            f"{lora_path}: {_a(ours.name)} LoRA cannot be used on {theirs.name} model "
+            f"{name!r}: it adapts another transformer's layers; pick a LoRA trained for "
+            "the model"
         )
     problems = []
     if ours.transformer:

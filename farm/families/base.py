@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from farm.loras.flux_keys import Layers
 
 # How guidance shapes one denoiser call, and so the per-sample strength table:
 # - "cfg": classifier-free guidance runs the denoiser on [uncond; cond], twice the items;
@@ -32,6 +36,7 @@ class BlockForm:
 
     name: str  # "LoRA Block Weight, 17 values (SD1.x/SD2.x)"
     ids: tuple[str, ...]
+    carries: bool = False  # a shorter vector carries its last value on (Inspire Pack's)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,33 @@ class Family:
         repr=False, default=None)  # fmt: skip
     t5: str | None = None  # the component holding T5, which LoRA Block Weight names apart
     gpu_dtype: str = "float16"  # its weights' dtype on a GPU unless `--dtype` says otherwise
+    # The dict form's parts of a transformer, `{transformer: {double: …, single: …}}`, and
+    # a block id → (its part, its index in that part); None for ids outside the parts.
+    block_sections: tuple[str, ...] = ()
+    section_of: Callable[[str], tuple[str, int] | None] = field(
+        repr=False, default=lambda b: None)  # fmt: skip
+    # LoRA files, read without torch (farm/loras): module names (underscored, any layout)
+    # that only this family's LoRAs have; those whose in-features are the transformer's
+    # width; and a file's module name → its block id, for `farm lora inspect`.
+    lora_keys: re.Pattern | None = None
+    lora_width: re.Pattern | None = None
+    lora_block: Callable[[str], str | None] = field(repr=False, default=lambda m: None)
+    # The denoiser config → its layers a LoRA may adapt, with their widths and the names
+    # other tools give them (farm/loras/flux_keys.py converts every shared layout to
+    # diffusers' names with it); None: diffusers reads the file as it is (UNet families).
+    lora_layers: Callable[[dict], Layers] | None = field(repr=False, default=None)
+    # Denoiser modules whose input is every sample's tokens run end to end, without a
+    # batch dimension: per-sample strengths cannot reach them, so a LoRA that adapts one
+    # renders a call per strength.
+    unbatched: re.Pattern | None = None
+    # The pipeline argument guidance goes in, and the negative prompt its true-CFG pass
+    # needs when the spec gives none (None: no negative prompt, no negative pass).
+    guidance_arg: str = "guidance_scale"
+    blank_negative: str | None = None
+    # The render module (farm/render) that builds its tiny pipeline: `build(seed)` and its
+    # test-sized `RENDER` settings. Named, not imported: the registry imports no torch.
+    # None: farm/render/tiny_pipelines.py builds it itself.
+    tiny_module: str | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -75,13 +107,17 @@ class Family:
         """Whether one denoiser call sees each item twice ([uncond; cond])."""
         return self.guidance == "cfg"
 
-    def pipeline_kwargs(self, guidance: float, negative: list[str] | None) -> dict:
-        """The guidance arguments of one pipeline call, in the family's own terms."""
+    def pipeline_kwargs(self, guidance: float, negative: list[str] | None,
+                        count: int = 1) -> dict:  # fmt: skip
+        """The guidance arguments of one pipeline call of `count` prompts, in the
+        family's own terms."""
         if self.guidance == "none":
             return {"guidance_scale": 0.0}
         if self.guidance == "embedded":
             return {"guidance_scale": guidance}  # distilled: no negative prompt pass
-        return {"guidance_scale": guidance, "negative_prompt": negative}
+        if negative is None and self.blank_negative is not None:
+            negative = [self.blank_negative] * count
+        return {self.guidance_arg: guidance, "negative_prompt": negative}
 
     def form_of(self, count: int) -> BlockForm | None:
         return next((f for f in self.block_forms if len(f.ids) == count), None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from farm.families.base import BlockForm
+from farm.loras.flux_keys import Widths
 
 SCHEDULERS = ("flow_euler",)  # the flow-matching Euler with the model's dynamic shift
 # diffusers/PEFT (ai-toolkit, diffusers' trainers), kohya sd-scripts, OneTrainer and
@@ -26,7 +27,7 @@ FORMS = (
     BlockForm("LoRA Block Weight's Flux form, 61 values (CLIP, T5, IN, D00 … D18, S00 … S37, "
               "OUT)", LBW_FLUX),
     BlockForm("Inspire Pack's Flux form, up to 58 values (BASE, D00 … D18, S00 … S37)",
-              INSPIRE_FLUX),
+              INSPIRE_FLUX, carries=True),
 )  # fmt: skip
 
 
@@ -82,6 +83,43 @@ def expand(values: tuple[float, ...]) -> dict[str, float] | None:
         base = table.pop("BASE")
         return {"te": base, "t5": base, "IN": base, "OUT": base, **table}
     return None
+
+
+SECTIONS = ("double", "single")
+
+
+def section_of(block: str) -> tuple[str, int] | None:
+    """A block id's part of the dict form: D03 → (double, 3), S07 → (single, 7)."""
+    if block[:1] in ("D", "S") and block[1:].isdigit():
+        return ("double" if block[0] == "D" else "single"), int(block[1:])
+    return None
+
+
+# LoRA module names (underscored) only Flux.1 and Chroma have: BFL's block names (kohya,
+# ComfyUI) or diffusers' single blocks and double blocks' context stream (a UNet's
+# transformer blocks have an `ff` and a `norm1` too).
+LORA_KEYS = re.compile(r"(^|_)(double_blocks|single_blocks)_\d+_|single_transformer_blocks_\d+_"
+                       r"|transformer_blocks_\d+_(ff_context|norm1_context)")  # fmt: skip
+# Layers whose in-features are the transformer's hidden width.
+LORA_WIDTH = re.compile(r"(double_blocks_\d+_img_attn_qkv|single_blocks_\d+_linear1"
+                        r"|transformer_blocks_\d+_attn_to_q)$")  # fmt: skip
+_LORA_DOUBLE = re.compile(r"(^|_)(double_blocks|transformer_blocks)_(\d+)_")
+_LORA_SINGLE = re.compile(r"(^|_)(single_blocks|single_transformer_blocks)_(\d+)_")
+
+
+def lora_block(name: str) -> str | None:
+    """A Flux-shaped LoRA layer's block (any layout's name): D00 … (double), S00 …
+    (single), the ids LoRA Block Weight's Flux form uses; None outside the blocks."""
+    flat = name.replace(".", "_")
+    if match := _LORA_SINGLE.search(flat):
+        return f"S{int(match[3]):02d}"
+    if match := _LORA_DOUBLE.search(flat):
+        return f"D{int(match[3]):02d}"
+    return None
+
+
+def lora_layers(config: dict) -> Widths:
+    return Widths.from_config(config)
 
 
 def is_flux_transformer(config: dict) -> bool:

@@ -33,6 +33,12 @@ _COMMON = dict(
     layouts=dit.LAYOUTS,
     block_of=dit.block_of,
     expand=dit.expand,
+    block_sections=dit.SECTIONS,
+    section_of=dit.section_of,
+    lora_keys=dit.LORA_KEYS,
+    lora_width=dit.LORA_WIDTH,
+    lora_block=dit.lora_block,
+    lora_layers=dit.lora_layers,
     t5="text_encoder_2",
     gpu_dtype="bfloat16",
 )

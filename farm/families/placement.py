@@ -64,7 +64,7 @@ def place(lora_path: str | Path, model: Model, root: Path | None) -> Placement:
 
 
 def _place_transformer(path: str, header: dict, meta: dict, model: Model) -> Placement:
-    from farm.loras.flux_keys import Widths, to_diffusers
+    from farm.loras.flux_keys import to_diffusers
 
     for m in modules(header, detect_layout(list(header), path), path):
         down, up = m.parts["down"]["shape"], m.parts["up"]["shape"]
@@ -73,7 +73,7 @@ def _place_transformer(path: str, header: dict, meta: dict, model: Model) -> Pla
                             "different ranks; is the file damaged?")  # fmt: skip
     tensors = _header_arrays(header)
     try:
-        converted = to_diffusers(tensors, Widths.from_config(model.config))
+        converted = to_diffusers(tensors, model.family.lora_layers(model.config))
     except ValueError as err:
         raise LoraError(f"{path}: does not fit the model's layers ({err})") from None
     applied_groups = list(converted.applied)

@@ -30,13 +30,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.errors import show, suggest
 from farm.limits import PICKLE_SUFFIXES
-from farm.loras.families import Recognised, family_of, transformer_family
+from farm.loras.families import LoraKeys, Recognised, family_of, transformer_family
 from farm.loras.files import LoraError, detect_layout, modules, read_header
 
 # One run's checkpoints: every file's header is read to order them, and each one kept is
@@ -117,20 +118,22 @@ class _Unordered:
     reason: str
 
 
-def find_checkpoints(value: Any, base: Path, where: str) -> list[Checkpoint]:
+def find_checkpoints(value: Any, base: Path, where: str,
+                     known: Sequence[LoraKeys] = ()) -> list[Checkpoint]:  # fmt: skip
     """The checkpoints a spec's `checkpoints:` names, in training order.
 
     `value` is a folder (its `.safetensors` files, not those of subfolders), a list of
     files, or {dir, every, last}; relative paths are read from `base`; `where` is the
-    field that messages name (`loras[0].checkpoints`).
+    field that messages name (`loras[0].checkpoints`); `known`: the transformer families
+    to tell files apart by (farm.families.LORA_KEYS).
     """
     if isinstance(value, dict):
         folder, every, last = _mapping(value, where)
-        return _thin(_from_folder(folder, base, where, f"{where}.dir"), every, last)
+        return _thin(_from_folder(folder, base, where, f"{where}.dir", known), every, last)
     if isinstance(value, str | Path):
-        return _from_folder(value, base, where, where)
+        return _from_folder(value, base, where, where, known)
     if isinstance(value, list | tuple):
-        return _from_list(value, base, where)
+        return _from_list(value, base, where, known)
     raise CheckpointError(
         f"{where}: expected the run's folder, a list of its files or {{dir, every, last}}, "
         f"got {show(value)}"
@@ -167,7 +170,8 @@ def _thin(ordered: list[Checkpoint], every: int, last: int | None) -> list[Check
     return kept[-last:] if last else kept
 
 
-def _from_folder(text: Any, base: Path, where: str, at: str) -> list[Checkpoint]:
+def _from_folder(text: Any, base: Path, where: str, at: str,
+                 known: Sequence[LoraKeys] = ()) -> list[Checkpoint]:  # fmt: skip
     if not isinstance(text, str | Path) or not str(text).strip():
         raise CheckpointError(f"{at}: expected the path of the run's folder, got {show(text)}")
     folder = _local(text, base)
@@ -231,10 +235,11 @@ def _from_folder(text: Any, base: Path, where: str, at: str) -> list[Checkpoint]
         raise CheckpointError(
             f"{at}: folder {folder} is empty: point it at the folder the trainer saved the run to"
         )
-    return _ordered([_read(p, where) for p in paths], where, listed=False)
+    return _ordered([_read(p, where, known) for p in paths], where, listed=False)
 
 
-def _from_list(value: list | tuple, base: Path, where: str) -> list[Checkpoint]:
+def _from_list(value: list | tuple, base: Path, where: str,
+               known: Sequence[LoraKeys] = ()) -> list[Checkpoint]:  # fmt: skip
     if not value:
         raise CheckpointError(f"{where}: the list is empty: give the run's files, or its folder")
     if len(value) > MAX_CHECKPOINTS:
@@ -265,7 +270,7 @@ def _from_list(value: list | tuple, base: Path, where: str) -> list[Checkpoint]:
             )
         seen[path] = i
         paths.append(path)
-    return _ordered([_read(p, where) for p in paths], where, listed=True)
+    return _ordered([_read(p, where, known) for p in paths], where, listed=True)
 
 
 def _local(text: str | Path, base: Path) -> Path:
@@ -273,7 +278,7 @@ def _local(text: str | Path, base: Path) -> Path:
     return (path if path.is_absolute() else base / path).resolve()
 
 
-def _read(path: Path, where: str) -> _File:
+def _read(path: Path, where: str, known: Sequence[LoraKeys] = ()) -> _File:
     """One checkpoint's header: its layout, family, metadata steps and name number."""
     try:
         header, metadata = read_header(path)
@@ -281,7 +286,7 @@ def _read(path: Path, where: str) -> _File:
         mods = modules(header, layout, path)
     except LoraError as err:
         raise CheckpointError(f"{where}: {err}") from None
-    family = transformer_family(mods) or family_of(mods)
+    family = transformer_family(mods, known) or family_of(mods)
     kind, number = "", None
     if m := _NUMBERED.fullmatch(path.name[: -len(SUFFIX)]):
         kind = "epoch" if m["epoch"] else "step"

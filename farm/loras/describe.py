@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.loras.families import Recognised, family_of, transformer_family
+from farm.loras.families import LoraKeys, Recognised, family_of, transformer_family
 from farm.loras.files import (
     DTYPE_BYTES,
     LoraFile,
@@ -27,7 +28,8 @@ class LoraReport:
 
     file: LoraFile
     modules: dict[str, int]  # component → adapted layers
-    # A1111 UNet block ids in UNet order, or a transformer's D00…/S00…; "other" for the rest
+    # A1111 UNet block ids in UNet order, or a transformer family's own (Flux.1's D00 …
+    # S00 …); "other" for the rest
     blocks: tuple[str, ...]
     rank: tuple[int, int]  # min, max over layers
     # min, max of stored `.alpha` (or of the metadata's lora_alpha); None: none stored
@@ -90,18 +92,21 @@ def _span(pair: tuple[float, float]) -> str:
     return low if low == high else f"{low}–{high}"
 
 
-def describe_lora(path: str | Path) -> LoraReport:
-    """Everything `farm lora inspect` reports; raises LoraError for files farm refuses."""
+def describe_lora(path: str | Path, known: Sequence[LoraKeys] = ()) -> LoraReport:
+    """Everything `farm lora inspect` reports; raises LoraError for files farm refuses.
+    `known`: the transformer families to tell apart (farm.families.LORA_KEYS)."""
     info = inspect_lora(path)
     header, meta = read_header(info.path)
     mods = modules(header, info.layout, info.path)
     counts: dict[str, int] = {}
     for m in mods:
         counts[m.component] = counts.get(m.component, 0) + 1
-    family = transformer_family(mods) or family_of(mods)
+    family = transformer_family(mods, known) or family_of(mods)
     if family.transformer:
-        blocks = {transformer_block(m.name) for m in mods if m.component != "text_encoder"}
-        ordered = sorted((b for b in blocks if b), key=lambda b: (b[0] != "D", int(b[1:])))
+        keys = next((k for k in known if k.family == family.name), None)
+        block = keys.block if keys else lambda name: None
+        blocks = {block(m.name) for m in mods if m.component != "text_encoder"}
+        ordered = sorted((b for b in blocks if b), key=_block_order)
     else:
         blocks = {a1111_block(m.name) for m in mods if m.component == "unet"}
         ordered = sorted((b for b in blocks if b), key=block_order)
@@ -120,19 +125,10 @@ def describe_lora(path: str | Path) -> LoraReport:
     )
 
 
-_DOUBLE = re.compile(r"(^|_)(double_blocks|transformer_blocks)_(\d+)_")
-_SINGLE = re.compile(r"(^|_)(single_blocks|single_transformer_blocks)_(\d+)_")
-
-
-def transformer_block(name: str) -> str | None:
-    """A Flux-shaped transformer layer's block: D00 … (double), S00 … (single), the ids
-    LoRA Block Weight's Flux form uses; None outside the blocks."""
-    flat = name.replace(".", "_")
-    if match := _SINGLE.search(flat):
-        return f"S{int(match[3]):02d}"
-    if match := _DOUBLE.search(flat):
-        return f"D{int(match[3]):02d}"
-    return None
+def _block_order(block: str) -> tuple[str, int]:
+    # A transformer's block ids are a kind (D, S, L, NR, …) and a number.
+    match = re.fullmatch(r"(\D*)(\d*)", block)
+    return match[1], int(match[2] or 0)
 
 
 def metadata_alphas(meta: dict[str, str]) -> list[float]:

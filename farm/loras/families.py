@@ -1,35 +1,33 @@
 """What a LoRA's key names and tensor shapes say about the model it was trained for: the
 family its keys belong to and, for UNet LoRAs, the cross-attention context width
-(768 SD1.x, 1024 SD2.x, 2048 SDXL). farm/families holds the families themselves and
-compares a LoRA with a model."""
+(768 SD1.x, 1024 SD2.x, 2048 SDXL). farm/families holds the families themselves (and how
+each one's LoRAs name their layers) and compares a LoRA with a model."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm.loras.files import Module, detect_layout, modules, read_header
 
 KNOWN_CONTEXTS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
-# Transformer LoRAs by their module names, with every separator spelled "_" (kohya's
-# and OneTrainer's underscores, ComfyUI's and diffusers' dots alike). Families farm does
-# not render come first: their names overlap Flux.1's.
-_DIT_FAMILIES = (
-    ("Qwen-Image", re.compile(r"transformer_blocks_\d+_(img|txt)_(mlp|mod)_")),
-    ("Z-Image", re.compile(r"(^|_)(noise_refiner|context_refiner)_|(^|_)layers_\d+_attention_")),
-    ("Flux.2", re.compile(r"to_qkv_mlp_proj|double_stream_modulation|single_stream_modulation")),
-    ("HiDream", re.compile(r"(double|single)_stream_blocks_")),
-    ("SD3", re.compile(r"joint_blocks_\d+_|(^|_)context_block_")),
-    # Flux.1 (and Chroma, made from it): BFL's names (kohya, ComfyUI) or diffusers'.
-    ("Flux.1", re.compile(r"(^|_)(double_blocks|single_blocks)_\d+_|single_transformer_blocks_\d+_"
-                          r"|transformer_blocks_\d+_(ff_context|norm1_context|attn_to_add_out)")),
-)  # fmt: skip
-_DIT_PREFIXES = ("transformer.", "lora_transformer_", "diffusion_model.")
 _CROSS_KV = re.compile(r"attn2_(processor_)?to_[kv]$")
-# Layers whose in-features are the transformer's hidden width.
-_FLUX_WIDTH = re.compile(r"(double_blocks_\d+_img_attn_qkv|single_blocks_\d+_linear1"
-                         r"|transformer_blocks_\d+_attn_to_q)$")  # fmt: skip
+# A transformer's layers whose names no UNet has: MMDiT joint attention (Flux.1's and
+# Qwen-Image's double blocks name it alike), under any prefix.
+_DIT = re.compile(r"(^|_)transformer_blocks_\d+_attn_(to_[qkv]|to_out|add_[qkv]_proj|to_add_out)")
+
+
+@dataclass(frozen=True)
+class LoraKeys:
+    """How one transformer family's LoRA files name their layers (the registry,
+    farm/families, says it for each family it knows)."""
+
+    family: str  # "Flux.1", "Qwen-Image", …
+    keys: re.Pattern  # module names (underscored) only this family's LoRAs have
+    width: re.Pattern | None = None  # layers whose in-features are the hidden width
+    block: Callable[[str], str | None] = field(default=lambda name: None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -52,27 +50,31 @@ class Recognised:
         return f"{self.name} ({self.detail})"
 
 
-def lora_family(path: str | Path) -> Recognised:
-    """The base-model family a LoRA was trained for, from its header alone."""
+def lora_family(path: str | Path, known: Sequence[LoraKeys] = ()) -> Recognised:
+    """The base-model family a LoRA was trained for, from its header alone; `known`: the
+    transformer families to tell apart, in matching order (farm.families.LORA_KEYS)."""
     header, _ = read_header(path)
     mods = modules(header, detect_layout(list(header), path), path)
-    return transformer_family(mods) or family_of(mods)
+    return transformer_family(mods, known) or family_of(mods)
 
 
 def underscored(name: str) -> str:
     return name.replace(".", "_")
 
 
-def transformer_family(mods: list[Module]) -> Recognised | None:
-    """The transformer (DiT) family a LoRA's modules belong to; None for a UNet LoRA."""
+def transformer_family(mods: list[Module], known: Sequence[LoraKeys] = ()) -> Recognised | None:
+    """The transformer (DiT) family a LoRA's modules belong to, the first of `known`
+    whose names they have; "transformer (DiT)" for one that names none of them (or
+    without `known`); None for a UNet LoRA."""
     names = [underscored(m.name) for m in mods]
-    for family, pattern in _DIT_FAMILIES:
-        if any(pattern.search(n) for n in names):
+    for family in known:
+        if any(family.keys.search(n) for n in names):
             widths = {m.parts["down"]["shape"][1] for m, n in zip(mods, names, strict=True)
-                      if _FLUX_WIDTH.search(n)} if family == "Flux.1" else set()  # fmt: skip
-            return Recognised(family, None, transformer=True,
+                      if family.width and family.width.search(n)}  # fmt: skip
+            return Recognised(family.family, None, transformer=True,
                               width=widths.pop() if len(widths) == 1 else None)  # fmt: skip
-    if any(m.component == "transformer" for m in mods):
+    pairs = zip(mods, names, strict=True)
+    if any(m.component == "transformer" or _DIT.search(n) for m, n in pairs):
         return Recognised("transformer (DiT)", None, transformer=True)
     return None
 

@@ -4,7 +4,10 @@ A Flux.1 or Chroma LoRA is shared in several key layouts; `to_diffusers` turns a
 (or a mix, key group by key group) into one diffusers/PEFT state dict:
 `transformer.{module}.lora_A.weight` / `lora_B.weight` for the transformer and
 `text_encoder.{module}.lora_A.weight` / `lora_B.weight` for CLIP-L, in float32, with each
-module's alpha/rank folded into lora_B (so the adapter loads with scale 1).
+module's alpha/rank folded into lora_B (so the adapter loads with scale 1). The code is
+the same for every transformer family: `Layers` says which layers a model has, at which
+widths, and what its original code calls them (`Widths` for Flux.1 and Chroma; the other
+families' own in farm/families).
 
 Accepted layouts:
 
@@ -89,8 +92,27 @@ _OTHER_TE = ("lora_te2_", "lora_te3_", "text_encoder_2.", "text_encoder_3.", "te
 _COMFY_CLIP = "text_encoders.clip_l.transformer."
 
 
+class Layers:
+    """A transformer's layers a LoRA may adapt, for `to_diffusers` and `from_diffusers`:
+    every linear module in diffusers' names with its (in, out) features, and the names
+    the model's original code gives them (kohya and ComfyUI files use those), each with
+    its diffusers targets (several where the original fuses them, q, k and v in one) and
+    whether lora_up's halves swap. Subclasses are frozen dataclasses (hashable: the
+    converter caches its tables per model)."""
+
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        raise NotImplementedError
+
+    def native_table(self) -> dict[str, tuple[tuple[str, ...], bool]]:
+        return {}
+
+    def module_names(self) -> frozenset[str]:
+        """The diffusers module names a LoRA can target in this transformer."""
+        return frozenset(_shapes(self))
+
+
 @dataclass(frozen=True)
-class Widths:
+class Widths(Layers):
     """A Flux.1 or Chroma transformer's shape, from its diffusers config.
 
     `family` is "flux" or "chroma". Everything a LoRA's shapes are checked against is
@@ -146,9 +168,8 @@ class Widths:
         """Every linear module of the diffusers transformer: name → (in, out) features."""
         return dict(_module_shapes(self))
 
-    def module_names(self) -> frozenset[str]:
-        """The diffusers module names a LoRA can target in this transformer."""
-        return frozenset(_module_shapes(self))
+    def native_table(self) -> dict[str, tuple[tuple[str, ...], bool]]:
+        return _bfl_table(self)
 
 
 @dataclass(frozen=True)
@@ -177,7 +198,7 @@ class _Route:
 
 def to_diffusers(
     tensors: Mapping[str, np.ndarray],
-    widths: Widths,
+    widths: Layers,
     *,
     alphas: float | Mapping[str, float] | None = None,
     module_names: Collection[str] | None = None,
@@ -200,7 +221,7 @@ def to_diffusers(
     names = frozenset(module_names) if module_names is not None else widths.module_names()
     maps = _maps(widths, names)
     te = _te_maps(frozenset(text_encoder_modules)) if text_encoder_modules is not None else None
-    shapes = _module_shapes(widths)
+    shapes = _shapes(widths)
 
     groups: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
@@ -238,8 +259,9 @@ def to_diffusers(
 def from_diffusers(
     peft_tensors: Mapping[str, np.ndarray],
     layout: str,
-    widths: Widths,
+    widths: Layers,
     alpha: float | None = None,
+    fuse: bool = True,
 ) -> dict[str, np.ndarray]:
     """The kohya, OneTrainer or ComfyUI twin of a diffusers/PEFT LoRA (alpha/rank = 1 in it).
 
@@ -261,9 +283,9 @@ def from_diffusers(
 
     out: dict[str, np.ndarray] = {}
     bfl = _maps(widths, widths.module_names()).bfl_targets
-    shapes = _module_shapes(widths)
+    shapes = _shapes(widths)
     done: set[str] = set()
-    if layout != "onetrainer":
+    if layout != "onetrainer" and fuse:
         for source, route in bfl.items():
             present = [t for t in route.targets if t in pairs]
             if not present:
@@ -287,10 +309,17 @@ def from_diffusers(
                 name = "lora_te1_" + canonical.replace(".", "_")
         elif component == "transformer" and layout == "onetrainer":
             name = "lora_transformer_" + rest.replace(".", "_")
+        elif component == "transformer":
+            name = _bfl_key(layout, rest)  # a layer the original names as diffusers does
         else:
             raise ValueError(f"{module}: no {layout} name for this module")
         _put(out, layout, name, a, b, stored)
     return out
+
+
+@functools.cache
+def _shapes(layers: Layers) -> dict[str, tuple[int, int]]:
+    return layers.module_shapes()
 
 
 @functools.cache
@@ -392,8 +421,8 @@ class _Maps:
 
 
 @functools.lru_cache(maxsize=8)
-def _maps(w: Widths, modules: frozenset[str]) -> _Maps:
-    table = _bfl_table(w)
+def _maps(w: Layers, modules: frozenset[str]) -> _Maps:
+    table = w.native_table()
     bfl_targets = {
         name: _Route("bfl", tuple(f"transformer.{x}" for x in targets), swap)
         for name, (targets, swap) in table.items()

@@ -70,18 +70,18 @@ class AdapterSet:
         own widths with only the layers the model has (diffusers' Flux converter assumes
         the released model's widths, and its loader fails on a layer the model lacks)."""
         family = self.model.family
-        if family.denoiser != "transformer":
+        if family.lora_layers is None:
             return path
         import torch
         from safetensors import safe_open
 
         from farm.loras.describe import metadata_alphas
-        from farm.loras.flux_keys import Widths, to_diffusers
+        from farm.loras.flux_keys import to_diffusers
 
         with safe_open(path, "numpy") as f:  # one open: the tensors and their metadata
             alphas = metadata_alphas(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-        converted = to_diffusers(tensors, Widths.from_config(self.model.config),
+        converted = to_diffusers(tensors, family.lora_layers(self.model.config),
                                  alphas=alphas[0] if len(set(alphas)) == 1 else None)  # fmt: skip
         keep = ("transformer.", *(f"{te}." for te in family.lora_text_encoders))
         return {k: torch.from_numpy(v) for k, v in converted.tensors.items() if k.startswith(keep)}
@@ -123,11 +123,16 @@ class AdapterSet:
         return on_step_end
 
     def can_mix(self) -> bool:
-        """Whether one call can give each sample its own strengths (every LoRA layer is
-        plain LoRA; DoRA and other peft variants scale inside peft)."""
+        """Whether one call can give each sample its own strengths: every LoRA layer is
+        plain LoRA (DoRA and other peft variants scale inside peft) and sees the call's
+        samples along a batch dimension (the family names those that do not)."""
         from farm.render.sample_scales import unsupported
 
-        return unsupported(self._lora_layers()) is None
+        layers = self._lora_layers()
+        flat = self.model.family.unbatched
+        if flat is not None and any(p == "unet" and flat.search(n) for p, n, _ in layers):
+            return False
+        return unsupported(layers) is None
 
     def activate_per_sample(self, samples: Sequence[Sequence[tuple[Adapter, Strength]]],
                             steps: int = 1, layout: object = None) -> Callable | None:  # fmt: skip

@@ -1,5 +1,6 @@
 """Tiny random-weight pipelines of the model families besides SD1.x: SD2.x, SDXL,
-Flux.1 dev and schnell, and Chroma.
+Flux.1 dev and schnell, and Chroma here, and those of families whose own render module
+builds theirs (the family's `tiny_module`: Qwen-Image, Z-Image).
 
 Each has its family's pipeline class, module tree and scheduler settings (v-prediction for
 SD2.x, added time ids for SDXL, packed 16-channel latents and dynamic shifting for Flux and
@@ -12,19 +13,23 @@ vocabulary.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from farm.families import FAMILIES
 from farm.home import farm_home
 from farm.tiny.identity import VAE_CONFIG, WORDS
 
 # Bump when anything below changes the weights or configs: it names the cached folders.
 VERSION = "v1"
 
-KINDS = ("sd2", "sdxl", "flux-dev", "flux-schnell", "chroma")
+# Kinds whose builder is the family's own render module (`build(seed)`, `RENDER`).
+_MODULES = {f.tiny: f.tiny_module for f in FAMILIES if f.tiny_module}
+KINDS = ("sd2", "sdxl", "flux-dev", "flux-schnell", "chroma", *_MODULES)
 
 # Test-sized render settings that work for each kind. Flux schnell has no guidance input
 # (the value is ignored); Chroma runs true classifier-free guidance, so a guidance above 1
@@ -35,6 +40,7 @@ RENDER: dict[str, dict[str, Any]] = {
     "flux-dev": {"steps": 2, "width": 32, "height": 32, "guidance": 3.5},
     "flux-schnell": {"steps": 2, "width": 32, "height": 32, "guidance": 0.0},
     "chroma": {"steps": 2, "width": 32, "height": 32, "guidance": 4.0},
+    **{kind: importlib.import_module(module).RENDER for kind, module in _MODULES.items()},
 }
 
 # ------------------------------------------------------------------ configs
@@ -233,7 +239,9 @@ def build(kind: str, seed: int = 0) -> Any:
     """Build the tiny pipeline of this kind in memory, fp32 on the CPU, its random weights
     drawn from `seed` (the same seed gives the same weights)."""
     _check(kind)
-    if kind == "sd2":
+    if kind in _MODULES:
+        pipe = importlib.import_module(_MODULES[kind]).build(seed)
+    elif kind == "sd2":
         pipe = _build_sd2(seed)
     elif kind == "sdxl":
         pipe = _build_sdxl(seed)

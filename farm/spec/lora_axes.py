@@ -144,12 +144,13 @@ def _checkpoints(m: dict, at: str, base: Path, mode: Any) -> list:
     if mode != "product":
         raise SpecError(f"{at}.checkpoints: a run's checkpoints are swept one per image "
                         "with combine: product; zip and lists cannot say which")  # fmt: skip
+    from farm.families import LORA_KEYS
     from farm.loras.checkpoints import CheckpointError, find_checkpoints, resolved_checkpoints
 
     try:
         if isinstance(value, dict) and "resolved" in value:
             return resolved_checkpoints(value["resolved"], f"{at}.checkpoints")
-        return find_checkpoints(value, base, f"{at}.checkpoints")
+        return find_checkpoints(value, base, f"{at}.checkpoints", LORA_KEYS)
     except CheckpointError as err:
         raise SpecError(str(err)) from None
 

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 
 from farm.errors import FarmError
-from farm.families import dit, sd1, sdxl
+from farm.families import FAMILIES, sd1
 from farm.families.base import BlockMap, Family
 from farm.families.unet import unet_section
 from farm.records.infotext import format_number
@@ -38,12 +38,15 @@ from farm.records.infotext import format_number
 # before its model is read, so every family's presets are known here by name.
 LBW_IDS = sd1.LBW17
 LBW_PRESETS = sd1.PRESETS
-PRESETS = {**sd1.PRESETS, **sdxl.PRESETS, **dit.PRESETS}
-# Vector lengths some family takes: SD1.x/SD2.x 17 and 26, SDXL 12 and 20, Flux.1 and
-# Chroma 61 (LoRA Block Weight's form) or up to 58 (Inspire Pack's, carrying the last).
-LENGTHS = frozenset(len(form.ids) for form in (*sd1.FORMS, *sdxl.FORMS, *dit.FORMS)) | set(
-    range(2, len(dit.INSPIRE_FLUX) + 1)
-)
+PRESETS = {name: values for f in FAMILIES for name, values in f.block_presets.items()}
+# Vector lengths some family takes (SD1.x/SD2.x 17 and 26, SDXL 12 and 20, Flux.1 and
+# Chroma 61 or, carrying the last value on, up to 58, …).
+_FORMS = {form for f in FAMILIES for form in f.block_forms}
+LENGTHS = frozenset(len(form.ids) for form in _FORMS) | {
+    n for form in _FORMS if form.carries for n in range(2, len(form.ids) + 1)}  # fmt: skip
+# The parts of a transformer's dict form, for any family, and the families that have one.
+SECTIONS = tuple(dict.fromkeys(s for f in FAMILIES for s in f.block_sections))
+_TRANSFORMERS = ", ".join(f.name for f in FAMILIES if f.block_sections)
 
 
 class StrengthError(FarmError, ValueError):
@@ -93,8 +96,10 @@ class Blocks:
         transformer = family.denoiser == "transformer"
         if not self.lbw and keys - {"te"}:
             unet_keys = any(k.startswith(("down", "up", "mid")) for k in keys)
-            if unet_keys == transformer:
-                want = "transformer: {double, single}" if transformer else "unet: {down, mid, up}"
+            parts = {k.split(".")[0] for k in keys - {"te"}}
+            if unet_keys == transformer or (transformer and parts - set(family.block_sections)):
+                want = (f"transformer: {{{', '.join(family.block_sections)}}}" if transformer
+                        else "unet: {down, mid, up}")  # fmt: skip
                 return f"{family.name} names its blocks as {want}"
         return None
 
@@ -113,9 +118,9 @@ class Blocks:
         if section is not None:
             s, i, j = section
             keys = ["mid"] if s == "mid" else [f"{s}.{i}.{j}", f"{s}.{i}", s]
-        elif block[:1] in ("D", "S") and block[1:].isdigit():
-            kind = "double" if block[0] == "D" else "single"
-            keys = [f"{kind}.{int(block[1:])}", kind]
+        elif (part := where.family.section_of(block)) is not None:
+            kind, i = part
+            keys = [f"{kind}.{i}", kind]
         else:
             return 1.0
         return next((table[k] for k in keys if k in table), 1.0)
@@ -242,7 +247,7 @@ def parse_blocks(value: object) -> Blocks:
     raise StrengthError(
         f"{value!r}: use a block preset ({', '.join(PRESETS)}), a LoRA Block Weight vector "
         "(17 values for SD1.x), or a dict {text_encoder, unet: {down, mid, up}} "
-        "(transformer: {double, single} for Flux.1 and Chroma)"
+        f"(transformer: {{{', '.join(SECTIONS)}}} for a transformer's, docs/families.md)"
     )
 
 
@@ -274,7 +279,8 @@ def _vector_pairs(values: list) -> tuple[tuple[str, float], ...]:
         raise StrengthError(
             f"{len(values)} block values; LoRA Block Weight takes 17 (SD1.x, SD2.x: BASE, "
             "IN01, IN02, IN04, IN05, IN07, IN08, M00, OUT03 … OUT11) or 26, 12 or 20 for "
-            "SDXL, 61 (or Inspire Pack's up to 58) for Flux.1 and Chroma, or a preset"
+            "SDXL, 61 (or Inspire Pack's up to 58) for Flux.1 and Chroma, the other "
+            "families' in docs/families.md, or a preset"
         )
     if len(values) != len(LBW_IDS):
         return tuple((f"#{i}", finite(v, f"block value {i + 1}")) for i, v in enumerate(values))
@@ -316,7 +322,7 @@ def _dict_blocks(value: dict) -> Blocks:
         else:
             raise StrengthError(
                 f"blocks.{top}: unknown part; use text_encoder, unet (SD1.x, SD2.x, SDXL) "
-                "or transformer (Flux.1, Chroma)"
+                f"or transformer ({_TRANSFORMERS})"
             )
     if not pairs:
         raise StrengthError("blocks: empty; give text_encoder and/or unet multipliers")
@@ -325,15 +331,17 @@ def _dict_blocks(value: dict) -> Blocks:
 
 
 def _transformer_blocks(item: object, pairs: dict[str, float]) -> None:
-    """{double: x | {block_i: x}, single: …} or one number for every block."""
+    """{double: x | {block_i: x}, single: …} (or the parts of another transformer's
+    blocks), or one number for every block of Flux.1's two parts."""
     if not isinstance(item, dict):
         number = finite(item, "blocks.transformer")
         pairs.update(double=number, single=number)
         return
     for section, sub in item.items():
         where = f"blocks.transformer.{section}"
-        if section not in ("double", "single"):
-            raise StrengthError(f"{where}: unknown part; use double or single")
+        if section not in SECTIONS:
+            raise StrengthError(f"{where}: unknown part; use {', '.join(SECTIONS)} (the "
+                                "family's own parts, docs/families.md)")  # fmt: skip
         if isinstance(sub, dict):
             for block, per in sub.items():
                 match = re.fullmatch(r"block_(\d+)", str(block))
