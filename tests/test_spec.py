@@ -105,7 +105,7 @@ BAD = [
         spec(model="notmodel"),
         "model: {tmp}/notmodel is not a diffusers model folder (no model_index.json)",
     ),
-    ("model-a-file", spec(model="neon.safetensors"), "is not a diffusers model folder"),
+    ("model-a-file", spec(model="products.csv"), "is not a diffusers model folder"),
     (
         "model-unknown",
         spec(model="./nowhere"),

@@ -118,7 +118,7 @@ def make_plan(
     model = None
     if not frozen:
         # The model's family first: its render defaults and samplers shape every item.
-        model = read_model(spec.model)
+        model = read_model(spec.model, spec.model_folder, spec.model_folder_key)
         spec = with_family_defaults(spec, model.family)
         check_prompt_lines(spec, model.family)
     combos = Combos(spec)
@@ -127,7 +127,7 @@ def make_plan(
     if frozen:
         fingerprint, adapters = frozen
     else:
-        fingerprint = model_fingerprint(spec.model)
+        fingerprint = model_fingerprint(spec.model, spec.model_folder)
         adapters = {}
         for i, lora in enumerate(spec.loras):
             if not lora.checkpoints:

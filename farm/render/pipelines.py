@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.families import Model
+from farm.families.single_file import is_checkpoint_ref
 from farm.spec.samplers import SAMPLERS
 
 _LOADING = threading.Lock()
@@ -125,12 +126,16 @@ class PipelineCache:
     def adapter_loads(self) -> int:
         return self._evicted_adapter_loads + sum(p.adapters.loads for p in self.pipelines.values())
 
-    def get(self, model: str, fingerprint: str | None = None) -> Loaded:
-        if model in self.pipelines:
-            self.pipelines.move_to_end(model)
-            return self.pipelines[model]
+    def get(self, model: str, fingerprint: str | None = None,
+            folder: str | None = None) -> Loaded:  # fmt: skip
+        """The loaded pipeline of `model`; `folder`: a checkpoint file's config folder, or
+        a transformer file's base folder."""
+        key = model if folder is None else f"{model}\n{folder}"
+        if key in self.pipelines:
+            self.pipelines.move_to_end(key)
+            return self.pipelines[key]
         path = self.locate(model, fingerprint)
-        need = 1.2 * weights_bytes(path)
+        need = 1.2 * (weights_bytes(path) + (weights_bytes(folder) if folder else 0))
         while self.pipelines and (
             len(self.pipelines) >= self.capacity or available_bytes(self.device) < need
         ):
@@ -138,9 +143,13 @@ class PipelineCache:
             self._evicted_adapter_loads += old.adapters.loads
             del old
             release_cached_memory()
-        info = local_model(path)
-        loaded = Loaded(load_pipeline(path, self.device, info), self.device, info)
-        self.pipelines[model] = loaded
+        if is_checkpoint_ref(path):
+            info = checkpoint_info(path, folder)
+            loaded = Loaded(load_checkpoint(path, folder, self.device, info), self.device, info)
+        else:
+            info = local_model(path)
+            loaded = Loaded(load_pipeline(path, self.device, info), self.device, info)
+        self.pipelines[key] = loaded
         self.loads += 1
         return loaded
 
@@ -196,6 +205,28 @@ def load_pipeline(model_path: str, device: Device, model: Model | None = None):
     with _LOADING:
         pipe = cls.from_pretrained(model_path, dtype=getattr(torch, dtype),
                                    use_safetensors=True)  # fmt: skip
+    return _ready(pipe, device)
+
+
+def checkpoint_info(path: str, folder: str | None) -> Model:
+    """A checkpoint file's family and configs, checked against them as planning did."""
+    from farm.families.single_file import checkpoint_model
+
+    return checkpoint_model(path, f"model: {path}", folder, "model folder")
+
+
+def load_checkpoint(path: str, folder: str | None, device: Device, model: Model):
+    """A text-to-image pipeline from a single-file checkpoint (and its folder), offline."""
+    import torch
+
+    from farm.render.single_file import checkpoint_pipeline
+
+    with _LOADING:
+        pipe = checkpoint_pipeline(path, folder, model, getattr(torch, load_dtype(device, model)))
+    return _ready(pipe, device)
+
+
+def _ready(pipe, device: Device):
     if getattr(pipe, "safety_checker", None) is not None:
         # A sweep compares strengths; blacked-out cells would hide exactly what is measured.
         pipe.safety_checker = None
@@ -213,10 +244,13 @@ def load_dtype(device: Device, model: Model | None) -> str:
 
 
 def weights_bytes(path: str) -> int:
-    """Bytes of a local model folder's weight files (0 for a hub id not yet fetched)."""
+    """Bytes of a local model folder's weight files, or of a checkpoint file (0 for a hub
+    id not yet fetched)."""
     from pathlib import Path
 
     folder = Path(path)
+    if folder.is_file():
+        return folder.stat().st_size
     if not folder.is_dir():
         return 0
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))

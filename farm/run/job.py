@@ -250,6 +250,7 @@ def job_context(plan: Plan, store: Store):
         model=spec.model,
         model_path=spec.model,
         model_fingerprint=plan.model_fingerprint,
+        model_folder=spec.model_folder,
         model_name=model_name(spec.model),
         model_hash=model_hash(plan.model_fingerprint),
         render=spec.render,

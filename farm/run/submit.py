@@ -71,9 +71,15 @@ def check_portable(spec: Spec, address: str) -> None:
     """Refuse what cannot reach a remote driver: local models, local output folders."""
     model = spec.model
     if model != "tiny" and not model.startswith("s3://") and Path(model).exists():
+        kind = "file" if Path(model).is_file() else "folder"
         raise SubmitError(
-            f"model: {model} is a local folder and models are too big to travel with a job; "
+            f"model: {model} is a local {kind} and models are too big to travel with a job; "
             "upload it to s3:// and use that URL (or --paths-on-cluster if every node has it)"
+        )
+    if spec.model_folder is not None:
+        raise SubmitError(
+            f"model.{spec.model_folder_key}: {spec.model_folder} is a local folder, which a "
+            "remote driver cannot read; use --paths-on-cluster with the folder on every node"
         )
     host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
     if not spec.output.startswith("s3://") and host not in LOOPBACK:

@@ -175,6 +175,20 @@ class Spec:
     # `prompts: {file, format}`: the lines behind `prompts` (one each, in order), with the
     # seed, negative prompt and render settings each sets in place of the spec's.
     prompt_file: PromptFile | None = None
+    # With a checkpoint file as `model`: the folder of its configs (`model: {file, config}`)
+    # or, for a transformer file, of the rest of its pipeline (`{transformer, base}`).
+    model_config: str | None = None
+    model_base: str | None = None
+
+    @property
+    def model_folder(self) -> str | None:
+        """The folder the model loads with, besides `model` itself."""
+        return self.model_config or self.model_base
+
+    @property
+    def model_folder_key(self) -> str | None:
+        """`config` or `base`: how the spec named model_folder."""
+        return "config" if self.model_config else "base" if self.model_base else None
 
     @property
     def row_presets(self) -> bool:
@@ -185,6 +199,10 @@ class Spec:
     def to_dict(self) -> dict:
         """Canonical JSON-able form; parse_spec(spec.to_dict()) gives the spec back."""
         d: dict[str, Any] = {"job": self.job, "model": self.model}
+        if self.model_config is not None:
+            d["model"] = {"file": self.model, "config": self.model_config}
+        elif self.model_base is not None:
+            d["model"] = {"transformer": self.model, "base": self.model_base}
         if self.tenant is not None:
             d["tenant"] = self.tenant
         if self.catalog is not None:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from farm.families.single_file import is_checkpoint_ref
 from farm.limits import MAX_PROMPT_CHARS
 from farm.spec.catalog_block import parse_catalog
 from farm.spec.errors import SpecError, show, suggest
@@ -58,7 +59,7 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
             f"job: {show(job)} is not a valid job name (use lowercase letters, digits, '.', "
             "'_' and '-', starting with a letter or digit; at most 128 characters)"
         )
-    model = model_field(get_field(data, "model", "tiny"), base)
+    model, model_config, model_base = parse_model(get_field(data, "model", "tiny"), base)
     has_prompts, has_catalog = (
         get_field(data, "prompts") is not None,
         get_field(data, "catalog") is not None,
@@ -89,7 +90,8 @@ def parse_spec(data: dict, *, source: str = "<spec>", base_dir: Path | None = No
         raise SpecError(f"tenant: {show(tenant)} is not a tenant name")
     presets = parse_preset_weights(get_field(data, "preset_weights"), loras, catalog, combine)
     return Spec(job, model, prompts, negative, seeds, loras, combine, render, output,
-                catalog, source, lora_dir, tenant, presets, prompt_file)  # fmt: skip
+                catalog, source, lora_dir, tenant, presets, prompt_file,
+                model_config=model_config, model_base=model_base)  # fmt: skip
 
 
 def _lora_dir(value: Any, base: Path) -> str | None:
@@ -102,29 +104,87 @@ def _lora_dir(value: Any, base: Path) -> str | None:
 
 
 def model_field(value: Any, base: Path) -> str:
+    """`model:` as a single reference (what parse_model returns first)."""
+    return parse_model(value, base)[0]
+
+
+def parse_model(value: Any, base: Path) -> tuple[str, str | None, str | None]:
+    """`model:` as (model, config folder, base folder): 'tiny', a diffusers folder, an
+    s3:// folder, a hub id or a .safetensors checkpoint; or {file, config} (a checkpoint
+    and the folder of its configs) or {transformer, base} (a Flux.1/Chroma transformer
+    file and the diffusers folder that gives the rest of its pipeline)."""
+    if isinstance(value, dict):
+        if "transformer" in value or "base" in value:
+            check_keys(value, ("transformer", "base"), "model")
+            file = _checkpoint(required_field(value, "transformer", "a .safetensors "
+                                              "transformer file", "model"), base,
+                               "model.transformer")  # fmt: skip
+            folder = _folder(required_field(value, "base", "the diffusers folder that gives "
+                                            "the VAE and text encoders", "model"), base,
+                             "model.base")  # fmt: skip
+            return file, None, folder
+        check_keys(value, ("file", "config"), "model")
+        file = _checkpoint(required_field(value, "file", "a .safetensors checkpoint", "model"),
+                           base, "model.file")  # fmt: skip
+        config = get_field(value, "config")
+        return file, None if config is None else _folder(config, base, "model.config"), None
     text = as_str(value, "model")
     if text == "tiny":
-        return text
+        return text, None, None
+    if is_checkpoint_ref(text):
+        return _checkpoint(text, base, "model"), None, None
     if text.startswith("s3://"):
-        return s3_url(text, "model")
+        return s3_url(text, "model"), None, None
     if URL_RE.match(text):
         scheme = text.split("://", 1)[0]
         raise SpecError(
             f"model: {scheme}:// URLs are not a model source; download the model into a "
             "local diffusers folder, or give 'tiny', an s3:// folder or a hub id 'org/name'"
         )
-    if not URL_RE.match(text):
-        local = as_local_path(text, base)
-        if local.exists():
-            if local.is_dir() and (local / "model_index.json").is_file():
-                return str(local)
-            raise SpecError(f"model: {local} is not a diffusers model folder (no model_index.json)")
-        if HUB_RE.fullmatch(text):
-            return text  # a hub id; whether it is reachable is checked when the model loads
+    local = as_local_path(text, base)
+    if local.exists():
+        if local.is_dir() and (local / "model_index.json").is_file():
+            return str(local), None, None
+        raise SpecError(f"model: {local} is not a diffusers model folder (no model_index.json) "
+                        "nor a .safetensors checkpoint")  # fmt: skip
+    if HUB_RE.fullmatch(text):
+        return text, None, None  # a hub id; whether it is reachable is checked when it loads
     raise SpecError(
         f"model: {show(text)} not found; expected 'tiny', a local diffusers folder (with "
-        "model_index.json), an s3:// folder or a hub id 'org/name'"
+        "model_index.json), a .safetensors checkpoint, an s3:// folder or a hub id 'org/name'"
     )
+
+
+def _checkpoint(value: Any, base: Path, field: str) -> str:
+    """A checkpoint file: local (made absolute, and it must exist) or s3://."""
+    text = as_str(value, field)
+    if not is_checkpoint_ref(text):
+        raise SpecError(f"{field}: {show(text)} is not a .safetensors file; give the "
+                        "checkpoint's .safetensors file")  # fmt: skip
+    if not text.lower().endswith(".safetensors"):
+        raise SpecError(f"{field}: {text} is a pickle checkpoint, which can run code when "
+                        "loaded; convert it to .safetensors")  # fmt: skip
+    if text.startswith("s3://"):
+        return s3_url(text, field)
+    if URL_RE.match(text):
+        raise SpecError(f"{field}: {text}: download the file, or give a local path or s3:// URL")
+    local = as_local_path(text, base)
+    if not local.is_file():
+        raise SpecError(f"{field}: {local} not found; give the checkpoint's path")
+    return str(local)
+
+
+def _folder(value: Any, base: Path, field: str) -> str:
+    """The local diffusers folder a checkpoint loads with."""
+    text = as_str(value, field)
+    if URL_RE.match(text):
+        raise SpecError(f"{field}: {text}: give a local diffusers folder (copy it to every "
+                        "node; an s3:// folder is not read here)")  # fmt: skip
+    local = as_local_path(text, base)
+    if not (local / "model_index.json").is_file():
+        raise SpecError(f"{field}: {local} is not a diffusers model folder (no "
+                        "model_index.json)")  # fmt: skip
+    return str(local)
 
 
 def _prompts(value: Any) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from farm.home import farm_home
 from farm.limits import PICKLE_SUFFIXES
+from farm.storage.hashes import cached_sha256, file_sha256
 from farm.storage.store import StoreError
 
 COMPLETE = ".farm-complete"
@@ -62,8 +63,9 @@ def fetch_file(url: str, sha256: str | None = None) -> Path:
         with _locked(dest):
             if not dest.is_file():
                 _download_checked(bucket, key, url, dest, None)
-                # Also file it by content, so a worker given the sha256 skips S3.
-                by_sha = cache_root() / "sha256" / file_sha256(dest) / name
+                # Also file it by content, so a worker given the sha256 skips S3; the
+                # hash is recorded, so a checkpoint's planning does not read it again.
+                by_sha = cache_root() / "sha256" / cached_sha256(dest) / name
                 by_sha.parent.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(FileExistsError):
                     os.link(dest, by_sha)
@@ -146,14 +148,6 @@ def list_dir(url: str) -> list[Entry]:
             "farm loads .safetensors only"
         )
     return sorted(kept, key=lambda e: e.rel)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hex(digest: str, url: str) -> str:

@@ -275,6 +275,12 @@ def enforce(spec: Spec, tenants: Tenants | None) -> Tenant | None:
     if spec.model not in tenant.models:
         raise SpecError(f"model: {spec.model} is not allowed for tenant {tenant.name} "
                         f"(allowed: {', '.join(tenant.models)})")  # fmt: skip
+    # A checkpoint's config or base folder gives weights and tokenizers too: it must be
+    # one of the tenant's models as well.
+    if spec.model_folder is not None and spec.model_folder not in tenant.models:
+        raise SpecError(f"model.{spec.model_folder_key}: {spec.model_folder} is not allowed "
+                        f"for tenant {tenant.name} (allowed: "
+                        f"{', '.join(tenant.models)})")  # fmt: skip
     _check_paths(spec.lora_dir, spec.catalog.path if spec.catalog else None, tenant, Path.cwd())
     if spec.prompt_file is not None and spec.prompt_file.path:
         check_stored_paths({"prompts": {"file": spec.prompt_file.path}}, tenant, Path.cwd())

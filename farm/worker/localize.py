@@ -23,10 +23,15 @@ def resolve_model_path(model: str) -> str:
 
 
 def local_model_path(model_path: str, fingerprint: str | None = None) -> str:
-    """What `from_pretrained` loads on this node: s3:// folders fetched into the cache."""
+    """What the pipeline loads from on this node: s3:// folders and checkpoint files
+    fetched into the cache (a checkpoint checked against the sha256 its fingerprint
+    starts with)."""
     if model_path.startswith("s3://"):
-        from farm.storage.fetch import fetch_dir
+        from farm.families.single_file import is_checkpoint_ref
+        from farm.storage.fetch import fetch_dir, fetch_file
 
+        if is_checkpoint_ref(model_path):
+            return str(fetch_file(model_path, fingerprint[:64] if fingerprint else None))
         return str(fetch_dir(model_path, fingerprint))
     return resolve_model_path(model_path)
 

@@ -55,6 +55,8 @@ class JobContext:
     render: Render
     adapters: dict[str, Adapter]
     tenant: str | None = None
+    # A checkpoint file's config folder, or a transformer file's base folder (local).
+    model_folder: str | None = None
 
 
 @dataclass
@@ -222,7 +224,7 @@ class RenderWorker:
     def _ready(self, unit: Unit, ctx: JobContext):
         """Steps 2 and 3: (the loaded pipeline, adapters newly loaded)."""
         # 2. Pipeline from the cache, with the unit's sampler (compiled if the job asks).
-        loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint)
+        loaded = self.pipelines.get(ctx.model_path, ctx.model_fingerprint, ctx.model_folder)
         loaded.use_scheduler(ctx.render.scheduler)
         # 3. Adapters: what is missing made local (tiny:NAME written, s3:// fetched), then loaded.
         adapters = loaded.adapters
@@ -284,7 +286,8 @@ class RenderWorker:
 
         # Guidance in the family's terms: a negative pass (SD, Chroma), an embedding
         # (Flux.1-dev) or none (Flux.1-schnell).
-        guidance = (family.pipeline_kwargs(render.guidance, negative if any(negative) else None)
+        guidance = (family.pipeline_kwargs(render.guidance, negative if any(negative) else None,
+                                           len(batch))
                     if family is not None else
                     {"guidance_scale": render.guidance,
                      "negative_prompt": negative if any(negative) else None})  # fmt: skip
