@@ -57,6 +57,14 @@ def test_four_fake_gpus_each_render_and_adapter_sets_stay_on_few_workers(ray_hea
     assert counters["images_per_worker"] and sum(counters["images_per_worker"]) == 64
     assert (counters["retries"], counters["failures"]) == (0, 0)
     assert_verified(job, 64)
+    # verify hashes the images as tasks on the cluster, next to the store.
+    out = farm("verify", str(job), "--address", ray_head.address, env=ray_head.env).stdout
+    assert f"hashed in 1 task on the Ray cluster at {ray_head.address}" in out
+    assert "ok: 64 planned items, 64 rows, 64 images with matching sha256" in out
+    # So does the report: each series a task on the cluster, the driver merging rows.
+    out = farm("report", str(job), "--address", ray_head.address, env=ray_head.env).stdout
+    assert f"series:   32 measured as tasks on the Ray cluster at {ray_head.address}" in out
+    assert (job / "report" / "response.parquet").is_file()
 
 
 def test_a_local_run_starts_its_own_ray_beside_a_running_cluster(ray_head, tmp_path):

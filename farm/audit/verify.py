@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import random
+import secrets
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -14,6 +19,10 @@ from farm.records.job_doc import read_job
 from farm.records.parts import METADATA, completed_items, decode_part, iter_parts
 from farm.storage.store import Store
 
+# Rows whose images one task hashes: big enough that a task's start-up (a store client,
+# a Ray task) is small beside its reads, small enough to spread a part over the workers.
+CHUNK = 256
+
 
 @dataclass
 class Verdict:
@@ -21,6 +30,8 @@ class Verdict:
     rows: int = 0
     images_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    sample_seed: int | None = None  # the seed of `--sample`'s draw, to repeat it
+    tasks: int = 0  # hashing tasks run (on the Ray cluster, with an address)
 
     @property
     def ok(self) -> bool:
@@ -32,14 +43,26 @@ def planned_items(store: Store, doc: dict) -> set[str]:
     return {item.item_id for item in expand(stored_plan(store, doc))}
 
 
-def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> Verdict:
-    """Every planned item has exactly one row; every row's image exists with its sha256."""
+def verify_job(store: Store, *, check_images: bool = True, limit: int = 20,
+               sample: int | None = None, seed: int | None = None, workers: int | None = None,
+               address: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> Verdict:  # fmt: skip
+    """Every planned item has exactly one row; every row's image exists with its sha256.
+
+    Images are hashed in parallel: as Ray tasks on the cluster at `address`, else on
+    `workers` threads here (default: one per core). With `sample`, only that many rows'
+    images are hashed, drawn at random with `seed` (a fresh one when None, recorded in the
+    verdict); the rows are all checked. `progress(done, total)` is told as images are
+    checked. Rows stream part by part: only the item ids and the rows to hash are held."""
     doc = read_job(store)
     verdict = Verdict()
     planned = planned_items(store, doc)
     verdict.planned = len(planned)
     seen: Counter[str] = Counter()
-    rows: list[dict] = []
+    draw = _Reservoir(sample, seed) if check_images and sample is not None else None
+    if draw is not None:
+        verdict.sample_seed = draw.seed
+    to_hash: list[dict] = []
     for key, table in iter_parts(store):
         if not isinstance(table, pa.Table):
             verdict.problems.append(
@@ -50,8 +73,13 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> V
         columns += ["named_key"] if "named_key" in table.column_names else []  # later column
         part_rows = table.select(columns).to_pylist()
         seen.update(r["item_id"] for r in part_rows)
-        rows += part_rows
-    verdict.rows = len(rows)
+        verdict.rows += len(part_rows)
+        if draw is not None:
+            draw.offer(part_rows)
+        elif check_images:
+            to_hash += part_rows
+    if draw is not None:
+        to_hash = draw.rows
     problems = verdict.problems
     missing = planned - seen.keys()
     if missing:
@@ -62,12 +90,11 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> V
             problems.append(f"item {item_id}: {n} rows (expected exactly one)")
     for item_id in seen.keys() - planned:
         problems.append(f"item {item_id}: has a row but is not in the plan")
-    if check_images:
-        for row in rows:
-            problem = _check_image(store, row)
-            verdict.images_checked += 1
-            if problem:
-                problems.append(problem)
+    if to_hash:
+        found, verdict.tasks = check_images_in_parallel(store, to_hash, workers, address,
+                                                        progress)  # fmt: skip
+        verdict.images_checked = len(to_hash)
+        problems += found
     if doc.get("status") == "done" and store.exists(METADATA) and not missing:
         compacted = decode_part(store.get(METADATA), ["item_id"]).num_rows
         if compacted != len(seen):
@@ -76,6 +103,75 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20) -> V
     if len(problems) > limit:
         verdict.problems = problems[:limit] + [f"… and {len(problems) - limit} more problems"]
     return verdict
+
+
+class _Reservoir:
+    """A uniform sample of `size` rows from a stream of unknown length, in one pass
+    (Algorithm R), from a seeded generator: the same seed and parts draw the same rows."""
+
+    def __init__(self, size: int, seed: int | None):
+        self.size = size
+        self.seed = seed if seed is not None else secrets.randbelow(2**31)
+        self.random = random.Random(self.seed)
+        self.rows: list[dict] = []
+        self.count = 0
+
+    def offer(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.count += 1
+            if len(self.rows) < self.size:
+                self.rows.append(row)
+            elif (j := self.random.randrange(self.count)) < self.size:
+                self.rows[j] = row
+
+
+def check_images_in_parallel(store: Store, rows: list[dict], workers: int | None,
+                             address: str | None,
+                             progress: Callable[[int, int], None] | None = None,
+                             chunk: int = CHUNK) -> tuple[list[str], int]:  # fmt: skip
+    """Hash the rows' images in chunks of `chunk` rows, as Ray tasks on the cluster at
+    `address` or on threads here; returns the problems found, in row order, and the Ray
+    tasks run."""
+    chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
+    done = 0
+    results: dict[int, list[str]] = {}
+    if address:
+        import ray
+
+        from farm.run.cluster import start_ray
+
+        start_ray(address)
+        remote = ray.remote(num_cpus=1)(check_rows)
+        pending = {remote.remote(store.url, chunk): i for i, chunk in enumerate(chunks)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            results[i] = ray.get(ready[0])
+            done += len(chunks[i])
+            if progress:
+                progress(done, len(rows))
+    else:
+        threads = workers or os.cpu_count() or 1
+        # Reads and hashing release the GIL, so threads keep the cores busy without the
+        # start-up of processes; each opens its own store client.
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            futures = {pool.submit(check_rows, store.url, chunk): i
+                       for i, chunk in enumerate(chunks)}  # fmt: skip
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                done += len(chunks[i])
+                if progress:
+                    progress(done, len(rows))
+    return [p for i in range(len(chunks)) for p in results[i]], (len(chunks) if address else 0)
+
+
+def check_rows(store_url: str, rows: list[dict]) -> list[str]:
+    """One task: each row's image (and friendly copy) exists with the row's sha256."""
+    from farm.storage import open_store
+
+    store = open_store(store_url)
+    return [p for p in (_check_image(store, row) for row in rows) if p]
 
 
 def _check_image(store: Store, row: dict) -> str | None:

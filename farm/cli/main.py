@@ -336,15 +336,64 @@ def status(job_url: str, as_json: bool, tenants_file: str | None, tenant: str | 
 @main.command()
 @click.argument("job_url")
 @click.option("--no-images", is_flag=True, help="Check rows only, not image hashes.")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Hash only N images drawn at random (every row is still checked).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**31 - 1),
+    help="The seed of --sample's draw; the same seed draws the same images.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    metavar="N",
+    help="Threads hashing images here (default: one per core).",
+)
+@click.option(
+    "--address",
+    metavar="HOST:PORT",
+    help="Hash the images as tasks on this Ray cluster, next to the store.",
+)
 @s3_endpoint_option
 @tenant_options
-def verify(job_url: str, no_images: bool, tenants_file: str | None, tenant: str | None) -> None:
+def verify(job_url: str, no_images: bool, sample: int | None, seed: int | None,
+           workers: int | None, address: str | None, tenants_file: str | None,
+           tenant: str | None) -> None:  # fmt: skip
     """Check that every planned item has exactly one row and an intact image."""
     from farm.audit.verify import verify_job
+    from farm.run.progress import Progress
     from farm.storage import open_store
 
     guard_job(job_url, tenants_file, tenant)
-    verdict = verify_job(open_store(job_url), check_images=not no_images)
+    if seed is not None and sample is None:
+        raise click.UsageError("--seed: only with --sample N")
+    if no_images and (sample is not None or workers or address):
+        raise click.UsageError("--no-images: hashes no image; drop --sample, --workers "
+                               "and --address")  # fmt: skip
+    bar: list[Progress] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress(total, echo=click.echo))
+        bar[0].done = done
+        bar[0].show(0, 0)
+
+    verdict = verify_job(open_store(job_url), check_images=not no_images, sample=sample,
+                         seed=seed, workers=workers, address=address,
+                         progress=progress)  # fmt: skip
+    if bar:
+        bar[0].finish()
+    if verdict.sample_seed is not None:
+        click.echo(f"sample: {verdict.images_checked} of {verdict.rows} images, seed "
+                   f"{verdict.sample_seed} (`farm verify {job_url} --sample {sample} --seed "
+                   f"{verdict.sample_seed}` checks the same ones)")  # fmt: skip
+    if verdict.tasks:
+        tasks = f"{verdict.tasks} task" + ("s" if verdict.tasks > 1 else "")
+        click.echo(f"hashed in {tasks} on the Ray cluster at {address}")
     for problem in verdict.problems:
         click.echo(f"problem: {problem}")
     if not verdict.ok:

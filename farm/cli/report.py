@@ -21,13 +21,34 @@ def report_options(command):
     )(command)  # fmt: skip
 
 
-def write_report(job_url: str, *, max_pixels: int, cell_px: int) -> None:
+def write_report(job_url: str, *, max_pixels: int, cell_px: int, workers: int | None = None,
+                 address: str | None = None) -> None:  # fmt: skip
     """Build the report of the job at JOB_URL and print where it is and what it found."""
     from farm.report.build import INDEX, build_report
+    from farm.run.progress import Progress
     from farm.storage import open_store
 
+    bar: list[Progress] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress(total, echo=lambda line: click.echo(line, err=True),
+                                stream=click.get_text_stream("stderr")))  # fmt: skip
+        bar[0].done = done
+        bar[0].show(0, 0)
+
     report = build_report(open_store(job_url), max_pixels=max_pixels, cell_px=cell_px,
-                          echo=lambda line: click.echo(line, err=True))  # fmt: skip
+                          echo=lambda line: click.echo(line, err=True), workers=workers,
+                          address=address, progress=progress)  # fmt: skip
+    if bar:
+        bar[0].finish()
+    kept = report.series - report.measured
+    if address and report.measured:
+        click.echo(f"series:   {report.measured} measured as tasks on the Ray cluster at "
+                   f"{address}")  # fmt: skip
+    if kept:
+        click.echo(f"series:   {report.measured} measured, {kept} kept from an earlier report "
+                   "(their images are unchanged)")  # fmt: skip
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(summary_table(report))
@@ -98,10 +119,18 @@ def run_table(run) -> str:
 @click.option("--serve", is_flag=True, help="Then serve the report on 127.0.0.1 until Ctrl-C.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Port for --serve (default: any free one).")  # fmt: skip
+@click.option("--workers", type=click.IntRange(1, 1024), metavar="N",
+              help="Processes measuring series here (default: one per core).")  # fmt: skip
+@click.option(
+    "--address",
+    metavar="HOST:PORT",
+    help="Measure the series as tasks on this Ray cluster, next to the store.",
+)
 @s3_endpoint_option
 @tenant_options
 def report(job_url: str, max_pixels: int, cell_px: int, serve: bool, port: int,
-           tenants_file: str | None, tenant: str | None) -> None:  # fmt: skip
+           workers: int | None, address: str | None, tenants_file: str | None,
+           tenant: str | None) -> None:  # fmt: skip
     """Contact sheets, strength animations, response curves and a gallery under JOB_URL/report/."""
     from farm.cli.tenants import guard_job
 
@@ -109,7 +138,8 @@ def report(job_url: str, max_pixels: int, cell_px: int, serve: bool, port: int,
     # The port first: a flag this machine cannot satisfy is refused before anything is written.
     server = listen(job_url, port) if serve else None
     try:
-        write_report(job_url, max_pixels=max_pixels, cell_px=cell_px)
+        write_report(job_url, max_pixels=max_pixels, cell_px=cell_px, workers=workers,
+                     address=address)  # fmt: skip
     except BaseException:
         if server is not None:
             server.shutdown()

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from farm.errors import FarmError
-from farm.report.animate import strength_animation
 from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
-from farm.report.measure import decode, measure
+from farm.report.measure import decode
 from farm.report.response import Summary, collapsed, curve_spans, pixel_distance, summarize
 from farm.report.runs import Place, RunComparison, checkpoint_label, compare_runs, run_places
 from farm.report.series import Series, series_of, swept_loras
+from farm.report.series_tasks import SERIES_CACHE, SeriesJob, measure_all
 from farm.report.sheets import DEFAULT_MAX_PIXELS, Axis, SheetCell, layout, sheet_pages
 from farm.report.shots import JobShots, Shot, detail_row, read_shots, row_tables, shot_from_row
 from farm.spec.strength import format_number
@@ -51,6 +51,8 @@ class Report:
     keys: list[str] = field(default_factory=list)  # every file written, under the job
     notes: list[str] = field(default_factory=list)
     collapsed: int = 0  # images the report marked collapsed
+    series: int = 0  # series measured in all
+    measured: int = 0  # of those, measured by this report (the rest were kept)
     runs: list[RunComparison] = field(default_factory=list)  # training runs compared
 
     @property
@@ -63,9 +65,15 @@ class Report:
 
 
 def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px: int = 256,
-                 echo: Callable[[str], None] = lambda _: None) -> Report:  # fmt: skip
+                 echo: Callable[[str], None] = lambda _: None, workers: int | None = None,
+                 address: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Report:  # fmt: skip
     """Write the job's report and return what it found. Safe to rerun: the same job gives
-    the same keys, and files a rerun no longer writes are removed."""
+    the same keys, and files a rerun no longer writes are removed.
+
+    Series are measured as tasks: on the Ray cluster at `address`, else on `workers`
+    processes here (default: one per core); `progress(done, total)` counts their images.
+    A series measured by an earlier report, with the same images, is not measured again."""
     job = read_shots(store)
     shots = job.shots
     loras = swept_loras(shots)
@@ -88,7 +96,9 @@ def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px:
     def load(key: str) -> Image.Image:
         return decode(store.get(key))
 
-    measured = _measure(shots, loras, load, put, cell_px, echo)
+    measured = _measure(store, shots, loras, report.keys.append, cell_px, echo, workers,
+                        address, progress)  # fmt: skip
+    report.series, report.measured = len(measured.series), measured.computed
     marks = _mark_collapsed(measured.series, curve_spans(measured.rows))
     report.collapsed = len(marks)
     report.summaries = [summarize(lora, rows, curve)
@@ -124,37 +134,49 @@ class Measured:
     # Each series' number → what it holds fixed besides its LoRA's strength: the prompt,
     # seed and settings, by which the series of two checkpoints of a run are paired.
     places: dict[int, tuple] = field(default_factory=dict)
+    computed: int = 0  # series measured now, not kept from an earlier report
 
 
-def _measure(shots, loras: list[str], load, put, cell_px: int, echo) -> Measured:
-    """Measure each series of each swept LoRA, and write its strength animation."""
+def _measure(store: Store, shots, loras: list[str], keep: Callable[[str], None], cell_px: int,
+             echo, workers: int | None = None, address: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Measured:  # fmt: skip
+    """Measure each series of each swept LoRA and write its strength animation, as tasks
+    (farm/report/series_tasks.py); results an earlier report kept are used as they are.
+    `keep` is told every key the measuring leaves in the report."""
     out = Measured()
-    numbers = itertools.count()
+    jobs: list[SeriesJob] = []
     for lora in loras:
         series = series_of(shots, lora)
         echo(f"measuring {lora}: {len(series)} series")
-        for one in series:
-            n = next(numbers)
-            measured, images = measure(one, load, n)
-            for r in measured:
-                r["curve"] = one.curve
-                if not math.isnan(r["d0_pixel"]):
-                    out.d0.setdefault(r["item_id"], r["d0_pixel"])
-            out.rows += measured
-            out.series.append(measured)
-            out.places[n] = (one.text, one.seed, one.fixed[0])
-            # A curve averages only series that start at strength 0: a blend swept from
-            # 0.5 up measures from 0.5, which would drag another series' curve off zero.
-            if one.shots[0][0] == 0.0:
-                out.curves.setdefault((lora, one.curve), []).extend(measured)
-            frames = [(_caption(lora, s, shot), img)
-                      for (s, img), (_, shot) in zip(images, one.shots, strict=True)
-                      if img is not None]  # fmt: skip
-            if len(frames) > 1:
-                # An animation is watched at the image's own size (at least 128 px): small
-                # renders enlarged to a sheet's cell would only make the file bigger.
-                side = min(cell_px, max(128, *frames[0][1].size))
-                put(_animation_key(one, n), strength_animation(frames, cell_px=side))
+        jobs += [SeriesJob(one, _animation_key(one, len(jobs) + i), lora)
+                 for i, one in enumerate(series)]  # fmt: skip
+    images = [0] + list(itertools.accumulate(len(job.series.shots) for job in jobs))
+    results: list[dict] = [{}] * len(jobs)
+
+    def count(series_done: int, _: int) -> None:
+        if progress:
+            progress(images[series_done], images[-1])
+
+    for i, result, computed in measure_all(store, jobs, cell_px, workers=workers,
+                                           address=address, progress=count):  # fmt: skip
+        results[i] = result
+        out.computed += computed
+        keep(f"{SERIES_CACHE}{jobs[i].key}-{cell_px}.json")
+        if result["animation"]:
+            keep(result["animation"])
+    for n, (job, result) in enumerate(zip(jobs, results, strict=True)):
+        one, measured = job.series, result["rows"]
+        for r in measured:
+            r["series"], r["curve"] = n, one.curve
+            if not math.isnan(r["d0_pixel"]):
+                out.d0.setdefault(r["item_id"], r["d0_pixel"])
+        out.rows += measured
+        out.series.append(measured)
+        out.places[n] = (one.text, one.seed, one.fixed[0])
+        # A curve averages only series that start at strength 0: a blend swept from
+        # 0.5 up measures from 0.5, which would drag another series' curve off zero.
+        if one.shots[0][0] == 0.0:
+            out.curves.setdefault((job.caption, one.curve), []).extend(measured)
     return out
 
 
@@ -240,11 +262,6 @@ def _notes(job: JobShots) -> list[str]:
     for key in job.corrupt_parts:
         notes.append(f"{key}: unreadable part, its images are counted as missing")
     return notes
-
-
-def _caption(lora: str, strength: float, shot: Shot) -> str:
-    text = f"{lora} {format_number(strength)}"
-    return f"{text} · {', '.join(shot.flags)}" if shot.flags else text
 
 
 def _slug(text: str) -> str:

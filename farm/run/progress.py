@@ -59,10 +59,9 @@ class Progress:
         rate = self.done / elapsed
         eta = _duration((self.total - self.done) / rate) if rate else "?"
         pct = 100 * self.done / self.total if self.total else 100.0
-        text = (
-            f"{self.done}/{self.total} images {pct:3.0f}% · {rate:.2f} img/s · ETA {eta} · "
-            f"{self.busy}/{self.workers} workers busy"
-        )
+        text = f"{self.done}/{self.total} images {pct:3.0f}% · {rate:.2f} img/s · ETA {eta}"
+        if self.workers:  # a count of render workers, where there are any to count
+            text += f" · {self.busy}/{self.workers} workers busy"
         if not bar:
             return text
         filled = int(24 * pct / 100)

@@ -1,0 +1,83 @@
+"""A report of a job rendered in two halves (run, stop, resume) equals the report of the
+whole job, and the second report measures only the series that changed; series measured
+on other processes give the same report."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from jobrun import farm_here, write_spec
+
+from farm.report.build import build_report
+from farm.storage import open_store
+
+LORAS = [{"name": "neon", "path": "tiny:neon", "alpha": [0, 0.5, 1]}]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, tiny_dir) -> Path:
+    """2 prompts × 8 seeds × neon at 0, 0.5, 1: 48 images in units of 8, each unit one
+    prompt's 8 seeds at one strength."""
+    folder = tmp_path_factory.mktemp("whole")
+    spec = write_spec(folder, "halves", combine="product", loras=LORAS)
+    farm_here("run", str(spec), "--local", "--report")
+    return folder / "out" / "halves"
+
+
+def report_files(job: Path) -> dict[str, bytes]:
+    """The report's sheets and curves."""
+    report = job / "report"
+    files = {p.relative_to(report).as_posix(): p.read_bytes()
+             for p in (report / "sheets").iterdir()}  # fmt: skip
+    files["curves.png"] = (report / "curves.png").read_bytes()
+    return files
+
+
+def response(job: Path) -> list[dict]:
+    """response.parquet's rows, NaN read as None so that equal tables compare equal."""
+    rows = pq.read_table(job / "report" / "response.parquet").to_pylist()
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in rows]  # fmt: skip
+
+
+def test_a_report_of_two_halves_equals_the_report_of_the_whole(whole, tmp_path):
+    job = tmp_path / "halves"
+    shutil.copytree(whole, job, ignore=shutil.ignore_patterns("report"))
+    # Stopped with the second prompt's units still to render: their parts and the
+    # compacted table are gone, the first prompt's 8 series are whole.
+    second_prompt = 0
+    for part in (job / "parts").iterdir():
+        prompts = {r["prompt"].split(" <")[0] for r in pq.read_table(part).to_pylist()}
+        assert len(prompts) == 1
+        if prompts == {"a blue car"}:
+            part.unlink()
+            second_prompt += 1
+    assert second_prompt == 3  # one unit a strength
+    (job / "metadata.parquet").unlink()
+    first = build_report(open_store(str(job)))
+    assert (first.rendered, first.series, first.measured) == (24, 16, 16)
+    farm_here("resume", str(job), "--local")
+    second = build_report(open_store(str(job)))
+    # Only the 8 series that gained images are measured again; the other 8 are kept.
+    assert (second.series, second.measured) == (16, 8)
+    assert report_files(job) == report_files(whole)
+    assert response(job) == response(whole)
+    # Reported again unchanged: nothing is measured, nothing changes.
+    third = build_report(open_store(str(job)))
+    assert third.measured == 0 and report_files(job) == report_files(whole)
+    assert response(job) == response(whole)
+
+
+def test_series_measured_on_worker_processes_give_the_same_report(whole, tmp_path):
+    job = tmp_path / "spread"
+    shutil.copytree(whole, job, ignore=shutil.ignore_patterns("report"))
+    report = build_report(open_store(str(job)), workers=2)
+    assert report.measured == report.series == 16  # 2 prompts × 8 seeds
+    assert report_files(job) == report_files(whole)
+    assert response(job) == response(whole)
+    assert sorted(p.name for p in (job / "report" / "animations").iterdir()) == sorted(
+        p.name for p in (whole / "report" / "animations").iterdir())  # fmt: skip

@@ -1,0 +1,95 @@
+"""`farm verify` hashing in parallel and by sample: a damaged image is found when the
+sample covers it, the seed that drew the sample is printed, and the same seed draws the
+same images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from jobrun import farm_here, write_spec
+
+from farm.audit.verify import check_images_in_parallel, verify_job
+from farm.storage import open_store
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, tiny_dir) -> Path:
+    """16 images: 2 prompts × 8 seeds, one LoRA strength each."""
+    folder = tmp_path_factory.mktemp("verify")
+    spec = write_spec(folder, "sampled", combine=[{"neon": 0.5}])
+    farm_here("run", str(spec), "--local")
+    return folder / "out" / "sampled"
+
+
+@pytest.fixture
+def damaged(job, tmp_path) -> tuple[Path, str]:
+    """A copy of the job with one image's bytes changed; the image's key."""
+    import shutil
+
+    copy = tmp_path / "job"
+    shutil.copytree(job, copy)
+    key = pq.read_table(copy / "metadata.parquet").to_pylist()[5]["image_key"]
+    path = copy / key
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    return copy, key
+
+
+def hit(job: Path, key: str, size: int, seed: int) -> bool:
+    verdict = verify_job(open_store(str(job)), sample=size, seed=seed)
+    assert verdict.images_checked == size and verdict.rows == 16 and verdict.sample_seed == seed
+    return any(problem.startswith(key) for problem in verdict.problems)
+
+
+def test_a_sample_that_covers_the_damaged_image_finds_it_and_says_its_seed(damaged):
+    job, key = damaged
+    # Two of sixteen: some seeds draw the damaged image, others miss it.
+    hits = [seed for seed in range(40) if hit(job, key, 2, seed)]
+    misses = [seed for seed in range(40) if seed not in hits]
+    assert hits and misses
+    found = farm_here("verify", str(job), "--sample", "2", "--seed", str(hits[0]), check=False)
+    assert found.returncode == 1
+    assert f"sample: 2 of 16 images, seed {hits[0]} (`farm verify {job} --sample 2 --seed " \
+        f"{hits[0]}` checks the same ones)" in found.stdout  # fmt: skip
+    assert f"problem: {key}: sha256 " in found.stdout
+    missed = farm_here("verify", str(job), "--sample", "2", "--seed", str(misses[0]))
+    assert f"seed {misses[0]}" in missed.stdout and "ok: 16 planned items, 16 rows, 2 images" \
+        in missed.stdout  # fmt: skip
+    # The same seed draws the same images, every time.
+    assert [hit(job, key, 2, s) for s in hits[:3]] == [True] * len(hits[:3])
+
+
+def test_without_a_seed_one_is_drawn_and_printed(damaged):
+    job, _ = damaged
+    out = farm_here("verify", str(job), "--sample", "16", check=False)
+    # All sixteen: the damaged one is among them, whatever the seed.
+    assert out.returncode == 1 and "sample: 16 of 16 images, seed " in out.stdout
+    seed = int(out.stdout.split("seed ", 1)[1].split(" ", 1)[0])
+    again = farm_here("verify", str(job), "--sample", "16", "--seed", str(seed), check=False)
+    assert again.returncode == 1
+
+
+def test_chunks_on_threads_report_problems_in_row_order(damaged):
+    job, key = damaged
+    store = open_store(str(job))
+    rows = pq.read_table(job / "metadata.parquet").to_pylist()
+    (job / rows[12]["image_key"]).unlink()
+    seen: list[tuple[int, int]] = []
+    problems, tasks = check_images_in_parallel(store, rows, workers=4, address=None,
+                                               progress=lambda d, t: seen.append((d, t)),
+                                               chunk=3)  # fmt: skip
+    assert tasks == 0  # no Ray cluster: threads here
+    gone = rows[12]
+    assert len(problems) == 2 and problems[0].startswith(f"{key}: sha256 ")
+    assert problems[1] == f"{gone['image_key']}: missing (item {gone['item_id']})"
+    assert sorted(seen)[-1] == (16, 16) and len(seen) == 6  # one call per chunk of 3
+
+
+def test_verify_refuses_flags_that_do_not_go_together(job):
+    for args, message in (
+        (["--seed", "3"], "--seed: only with --sample N"),
+        (["--no-images", "--sample", "2"], "--no-images: hashes no image"),
+    ):
+        out = farm_here("verify", str(job), *args, check=False)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
