@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from safetensors.torch import save_file
 from farm.families.checkpoint_layout import flux_layout, sd_layout
 from farm.families.standard_configs import (
     byte_symbols,
-    clip_bpe,
     clip_vocabulary,
     standard_config,
 )
@@ -498,22 +496,17 @@ def test_a_file_missing_tensors_is_refused_by_name(made, tmp_path):
     assert f"1 tensors of its SD1.x model are not in the file ({gone}); the file is" in line
 
 
-def test_without_clips_vocabulary_a_standard_checkpoint_names_what_to_install(tmp_path):
-    if clip_bpe() is not None:
-        pytest.skip("a package that bundles CLIP's vocabulary is installed")
-    # A file of SD 1.5's own shapes, its data a hole: only the header is ever read.
-    c = {name: standard_config("sd1", name) for name in ("unet", "vae", "text_encoder")}
-    header, offset = {}, 0
-    for t in sd_layout(c["unet"], c["vae"], c["text_encoder"]):
-        size = 2 * int(np.prod(t.shape, dtype=np.int64))
-        header[t.key] = {"dtype": "F16", "shape": list(t.shape),
-                         "data_offsets": [offset, offset + size]}  # fmt: skip
-        offset += size
-    raw = json.dumps(header).encode()
-    path = tmp_path / "sd15.safetensors"
-    with path.open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    line = refused(tmp_path, str(path))
-    assert "needs CLIP's tokenizer vocabulary (bpe_simple_vocab_16e6.txt.gz)" in line
-    assert "pip install open-clip-torch, or name the model's diffusers config folder" in line
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_the_standard_configs_tokenize_as_clip_does(kind, tmp_path, monkeypatch):
+    """The standard folders' tokenizers, from the CLIP vocabulary farm carries, give
+    CLIP's own ids (OpenAI's tokenizer: a=320, photo=1125, of=539, cat=2368)."""
+    from transformers import CLIPTokenizer
+
+    from farm.families.standard_configs import standard_dir
+
+    monkeypatch.setenv("FARM_HOME", str(tmp_path))
+    folder = standard_dir(kind)
+    subs = ["tokenizer", "tokenizer_2"] if kind == "sdxl" else ["tokenizer"]
+    for sub in subs:
+        ids = CLIPTokenizer.from_pretrained(folder / sub)("a photo of a cat").input_ids
+        assert ids == [49406, 320, 1125, 539, 320, 2368, 49407], sub

@@ -26,7 +26,7 @@ from pathlib import Path
 from farm.families import FamilyError, Model, chroma, flux, read_folder, sd1, sd2, sdxl
 from farm.families.base import Family
 from farm.families.checkpoint_layout import Tensor, flux_layout, sd_layout
-from farm.families.standard_configs import BPE_FILE, clip_bpe, standard_config, standard_name
+from farm.families.standard_configs import standard_config, standard_name
 from farm.limits import PICKLE_SUFFIXES
 
 SUFFIX = ".safetensors"
@@ -211,13 +211,6 @@ def _standard_configs(ckpt: Checkpoint, where: str) -> Model:
                   f"in {standard_name(key)} (farm's standard {ckpt.family.name} configs)",
                   "a model of other widths needs its own configs: "
                   "model: {file: FILE, config: FOLDER} naming its diffusers folder")  # fmt: skip
-    if clip_bpe() is None:
-        raise FamilyError(
-            f"{where}: loading an {ckpt.family.name} checkpoint without a config folder needs "
-            f"CLIP's tokenizer vocabulary ({BPE_FILE}), which farm reads from the "
-            "open-clip-torch package, and it is not installed: pip install open-clip-torch, "
-            "or name the model's diffusers config folder: model: {file: FILE, config: FOLDER}"
-        )
     return Model(ckpt.family, unet, standard_config(key, "model_index"))
 
 

@@ -5,15 +5,13 @@ left to itself it fetches them from the Hugging Face hub. farm writes them inste
 the tables below: Stable Diffusion 1.5's, 2.1's (768, v-prediction) and SDXL base 1.0's,
 as their diffusers repositories hold them. Their tokenizers need CLIP's BPE vocabulary
 and merges, which cannot be made up: they are read from `bpe_simple_vocab_16e6.txt.gz`,
-the file OpenAI's CLIP ships and the `open-clip-torch` package bundles (as do
-`clip-anytorch` and `openai-clip`), found without importing the package. Without it, a
-checkpoint needs a config folder named in the spec.
+the file OpenAI's CLIP ships, which farm carries in farm/families/clip/ (with its MIT
+license) as `open-clip-torch` does: that package would bring torchvision and timm along.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -25,7 +23,6 @@ from farm.home import farm_home
 # Bump when a table below changes: it names the folders written.
 VERSION = "v1"
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-BPE_PACKAGES = ("open_clip", "clip")  # open-clip-torch; clip-anytorch and openai-clip
 CLIP_MERGES = 49152 - 256 - 2  # the merges CLIP uses (its SimpleTokenizer's slice)
 
 _CLIP_L = {
@@ -151,30 +148,18 @@ def standard_config(family_key: str, component: str) -> dict:
     return dict(files[component]["config.json"])
 
 
-def clip_bpe() -> Path | None:
-    """CLIP's BPE file from an installed package that bundles it, or None."""
-    for package in BPE_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(package)  # finds, does not import
-        except (ImportError, ValueError):
-            continue
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            if (Path(folder) / BPE_FILE).is_file():
-                return Path(folder) / BPE_FILE
-    return None
+def clip_bpe() -> Path:
+    """CLIP's BPE vocabulary, as farm carries it."""
+    return Path(__file__).parent / "clip" / BPE_FILE
 
 
 def standard_dir(family_key: str, bpe: Path | None = None) -> Path:
     """A folder of the family's standard configs and tokenizers, written once per farm
-    home, its vocabulary from `bpe` (default: the installed one). Raises
-    FileNotFoundError when there is none."""
+    home, its vocabulary from `bpe` (default: CLIP's, as farm carries it)."""
     folder = farm_home() / "models" / f"configs-{family_key}-{VERSION}"
     if (folder / "model_index.json").is_file():
         return folder
-    bpe = bpe or clip_bpe()
-    if bpe is None:
-        raise FileNotFoundError(BPE_FILE)
-    vocab, merges = clip_vocabulary(bpe)
+    vocab, merges = clip_vocabulary(bpe or clip_bpe())
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so two workers never see half a folder.
     tmp = Path(tempfile.mkdtemp(prefix=f".configs-{family_key}-", dir=folder.parent))
