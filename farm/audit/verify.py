@@ -138,7 +138,7 @@ def check_images_in_parallel(store: Store, rows: list[dict], workers: int | None
     if address:
         import ray
 
-        from farm.run.cluster import start_ray
+        from farm.run.ray_start import start_ray
 
         start_ray(address)
         remote = ray.remote(num_cpus=1)(check_rows)

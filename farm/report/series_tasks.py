@@ -116,7 +116,7 @@ def _run(store_url: str, jobs: list[SeriesJob], cell_px: int, workers: int | Non
     if address:
         import ray
 
-        from farm.run.cluster import start_ray
+        from farm.run.ray_start import start_ray
 
         start_ray(address)
         remote = ray.remote(num_cpus=1)(measure_one)
