@@ -6,8 +6,10 @@ each size the report runs in its own process (`farm report`), and the baseline i
 pass over the same job in the same run: read every image from the store and decode it
 once. Reported: seconds, the ratio to the baseline, and the process's peak RSS. If the
 report held images, peak memory would grow with the job; it should stay nearly flat.
+With `--workers 1 2`, the report is written once per worker count (series measured on
+that many processes), then once more with nothing new: every series' result is kept.
 
-    python bench/report_scale.py [--seeds 25 100] [--keep DIR]
+    python bench/report_scale.py [--seeds 25 100] [--workers 1 2] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import io
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,14 +109,15 @@ def decode_all(job: Path) -> float:
     return time.perf_counter() - start
 
 
-def report(job: Path) -> tuple[float, float]:
-    """`farm report` in its own process: seconds and peak RSS in MiB."""
+def report(job: Path, workers: int | None = None) -> tuple[float, float]:
+    """`farm report` in its own process: seconds and the driver's peak RSS in MiB."""
     code = ("import resource, sys, time; from farm.cli import main; "
-            "t = time.perf_counter()\ntry:\n main(['report', sys.argv[1]])\n"
+            "t = time.perf_counter()\ntry:\n main(['report', *sys.argv[1:]])\n"
             "except SystemExit: pass\n"
             "print('SECONDS', time.perf_counter() - t); "
             "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code, str(job)], capture_output=True,
+    more = ["--workers", str(workers)] if workers else []
+    proc = subprocess.run([sys.executable, "-c", code, str(job), *more], capture_output=True,
                           text=True, check=True)  # fmt: skip
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
                  if line.startswith(("SECONDS", "RSS")))  # fmt: skip
@@ -123,25 +127,33 @@ def report(job: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[25, 100])
+    parser.add_argument("--workers", type=int, nargs="+", help="Worker counts to compare.")
     parser.add_argument("--keep", type=Path, help="Make the jobs here and keep them.")
     args = parser.parse_args()
     os.environ.setdefault("FARM_HOME", tempfile.mkdtemp(prefix="farm-bench-home-"))
     root = args.keep or Path(tempfile.mkdtemp(prefix="farm-report-scale-"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}; peak RSS of `farm report` in its own process")  # fmt: skip
-    print("| images | make (s) | decode all, baseline (s) | farm report (s) | ratio | "
+    print("| images | make (s) | decode all, baseline (s) | workers | farm report (s) | ratio | "
           "peak RSS (MiB) | report files |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for seeds in args.seeds:
         start = time.perf_counter()
         job = make_job(root, seeds)
         made = time.perf_counter() - start
         base = decode_all(job)
-        seconds, rss = report(job)
-        files = sum(1 for p in (job / "report").rglob("*") if p.is_file())
         n = len(PROMPTS) * seeds * len(STRENGTHS)
-        print(f"| {n:,} | {made:.0f} | {base:.1f} | {seconds:.1f} | {seconds / base:.1f}× | "
-              f"{rss:.0f} | {files:,} |")  # fmt: skip
+        runs = [(w, True) for w in args.workers or [None]] + [
+            (args.workers[-1], False) if args.workers else (None, False)
+        ]
+        for workers, fresh in runs:
+            if fresh:
+                shutil.rmtree(job / "report", ignore_errors=True)
+            seconds, rss = report(job, workers)
+            files = sum(1 for p in (job / "report").rglob("*") if p.is_file())
+            label = (str(workers) if workers else "default") + ("" if fresh else ", all kept")
+            print(f"| {n:,} | {made:.0f} | {base:.1f} | {label} | {seconds:.1f} | "
+                  f"{seconds / base:.1f}× | {rss:.0f} | {files:,} |")  # fmt: skip
     print(f"(driver peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} "
           "MiB, not the report's)")  # fmt: skip
 
