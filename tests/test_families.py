@@ -54,9 +54,12 @@ class Setup:
         return NEGATIVE if self.family.guidance in ("cfg", "true_cfg") else ""
 
     def spec(self, name: str, loras: list[dict], **render) -> Path:
+        settings = RENDER | OVER.get(self.kind, {}) | render
+        # No negative prompt where the guidance runs no unconditional pass (Z-Image at 0).
+        guidance = settings.get("guidance", self.family.defaults.guidance)
+        negative = self.negative if self.family.negative_problem(guidance) is None else ""
         spec = {"job": name, "model": str(self.root), "prompts": [PROMPT], "seeds": [0, 1],
-                "negative_prompt": self.negative, "loras": loras,
-                "render": RENDER | OVER.get(self.kind, {}) | render,
+                "negative_prompt": negative, "loras": loras, "render": settings,
                 "output": str(self.folder / "out")}  # fmt: skip
         path = self.folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(spec))
@@ -333,6 +336,16 @@ def test_each_family_takes_its_own_render_defaults_unless_the_spec_says(setups):
     assert (z.steps, z.guidance, z.width, z.scheduler) == (9, 0.0, 1024, "flow_euler")
     with pytest.raises(SpecError, match="euler does not fit Z-Image models"):
         plan_of(setups("z-image"), render={"scheduler": "euler"})
+    # A negative prompt at a guidance with no unconditional pass would change nothing.
+    with pytest.raises(SpecError) as info:
+        plan_of(setups("z-image"), negative_prompt="blurry")
+    assert str(info.value) == (
+        "negative_prompt: at guidance 0, Z-Image models run no unconditional pass, so it "
+        "changes nothing (it needs guidance above 0); remove it or raise render.guidance"
+    )
+    assert plan_of(setups("z-image"), negative_prompt="blurry", render={"guidance": 3})
+    with pytest.raises(SpecError, match="at guidance 1, SDXL models run no unconditional"):
+        plan_of(setups("sdxl"), negative_prompt="blurry", render={"guidance": 1})
 
 
 @pytest.mark.parametrize(("kind", "blocks", "message"), [

@@ -276,8 +276,8 @@ def test_a_negative_prompt_on_a_distilled_family_is_refused(tmp_path):
     }))  # fmt: skip
     path = lines_file(tmp_path, "a cat --g 3.5\na dog --n blurry --g 3.5\n")
     assert refusal(tmp_path, sd(path), model=str(model), render=None) == (
-        f"prompts.file: {path} line 2: a negative prompt, but Flux.1-dev models take none "
-        "(their guidance is distilled); remove it"
+        f"prompts.file: {path} line 2: a negative prompt, but Flux.1-dev models take no "
+        "negative prompt (their guidance is distilled); remove it"
     )
 
 

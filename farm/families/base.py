@@ -94,6 +94,10 @@ class Family:
     # needs when the spec gives none (None: no negative prompt, no negative pass).
     guidance_arg: str = "guidance_scale"
     blank_negative: str | None = None
+    # The guidance a negative prompt needs to matter: the pipeline runs its unconditional
+    # pass only above it (diffusers: `guidance_scale > 1` for SD, SDXL and Chroma,
+    # `true_cfg_scale > 1` for Qwen-Image, `> 0` for Z-Image).
+    negative_above: float = 1.0
     # The render module (farm/render) that builds its tiny pipeline: `build(seed)` and its
     # test-sized `RENDER` settings. Named, not imported: the registry imports no torch.
     # None: farm/render/tiny_pipelines.py builds it itself.
@@ -118,6 +122,17 @@ class Family:
         if negative is None and self.blank_negative is not None:
             negative = [self.blank_negative] * count
         return {self.guidance_arg: guidance, "negative_prompt": negative}
+
+    def negative_problem(self, guidance: float) -> str | None:
+        """Why a negative prompt would change nothing at this guidance, or None."""
+        if self.guidance in ("embedded", "none"):
+            return f"{self.name} models take no negative prompt (their guidance is distilled)"
+        if guidance <= self.negative_above:
+            return (
+                f"at guidance {guidance:g}, {self.name} models run no unconditional pass, "
+                f"so it changes nothing (it needs guidance above {self.negative_above:g})"
+            )
+        return None
 
     def form_of(self, count: int) -> BlockForm | None:
         return next((f for f in self.block_forms if len(f.ids) == count), None)

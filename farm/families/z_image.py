@@ -185,6 +185,7 @@ FAMILY = Family(
     # Guidance above 0 runs the denoiser on [cond; uncond], twice the items; Turbo's 0
     # runs it once (the per-sample table learns either from the batch it sees).
     guidance="cfg",
+    negative_above=0.0,  # the unconditional pass runs at any guidance above 0
     # Turbo's, from its model card: 9 steps (8 transformer calls), guidance 0, 1024².
     defaults=Defaults(steps=9, guidance=0.0, width=1024, height=1024, scheduler="flow_euler"),
     schedulers=("flow_euler",),

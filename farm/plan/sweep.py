@@ -186,11 +186,12 @@ def with_family_defaults(spec: Spec, family: Family) -> Spec:
     if render.scheduler not in family.schedulers:
         raise SpecError(f"render.scheduler: {render.scheduler} does not fit {family.name} "
                         f"models (use {', '.join(family.schedulers)})")  # fmt: skip
-    if spec.negative_prompt and family.guidance in ("embedded", "none"):
-        # Its guidance is distilled into the model: a negative prompt would be recorded
-        # with every image and change none of them.
-        raise SpecError(f"negative_prompt: {family.name} models take no negative prompt "
-                        "(their guidance is distilled); remove it")  # fmt: skip
+    # A negative prompt the pipeline never runs would be recorded with every image and
+    # change none of them: its guidance is distilled, or too low for a negative pass.
+    if spec.negative_prompt and (problem := family.negative_problem(render.guidance)):
+        raise SpecError(f"negative_prompt: {problem}; remove it"
+                        + ("" if family.guidance in ("embedded", "none")
+                           else " or raise render.guidance"))  # fmt: skip
     least = SAMPLERS[render.scheduler].min_steps
     if render.steps < least:
         raise SpecError(f"render.steps: {render.steps} is too few for the {render.scheduler} "
@@ -212,9 +213,9 @@ def check_prompt_lines(spec: Spec, family: Family) -> None:
             raise SpecError(f"{lines.where(i)}: {line.steps} steps are too few for the "
                             f"{scheduler} scheduler (give the line {least} or more, or "
                             "another render.scheduler)")  # fmt: skip
-        if line.negative and family.guidance in ("embedded", "none"):
-            raise SpecError(f"{lines.where(i)}: a negative prompt, but {family.name} models "
-                            "take none (their guidance is distilled); remove it")  # fmt: skip
+        guidance = line.guidance if line.guidance is not None else spec.render.guidance
+        if line.negative and (problem := family.negative_problem(guidance)):
+            raise SpecError(f"{lines.where(i)}: a negative prompt, but {problem}; remove it")
 
 
 def _prompt_seeds(spec: Spec) -> int:
