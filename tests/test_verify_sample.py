@@ -93,3 +93,17 @@ def test_verify_refuses_flags_that_do_not_go_together(job):
     ):
         out = farm_here("verify", str(job), *args, check=False)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_verify_holds_a_bounded_number_of_rows_whatever_the_job(damaged):
+    """Rows are hashed as their parts are read, a few chunks in flight: with chunks of 3
+    on one thread, at most 2 chunks wait and 2 rows gather for the next, of 16."""
+    from farm.audit.verify import IN_FLIGHT
+
+    job, key = damaged
+    verdict = verify_job(open_store(str(job)), workers=1, chunk=3)
+    assert verdict.images_checked == verdict.rows == 16
+    assert 0 < verdict.peak_rows <= IN_FLIGHT * 3 + 2 < 16
+    assert [p for p in verdict.problems if p.startswith(key)]
+    whole = verify_job(open_store(str(job)), workers=1)  # one chunk holds the 16
+    assert whole.peak_rows == 16 and whole.problems == verdict.problems

@@ -32,6 +32,7 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
     sample_seed: int | None = None  # the seed of `--sample`'s draw, to repeat it
     tasks: int = 0  # hashing tasks run (on the Ray cluster, with an address)
+    peak_rows: int = 0  # the most rows waiting to be hashed at once
 
     @property
     def ok(self) -> bool:
@@ -45,15 +46,17 @@ def planned_items(store: Store, doc: dict) -> set[str]:
 
 def verify_job(store: Store, *, check_images: bool = True, limit: int = 20,
                sample: int | None = None, seed: int | None = None, workers: int | None = None,
-               address: str | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Verdict:  # fmt: skip
+               address: str | None = None, progress: Callable[[int, int], None] | None = None,
+               chunk: int = CHUNK) -> Verdict:  # fmt: skip
     """Every planned item has exactly one row; every row's image exists with its sha256.
 
     Images are hashed in parallel: as Ray tasks on the cluster at `address`, else on
     `workers` threads here (default: one per core). With `sample`, only that many rows'
     images are hashed, drawn at random with `seed` (a fresh one when None, recorded in the
     verdict); the rows are all checked. `progress(done, total)` is told as images are
-    checked. Rows stream part by part: only the item ids and the rows to hash are held."""
+    checked. Rows stream part by part: the driver holds the item ids, the part being read,
+    and at most IN_FLIGHT chunks of `chunk` rows a worker and one chunk's remainder
+    (the verdict's peak_rows), whatever the job's size."""
     doc = read_job(store)
     verdict = Verdict()
     planned = planned_items(store, doc)
@@ -62,7 +65,10 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20,
     draw = _Reservoir(sample, seed) if check_images and sample is not None else None
     if draw is not None:
         verdict.sample_seed = draw.seed
-    to_hash: list[dict] = []
+    # Every row's image is hashed as its part is read, a bounded number of chunks in
+    # flight: the driver holds the item ids, never every row.
+    hasher = Hasher(store, workers, address, progress, len(planned),
+                    chunk) if check_images and draw is None else None  # fmt: skip
     for key, table in iter_parts(store):
         if not isinstance(table, pa.Table):
             verdict.problems.append(
@@ -76,10 +82,11 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20,
         verdict.rows += len(part_rows)
         if draw is not None:
             draw.offer(part_rows)
-        elif check_images:
-            to_hash += part_rows
-    if draw is not None:
-        to_hash = draw.rows
+        elif hasher is not None:
+            hasher.add(part_rows)
+    if draw is not None and draw.rows:
+        hasher = Hasher(store, workers, address, progress, len(draw.rows), chunk)
+        hasher.add(draw.rows)
     problems = verdict.problems
     missing = planned - seen.keys()
     if missing:
@@ -90,11 +97,10 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20,
             problems.append(f"item {item_id}: {n} rows (expected exactly one)")
     for item_id in seen.keys() - planned:
         problems.append(f"item {item_id}: has a row but is not in the plan")
-    if to_hash:
-        found, verdict.tasks = check_images_in_parallel(store, to_hash, workers, address,
-                                                        progress)  # fmt: skip
-        verdict.images_checked = len(to_hash)
-        problems += found
+    if hasher is not None:
+        problems += hasher.finish()
+        verdict.images_checked, verdict.tasks = hasher.checked, hasher.tasks
+        verdict.peak_rows = hasher.peak
     if doc.get("status") == "done" and store.exists(METADATA) and not missing:
         compacted = decode_part(store.get(METADATA), ["item_id"]).num_rows
         if compacted != len(seen):
@@ -125,45 +131,104 @@ class _Reservoir:
                 self.rows[j] = row
 
 
+# Chunks hashed at once, per worker: enough to keep each busy while the next part is read.
+IN_FLIGHT = 2
+
+
+class Hasher:
+    """Hashes rows' images in chunks of `chunk` rows as they are added: as Ray tasks on
+    the cluster at `address`, or on `workers` threads here (default: one per core). At
+    most IN_FLIGHT chunks a worker wait at once, so the rows held stay bounded whatever
+    the job's size; `peak` records the most held. `progress(done, total)` counts images."""
+
+    def __init__(self, store: Store, workers: int | None, address: str | None,
+                 progress: Callable[[int, int], None] | None, total: int,
+                 chunk: int = CHUNK) -> None:  # fmt: skip
+        self.store, self.progress, self.total, self.chunk = store, progress, total, chunk
+        self.address = address
+        self.results: dict[int, list[str]] = {}
+        self.pending: dict = {}  # future or Ray ref → (chunk number, rows in it)
+        self.buffer: list[dict] = []
+        self.chunks = self.checked = self.tasks = self.peak = 0
+        if address:
+            import ray
+
+            from farm.run.ray_start import start_ray
+
+            start_ray(address)
+            self.slots = IN_FLIGHT * max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self.remote = ray.remote(num_cpus=1)(check_rows)
+            self.pool = None
+        else:
+            threads = workers or os.cpu_count() or 1
+            self.slots = IN_FLIGHT * threads
+            # Reads and hashing release the GIL, so threads keep the cores busy without
+            # the start-up of processes; each task opens its own store client.
+            self.pool = ThreadPoolExecutor(max_workers=threads)
+
+    def add(self, rows: list[dict]) -> None:
+        """Hash these rows (a part's), chunk by chunk; a remainder waits for the next."""
+        self.buffer += rows
+        while len(self.buffer) >= self.chunk:
+            self._submit(self.buffer[: self.chunk])
+            self.buffer = self.buffer[self.chunk :]
+        self._held()
+
+    def finish(self) -> list[str]:
+        """Hash what is left, wait for every chunk; the problems found, in row order."""
+        if self.buffer:
+            rows, self.buffer = self.buffer, []
+            self._submit(rows)
+        while self.pending:
+            self._collect()
+        if self.pool is not None:
+            self.pool.shutdown()
+        return [p for i in range(self.chunks) for p in self.results[i]]
+
+    def _submit(self, rows: list[dict]) -> None:
+        while len(self.pending) >= self.slots:
+            self._collect()
+        if self.pool is not None:
+            task = self.pool.submit(check_rows, self.store.url, rows)
+        else:
+            task = self.remote.remote(self.store.url, rows)
+            self.tasks += 1
+        self.pending[task] = (self.chunks, len(rows))
+        self.chunks += 1
+        self._held()
+
+    def _held(self) -> None:
+        """Record the rows held past the part being read: those in flight and the
+        remainder waiting for a full chunk."""
+        in_flight = sum(n for _, n in self.pending.values())
+        self.peak = max(self.peak, in_flight + len(self.buffer) % self.chunk)
+
+    def _collect(self) -> None:
+        """Wait for one chunk and take its result."""
+        if self.pool is not None:
+            task = next(as_completed(list(self.pending)))
+            result = task.result()
+        else:
+            import ray
+
+            (task,), _ = ray.wait(list(self.pending), num_returns=1)
+            result = ray.get(task)
+        number, count = self.pending.pop(task)
+        self.results[number] = result
+        self.checked += count
+        if self.progress:
+            self.progress(self.checked, max(self.total, self.checked))
+
+
 def check_images_in_parallel(store: Store, rows: list[dict], workers: int | None,
                              address: str | None,
                              progress: Callable[[int, int], None] | None = None,
                              chunk: int = CHUNK) -> tuple[list[str], int]:  # fmt: skip
-    """Hash the rows' images in chunks of `chunk` rows, as Ray tasks on the cluster at
-    `address` or on threads here; returns the problems found, in row order, and the Ray
+    """Hash the rows' images (see Hasher); the problems found, in row order, and the Ray
     tasks run."""
-    chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
-    done = 0
-    results: dict[int, list[str]] = {}
-    if address:
-        import ray
-
-        from farm.run.ray_start import start_ray
-
-        start_ray(address)
-        remote = ray.remote(num_cpus=1)(check_rows)
-        pending = {remote.remote(store.url, chunk): i for i, chunk in enumerate(chunks)}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ready[0])
-            results[i] = ray.get(ready[0])
-            done += len(chunks[i])
-            if progress:
-                progress(done, len(rows))
-    else:
-        threads = workers or os.cpu_count() or 1
-        # Reads and hashing release the GIL, so threads keep the cores busy without the
-        # start-up of processes; each opens its own store client.
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            futures = {pool.submit(check_rows, store.url, chunk): i
-                       for i, chunk in enumerate(chunks)}  # fmt: skip
-            for future in as_completed(futures):
-                i = futures[future]
-                results[i] = future.result()
-                done += len(chunks[i])
-                if progress:
-                    progress(done, len(rows))
-    return [p for i in range(len(chunks)) for p in results[i]], (len(chunks) if address else 0)
+    hasher = Hasher(store, workers, address, progress, len(rows), chunk)
+    hasher.add(rows)
+    return hasher.finish(), hasher.tasks
 
 
 def check_rows(store_url: str, rows: list[dict]) -> list[str]:
