@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from farm.home import farm_home
+from farm.home import build_folder, farm_home
 
 # Bump when a table below changes: it names the folders written.
 VERSION = "v1"
@@ -156,14 +153,9 @@ def clip_bpe() -> Path:
 def standard_dir(family_key: str, bpe: Path | None = None) -> Path:
     """A folder of the family's standard configs and tokenizers, written once per farm
     home, its vocabulary from `bpe` (default: CLIP's, as farm carries it)."""
-    folder = farm_home() / "models" / f"configs-{family_key}-{VERSION}"
-    if (folder / "model_index.json").is_file():
-        return folder
-    vocab, merges = clip_vocabulary(bpe or clip_bpe())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so two workers never see half a folder.
-    tmp = Path(tempfile.mkdtemp(prefix=f".configs-{family_key}-", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
+        vocab, merges = clip_vocabulary(bpe or clip_bpe())
         for sub, files in STANDARD[family_key][1].items():
             (tmp / sub).mkdir(parents=True, exist_ok=True)
             for name, content in files.items():
@@ -173,14 +165,8 @@ def standard_dir(family_key: str, bpe: Path | None = None) -> Path:
                 (tmp / sub / "merges.txt").write_text(
                     "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
                 )
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return build_folder(farm_home() / "models" / f"configs-{family_key}-{VERSION}", write)
 
 
 def clip_vocabulary(bpe: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -9,11 +9,9 @@ and are written out as a plain diffusers folder in fp32.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from farm.home import build_folder
 from farm.tiny.identity import (
     SCHEDULER_CONFIG,
     TEXT_CONFIG,
@@ -29,22 +27,11 @@ CLIP_PREFIX = "text_model."
 
 def ensure_tiny(path: Path | None = None) -> Path:
     """Return a directory holding the tiny pipeline, building it once if it is missing."""
-    path = Path(path) if path else default_tiny_dir()
-    if (path / "model_index.json").exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so concurrent builders never see half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
-    try:
+
+    def save(tmp: Path) -> None:
         build_tiny_pipeline(shipped_weights()).save_pretrained(tmp, safe_serialization=True)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    return build_folder(Path(path) if path else default_tiny_dir(), save)
 
 
 def build_tiny_pipeline(weights: Path | None = None, seed: int = 0):

@@ -14,14 +14,11 @@ vocabulary.
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from farm.families import FAMILIES
-from farm.home import farm_home
+from farm.home import build_folder, farm_home
 from farm.tiny.identity import VAE_CONFIG, WORDS
 
 # Bump when anything below changes the weights or configs: it names the cached folders.
@@ -217,22 +214,11 @@ def default_dir(kind: str) -> Path:
 def ensure(kind: str, path: Path | None = None) -> Path:
     """Return a folder holding the tiny pipeline of this kind, building it once if missing."""
     _check(kind)
-    path = Path(path) if path else default_dir(kind)
-    if (path / "model_index.json").exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so concurrent builders never see half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=path.parent))
-    try:
+
+    def save(tmp: Path) -> None:
         build(kind).save_pretrained(tmp, safe_serialization=True)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    return build_folder(Path(path) if path else default_dir(kind), save)
 
 
 def build(kind: str, seed: int = 0) -> Any:
