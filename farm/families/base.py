@@ -167,3 +167,25 @@ class BlockMap:
 def block_number(pattern: str, module: str) -> int | None:
     match = re.search(pattern, module)
     return int(match[1]) if match else None
+
+
+def edge_block(module: str, into: tuple[str, ...], out: tuple[str, ...]) -> str | None:
+    """IN for a transformer's layers before its blocks, OUT for those after, else None."""
+    if module.startswith(into):
+        return "IN"
+    return "OUT" if module.startswith(out) else None
+
+
+def base_expander(ids: tuple[str, ...]) -> Callable[[tuple[float, ...]], dict[str, float] | None]:
+    """How a transformer family's block vector of `ids` reads: its BASE value is the text
+    encoder's and the layers' before and after the blocks (IN, OUT); None for a vector of
+    another length."""
+
+    def expand(values: tuple[float, ...]) -> dict[str, float] | None:
+        if len(values) != len(ids):
+            return None
+        table = dict(zip(ids, values, strict=True))
+        base = table.pop("BASE")
+        return {"te": base, "IN": base, "OUT": base, **table}
+
+    return expand

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from farm.families.base import BlockForm
+from farm.families.base import BlockForm, edge_block
 from farm.loras.flux_keys import Widths
 
 SCHEDULERS = ("flow_euler",)  # the flow-matching Euler with the model's dynamic shift
@@ -63,11 +63,7 @@ def block_of(module: str, config: dict) -> str | None:
         return f"D{int(match[1]):02d}"
     if match := _SINGLE.match(module):
         return f"S{int(match[1]):02d}"
-    if module.startswith(_IN):
-        return "IN"
-    if module.startswith(_OUT):
-        return "OUT"
-    return None
+    return edge_block(module, _IN, _OUT)
 
 
 def expand(values: tuple[float, ...]) -> dict[str, float] | None:

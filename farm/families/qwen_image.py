@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from farm.families.base import BlockForm, Defaults, Family
+from farm.families.base import BlockForm, Defaults, Family, base_expander, edge_block
 from farm.loras.flux_keys import Layers
 
 BLOCKS = 60  # of the released model, which the block form counts
@@ -49,19 +49,7 @@ def block_of(module: str, config: dict) -> str | None:
     """The block id of a transformer module (diffusers name): B00 …, IN or OUT."""
     if match := _BLOCK.match(module):
         return f"B{int(match[1]):02d}"
-    if module.startswith(_IN):
-        return "IN"
-    if module.startswith(_OUT):
-        return "OUT"
-    return None
-
-
-def expand(values: tuple[float, ...]) -> dict[str, float] | None:
-    if len(values) != len(IDS):
-        return None
-    table = dict(zip(IDS, values, strict=True))
-    base = table.pop("BASE")
-    return {"te": base, "IN": base, "OUT": base, **table}
+    return edge_block(module, _IN, _OUT)
 
 
 def section_of(block: str) -> tuple[str, int] | None:
@@ -132,7 +120,7 @@ FAMILY = Family(
     tiny="qwen-image",
     matches=_matches,
     block_of=block_of,  # its true_cfg_scale is A1111's CFG scale: the infotext's own field
-    expand=expand,
+    expand=base_expander(IDS),
     gpu_dtype="bfloat16",
     block_sections=SECTIONS,
     section_of=section_of,

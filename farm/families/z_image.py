@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from farm.families.base import BlockForm, Defaults, Family
+from farm.families.base import BlockForm, Defaults, Family, base_expander, edge_block
 from farm.loras.flux_keys import Layers
 
 LAYERS, REFINERS = 30, 2  # of the released models, which the block form counts
@@ -62,19 +62,7 @@ def block_of(module: str, config: dict) -> str | None:
     or OUT."""
     if match := _BLOCK.match(module):
         return f"{_PREFIX[match[1]]}{int(match[2]):02d}"
-    if module.startswith(_IN):
-        return "IN"
-    if module.startswith(_OUT):
-        return "OUT"
-    return None
-
-
-def expand(values: tuple[float, ...]) -> dict[str, float] | None:
-    if len(values) != len(IDS):
-        return None
-    table = dict(zip(IDS, values, strict=True))
-    base = table.pop("BASE")
-    return {"te": base, "IN": base, "OUT": base, **table}
+    return edge_block(module, _IN, _OUT)
 
 
 def section_of(block: str) -> tuple[str, int] | None:
@@ -196,7 +184,7 @@ FAMILY = Family(
     matches=_matches,
     block_of=block_of,
     infotext=_cfg,
-    expand=expand,
+    expand=base_expander(IDS),
     gpu_dtype="bfloat16",
     block_sections=SECTIONS,
     section_of=section_of,
