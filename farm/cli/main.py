@@ -365,7 +365,7 @@ def verify(job_url: str, no_images: bool, sample: int | None, seed: int | None,
            tenant: str | None) -> None:  # fmt: skip
     """Check that every planned item has exactly one row and an intact image."""
     from farm.audit.verify import verify_job
-    from farm.run.progress import Progress
+    from farm.run.progress import LazyProgress
     from farm.storage import open_store
 
     guard_job(job_url, tenants_file, tenant)
@@ -374,19 +374,11 @@ def verify(job_url: str, no_images: bool, sample: int | None, seed: int | None,
     if no_images and (sample is not None or workers or address):
         raise click.UsageError("--no-images: hashes no image; drop --sample, --workers "
                                "and --address")  # fmt: skip
-    bar: list[Progress] = []
-
-    def progress(done: int, total: int) -> None:
-        if not bar:
-            bar.append(Progress(total, echo=click.echo))
-        bar[0].done = done
-        bar[0].show(0, 0)
-
+    progress = LazyProgress(echo=click.echo)
     verdict = verify_job(open_store(job_url), check_images=not no_images, sample=sample,
                          seed=seed, workers=workers, address=address,
                          progress=progress)  # fmt: skip
-    if bar:
-        bar[0].finish()
+    progress.finish()
     if verdict.sample_seed is not None:
         click.echo(f"sample: {verdict.images_checked} of {verdict.rows} images, seed "
                    f"{verdict.sample_seed} (`farm verify {job_url} --sample {sample} --seed "

@@ -25,23 +25,15 @@ def write_report(job_url: str, *, max_pixels: int, cell_px: int, workers: int | 
                  address: str | None = None) -> None:  # fmt: skip
     """Build the report of the job at JOB_URL and print where it is and what it found."""
     from farm.report.build import INDEX, build_report
-    from farm.run.progress import Progress
+    from farm.run.progress import LazyProgress
     from farm.storage import open_store
 
-    bar: list[Progress] = []
-
-    def progress(done: int, total: int) -> None:
-        if not bar:
-            bar.append(Progress(total, echo=lambda line: click.echo(line, err=True),
-                                stream=click.get_text_stream("stderr")))  # fmt: skip
-        bar[0].done = done
-        bar[0].show(0, 0)
-
+    progress = LazyProgress(echo=lambda line: click.echo(line, err=True),
+                            stream=click.get_text_stream("stderr"))  # fmt: skip
     report = build_report(open_store(job_url), max_pixels=max_pixels, cell_px=cell_px,
                           echo=lambda line: click.echo(line, err=True), workers=workers,
                           address=address, progress=progress)  # fmt: skip
-    if bar:
-        bar[0].finish()
+    progress.finish()
     kept = report.series - report.measured
     if address and report.measured:
         click.echo(f"series:   {report.measured} measured as tasks on the Ray cluster at "

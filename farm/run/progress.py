@@ -88,3 +88,23 @@ def _duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+class LazyProgress:
+    """A `progress(done, total)` callback for work that learns its total as it starts
+    (verify's images, a report's series): a Progress made on the first call."""
+
+    def __init__(self, echo: Callable[[str], object] = print,
+                 stream: TextIO | None = None) -> None:  # fmt: skip
+        self.echo, self.stream = echo, stream
+        self.bar: Progress | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(total, echo=self.echo, stream=self.stream)
+        self.bar.done = done
+        self.bar.show(0, 0)  # no render workers to count
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.finish()
