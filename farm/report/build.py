@@ -181,9 +181,10 @@ def _measure(store: Store, shots, loras: list[str], keep: Callable[[str], None],
 
 
 def _apart(measured: Measured, shots: list[Shot], load):
-    """How far a checkpoint's full-strength pictures are from another's (the run's last),
+    """How far each checkpoint's full-strength pictures are from the run's last one's,
     series by series: the pixel distance of each pair, written into the checkpoint's row
-    as `to_last`, summed, with the other's distances from strength 0 summed beside it."""
+    as `to_last`, summed, with the last's distances from strength 0 summed beside it.
+    Each of the last's pictures is read once, for every checkpoint it is compared with."""
     key_of = {s.item_id: s.key for s in shots}
 
     def at_full(c) -> dict[tuple, dict]:
@@ -191,23 +192,31 @@ def _apart(measured: Measured, shots: list[Shot], load):
         return {measured.places[r["series"]]: r for r in rows
                 if r["strength"] == c.summary.full and r["rendered"]}  # fmt: skip
 
-    def apart(c, last) -> tuple[float, float]:
-        if c.summary.full is None or c.summary.full != last.summary.full:
-            return math.nan, math.nan
-        theirs = at_full(last)
-        total = span = 0.0
-        for where, row in at_full(c).items():
-            other = theirs.get(where)
-            if other is None or math.isnan(other["d0_pixel"]):
+    def apart(candidates: list, last) -> list[tuple[float, float]]:
+        sums = {c.name: [0.0, 0.0] for c in candidates}
+        full = last.summary.full
+        comparable = [c for c in candidates if full is not None and c.summary.full == full]
+        mine = {c.name: at_full(c) for c in comparable}
+        for where, other in at_full(last).items():
+            if math.isnan(other["d0_pixel"]):
                 continue
-            if c is last:
-                row["to_last"] = 0.0
-            else:
-                a, b = (np.asarray(load(key_of[r["item_id"]])) for r in (row, other))
-                row["to_last"] = pixel_distance(a, b)
-            total += row["to_last"]
-            span += other["d0_pixel"]
-        return total, span
+            theirs = None  # read when a checkpoint other than the last needs it
+            for c in comparable:
+                row = mine[c.name].get(where)
+                if row is None:
+                    continue
+                if c is last:
+                    row["to_last"] = 0.0
+                else:
+                    if theirs is None:
+                        theirs = np.asarray(load(key_of[other["item_id"]]))
+                    row["to_last"] = pixel_distance(np.asarray(load(key_of[row["item_id"]])),
+                                                    theirs)  # fmt: skip
+                sums[c.name][0] += row["to_last"]
+                sums[c.name][1] += other["d0_pixel"]
+        compared = {c.name for c in comparable}
+        return [(sums[c.name][0], sums[c.name][1]) if c.name in compared
+                else (math.nan, math.nan) for c in candidates]  # fmt: skip
 
     return apart
 

@@ -112,9 +112,9 @@ class RunComparison:
                 f"{self.reason}")  # fmt: skip
 
 
-# How far apart two checkpoints' full-strength pictures are, series by series:
-# (sum of the distances between them, sum of the later one's distances from strength 0).
-Apart = Callable[["Candidate", "Candidate"], tuple[float, float]]
+# How far apart each checkpoint's full-strength pictures are from the last one's, series
+# by series: per candidate, (sum of the distances, sum of the last's distances from 0).
+Apart = Callable[[list["Candidate"], "Candidate"], list[tuple[float, float]]]
 
 
 def compare_runs(summaries: list[Summary], places: dict[str, Place],
@@ -136,8 +136,8 @@ def compare_runs(summaries: list[Summary], places: dict[str, Place],
     for (run, base), candidates in groups.items():
         candidates.sort(key=lambda c: c.place.order)
         last = candidates[-1]
-        for c in candidates:
-            apart_sum, span = apart(c, last) if apart else (math.nan, math.nan)
+        sums = apart(candidates, last) if apart else [(math.nan, math.nan)] * len(candidates)
+        for c, (apart_sum, span) in zip(candidates, sums, strict=True):
             c.likeness = 1 - apart_sum / span if span > 0 else math.nan
         chosen, reason = recommend(candidates)
         out.append(RunComparison(run, base, candidates, chosen, reason))
