@@ -424,12 +424,17 @@ def _fail(at: str, label: str, value: Any, why: str) -> SpecError:
     return SpecError(f"{at}: {label + ' ' if label else ''}{shown} {why}")
 
 
-def size_value(value: Any, at: str, label: str, what: str) -> int:
+def _whole_in(value: Any, low: int, high: int, at: str, label: str, why: str) -> int:
+    """A whole number from low to high, or the refusal `why` naming the value."""
     n = _whole(value)
-    if n is None or not MIN_SIZE <= n <= MAX_SIZE:
-        shown = value if n is None else n
-        raise _fail(at, label, shown, f"is not a {what} (use a multiple of 8, "
-                                      f"{MIN_SIZE} to {MAX_SIZE})")  # fmt: skip
+    if n is None or not low <= n <= high:
+        raise _fail(at, label, value if n is None else n, why)
+    return n
+
+
+def size_value(value: Any, at: str, label: str, what: str) -> int:
+    n = _whole_in(value, MIN_SIZE, MAX_SIZE, at, label,
+                  f"is not a {what} (use a multiple of 8, {MIN_SIZE} to {MAX_SIZE})")  # fmt: skip
     if n % 8:
         low = max(n - n % 8, MIN_SIZE)
         raise _fail(at, label, n, f"is not a multiple of 8 (try {low} or {low + 8})")
@@ -437,19 +442,12 @@ def size_value(value: Any, at: str, label: str, what: str) -> int:
 
 
 def seed_value(value: Any, at: str, label: str) -> int:
-    n = _whole(value)
-    if n is None or not 0 <= n <= MAX_SEED:
-        shown = value if n is None else n
-        raise _fail(at, label, shown, f"is not a seed (use a whole number, 0 to {MAX_SEED})")
-    return n
+    return _whole_in(value, 0, MAX_SEED, at, label,
+                     f"is not a seed (use a whole number, 0 to {MAX_SEED})")  # fmt: skip
 
 
 def steps_value(value: Any, at: str, label: str) -> int:
-    n = _whole(value)
-    if n is None or not 1 <= n <= MAX_STEPS:
-        shown = value if n is None else n
-        raise _fail(at, label, shown, f"is not a step count (use 1 to {MAX_STEPS})")
-    return n
+    return _whole_in(value, 1, MAX_STEPS, at, label, f"is not a step count (use 1 to {MAX_STEPS})")
 
 
 def guidance_value(value: Any, at: str, label: str) -> float:
