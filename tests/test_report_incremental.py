@@ -81,3 +81,31 @@ def test_series_measured_on_worker_processes_give_the_same_report(whole, tmp_pat
     assert response(job) == response(whole)
     assert sorted(p.name for p in (job / "report" / "animations").iterdir()) == sorted(
         p.name for p in (whole / "report" / "animations").iterdir())  # fmt: skip
+
+
+def test_the_driver_holds_one_bucket_of_shots_and_the_report_is_the_same(whole, tmp_path):
+    """Buckets of about 6 shots (8 buckets for 48 images): the driver never holds more than
+    a few places' shots while measuring, or more than one prompt's while laying out its
+    sheets, and the report is the report of one bucket."""
+    job = tmp_path / "buckets"
+    shutil.copytree(whole, job, ignore=shutil.ignore_patterns("report"))
+    report = build_report(open_store(str(job)), bucket_shots_max=6)
+    one = build_report(open_store(str(whole)), bucket_shots_max=10**6)
+    assert one.peak_shots == 48 and one.peak_sheet_shots == 48
+    # A place (prompt and seed) is 3 shots and a bucket holds whole places, 2 on average;
+    # places are spread by a hash, so the fullest bucket holds a few more.
+    assert report.peak_shots % 3 == 0 and report.peak_shots <= 48 // 3
+    assert report.peak_sheet_shots == 24  # each prompt's shots: its own sheet
+    assert (report.series, report.planned, report.rendered) == (16, 48, 48)
+
+    def rows(folder: Path) -> list[tuple]:
+        # Series are numbered bucket by bucket; what each measures is the same.
+        kept = [{k: v for k, v in r.items() if k != "series"} for r in response(folder)]
+        return sorted(repr(sorted(r.items())) for r in map(_frozen, kept))
+
+    assert rows(job) == rows(whole)
+    assert sorted(report_files(job).values()) == sorted(report_files(whole).values())
+
+
+def _frozen(row: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}

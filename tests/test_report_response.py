@@ -4,12 +4,15 @@ the break, without rendering."""
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from farm.report.response import (
     COLLAPSE_BREAK,
+    RunningMean,
     collapsed,
     curve_spans,
     distances,
@@ -136,3 +139,27 @@ def test_a_jump_past_the_knee_is_a_break():
     assert summary.knee < 1
     assert summary.break_at == 1.5 and summary.break_reason.startswith("a jump")
     assert summary.recommended == (0.25, 1)
+
+
+def test_curve_sums_are_exact_in_any_order():
+    """A curve's figures do not depend on the order its rows come in (bucket by bucket,
+    worker by worker), to the last bit, and they are numpy's mean and population std."""
+    rng = random.Random(7)
+    values = [rng.uniform(0, 1) * 10 ** rng.randint(-3, 3) for _ in range(500)]
+    values += [math.nan] * 5  # not rendered: left out
+    results = set()
+    for _ in range(5):
+        rng.shuffle(values)
+        mean = RunningMean()
+        for v in values:
+            mean.add(v)
+        results.add((mean.n, mean.value(), mean.variation()))
+    assert len(results) == 1
+    n, value, spread = results.pop()
+    finite = np.array([v for v in values if not math.isnan(v)])
+    assert n == 500
+    assert value == pytest.approx(float(np.mean(finite)), rel=1e-12)
+    assert spread == pytest.approx(float(np.std(finite) / np.mean(finite)), rel=1e-9)
+    one = RunningMean()
+    one.add(0.5)
+    assert one.value() == 0.5 and math.isnan(one.variation())

@@ -4,8 +4,8 @@ on, is half-way, and breaks. The definitions are in docs/report.md; keep the two
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -126,10 +126,93 @@ class Summary:
 
 def summarize(lora: str, rows: list[dict], curve: str | None = None) -> Summary:
     """A response curve and its landmarks from its series' rows (farm.report.measure)."""
-    by_strength: dict[float, list[dict]] = defaultdict(list)
+    sums = CurveSums()
     for row in rows:
-        by_strength[row["strength"]].append(row)
-    points = [_point(s, by_strength[s]) for s in sorted(by_strength)]
+        sums.add(row)
+    return summarize_points(lora, sums.points(), curve)
+
+
+class RunningMean:
+    """A running mean and population variance of the finite values, exact whatever order
+    they come in: a report measured bucket by bucket, or by more workers, or of a job
+    rendered in two halves, gives the same figures to the last bit. The sums are kept as
+    Shewchuk's non-overlapping partials (what math.fsum does), a handful of floats."""
+
+    __slots__ = ("n", "_sum", "_squares")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._sum: list[float] = []
+        self._squares: list[float] = []
+
+    def add(self, value: float) -> None:
+        if math.isnan(value):
+            return
+        self.n += 1
+        _add_exact(self._sum, value)
+        _add_exact(self._squares, value * value)
+
+    def value(self) -> float:
+        return math.fsum(self._sum) / self.n if self.n else math.nan
+
+    def variation(self) -> float:
+        """The coefficient of variation (population std / mean); nan with fewer than two
+        values or a mean of 0 (strength 0 has no effect to vary)."""
+        mean = self.value()
+        if self.n < 2 or not mean > 0:
+            return math.nan
+        total = sum(map(Fraction, self._sum), Fraction(0))
+        squares = sum(map(Fraction, self._squares), Fraction(0))
+        variance = squares / self.n - (total / self.n) ** 2
+        return math.sqrt(max(float(variance), 0.0)) / mean
+
+
+def _add_exact(partials: list[float], x: float) -> None:
+    """Add x to a sum held as non-overlapping partials, without rounding."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        high = x + y
+        low = y - (high - x)
+        if low:
+            partials[i] = low
+            i += 1
+        x = high
+    partials[i:] = [x]
+
+
+_MEANS = ("d0_pixel", "d0_structure", "d0_changed", "step_pixel", "from_full")
+
+
+class CurveSums:
+    """A curve's points, accumulated row by row: memory per strength, not per image."""
+
+    def __init__(self) -> None:
+        self._at: dict[float, tuple[list[int], dict[str, RunningMean]]] = {}
+
+    def add(self, row: dict) -> None:
+        counts, means = self._at.setdefault(
+            row["strength"], ([0, 0], {m: RunningMean() for m in _MEANS})
+        )
+        counts[0] += 1
+        counts[1] += bool(row["flags"])
+        for name, mean in means.items():
+            mean.add(row[name])
+
+    def points(self) -> list[Point]:
+        out = []
+        for strength in sorted(self._at):
+            (n, flagged), m = self._at[strength]
+            out.append(Point(strength, n, m["d0_pixel"].value(), m["d0_structure"].value(),
+                             m["d0_changed"].value(), m["step_pixel"].value(),
+                             m["from_full"].value(), flagged / n,
+                             m["d0_pixel"].variation()))  # fmt: skip
+        return out
+
+
+def summarize_points(lora: str, points: list[Point], curve: str | None = None) -> Summary:
+    """A response curve's landmarks from its points, one per strength in order."""
     summary = Summary(lora, curve or lora, points, None, None, None, None)
     if len(points) < 2:
         summary.notes.append("fewer than two strengths: no curve")
@@ -163,11 +246,16 @@ def curve_spans(rows: list[dict]) -> dict[str, float]:
     series that start at 0: the yardstick of the collapse rule. One series' own distance
     is noisy (a shape on black moves further to paper-white ink than one on white does);
     the curve's mean is what the break rule compares with too."""
-    spans: dict[str, list[float]] = defaultdict(list)
+    spans: dict[str, RunningMean] = {}
     for r in rows:
-        if r["strength"] == 1.0 and r["reference"] == 0.0 and not math.isnan(r["d0_structure"]):
-            spans[r["curve"]].append(r["d0_structure"])
-    return {curve: float(np.mean(values)) for curve, values in spans.items()}
+        add_span(spans, r)
+    return {curve: mean.value() for curve, mean in spans.items() if mean.n}
+
+
+def add_span(spans: dict[str, RunningMean], row: dict) -> None:
+    """Count one measured row toward its curve's span (see curve_spans)."""
+    if row["strength"] == 1.0 and row["reference"] == 0.0:
+        spans.setdefault(row["curve"], RunningMean()).add(row["d0_structure"])
 
 
 def collapsed(series_rows: list[dict], span: float) -> list[dict]:
@@ -183,27 +271,6 @@ def collapsed(series_rows: list[dict], span: float) -> list[dict]:
         if r["strength"] > 1 and r["rendered"] and (found or past):
             found.append(r)
     return found
-
-
-def _point(strength: float, rows: list[dict]) -> Point:
-    def mean(name: str) -> float:
-        values = [r[name] for r in rows if not math.isnan(r[name])]
-        return float(np.mean(values)) if values else math.nan
-
-    return Point(strength, len(rows), mean("d0_pixel"), mean("d0_structure"), mean("d0_changed"),
-                 mean("step_pixel"), mean("from_full"),
-                 sum(1 for r in rows if r["flags"]) / len(rows),
-                 variation([r["d0_pixel"] for r in rows]))  # fmt: skip
-
-
-def variation(values: list[float]) -> float:
-    """The coefficient of variation (population std / mean) of the finite values; nan
-    with fewer than two of them or a mean of 0 (strength 0 has no effect to vary)."""
-    finite = [v for v in values if not math.isnan(v)]
-    if len(finite) < 2:
-        return math.nan
-    mean = float(np.mean(finite))
-    return float(np.std(finite) / mean) if mean > 0 else math.nan
 
 
 def _crossing(points: list[Point], level: float) -> float | None:

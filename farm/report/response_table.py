@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,9 +42,41 @@ def response_table(rows: list[dict], summaries: list[Summary],
                    runs: list[RunComparison] = ()) -> bytes:  # fmt: skip
     """response.parquet: a row per series and strength, a row per curve and strength, a
     summary row per curve, and a recommendation row per training run."""
+    out = [{"kind": "strength", **r} for r in rows] + curve_rows(summaries, runs)
+    table = pa.Table.from_pylist(out, schema=RESPONSE_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+class ResponseWriter:
+    """response.parquet written as it is measured: the series' rows a batch at a time,
+    then the rows of the curves and runs, which need every series."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = pq.ParquetWriter(path, RESPONSE_SCHEMA, compression="zstd")
+
+    def add(self, rows: list[dict]) -> None:
+        if rows:
+            out = [{"kind": "strength", **r} for r in rows]
+            self._writer.write_table(pa.Table.from_pylist(out, schema=RESPONSE_SCHEMA))
+
+    def finish(self, summaries: list[Summary], runs: list[RunComparison]) -> None:
+        self._writer.write_table(pa.Table.from_pylist(curve_rows(summaries, runs),
+                                                      schema=RESPONSE_SCHEMA))  # fmt: skip
+        self._writer.close()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def curve_rows(summaries: list[Summary], runs: list[RunComparison] = ()) -> list[dict]:
+    """The rows after the series': a point per curve and strength, a summary per curve, a
+    recommendation per training run."""
+    out: list[dict] = []
     candidates = {(c.summary.lora, c.summary.curve): (run, c) for run in runs
                   for c in run.candidates}  # fmt: skip
-    out = [{"kind": "strength", **r} for r in rows]
     for s in summaries:
         out += [{"kind": "point", "lora": s.lora, "curve": s.curve, "strength": p.strength,
                  "series_count": p.series, "d0_pixel": p.pixel, "d0_structure": p.structure,
@@ -74,10 +107,7 @@ def response_table(rows: list[dict], summaries: list[Summary],
                 "recommended_high": high, "onset": c.summary.onset, "knee": c.summary.knee,
                 "break_at": c.summary.break_at}  # fmt: skip
         out.append(row)
-    table = pa.Table.from_pylist(out, schema=RESPONSE_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+    return out
 
 
 def _checkpoint_columns(run: RunComparison, c) -> dict:

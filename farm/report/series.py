@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from farm.report.shots import Shot
@@ -38,15 +37,6 @@ class Series:
     def label(self) -> str:
         others = [f"{x.name}={format_number(x.weight)}" for x in self.fixed[1]]
         return " · ".join([f"seed {self.seed}", *others, self.text])
-
-
-def swept_loras(shots: Iterable[Shot]) -> list[str]:
-    """LoRAs whose strength takes more than one value, in first-seen order."""
-    values: dict[str, set[float]] = defaultdict(set)
-    for shot in shots:
-        for x in shot.loras:
-            values[x.name].add(x.weight)
-    return [name for name, v in values.items() if len(v) > 1]
 
 
 def series_of(shots: list[Shot], lora: str) -> list[Series]:

@@ -10,7 +10,6 @@ import pyarrow as pa
 
 from farm.plan.stored import stored_plan
 from farm.plan.sweep import expand
-from farm.records.job_doc import read_job
 from farm.records.parts import METADATA, decode_part, iter_parts
 from farm.spec.prompts import PromptError, parse_prompt
 from farm.spec.strength import format_number, schedule_text
@@ -51,38 +50,6 @@ class Shot:
 
     def setting(self, name: str) -> str | None:
         return dict(self.context).get(name)
-
-
-@dataclass
-class JobShots:
-    """What a report covers: the job's planned shots and which of them have rows."""
-
-    doc: dict
-    shots: list[Shot]
-    rendered: int
-    corrupt_parts: list[str]
-
-    @property
-    def planned(self) -> int:
-        return len(self.shots)
-
-    @property
-    def missing(self) -> int:
-        return sum(1 for s in self.shots if s.key is None)
-
-
-def read_shots(store: Store) -> JobShots:
-    """The job's shots: its rows, plus the planned items that have none yet."""
-    doc = read_job(store)
-    rendered: dict[str, Shot] = {}
-    corrupt: list[str] = []
-    for table in row_tables(store, doc, corrupt):
-        for row in table.select(COLUMNS).to_pylist():
-            rendered.setdefault(row["item_id"], shot_from_row(row))
-    shots = list(rendered.values())
-    if len(rendered) < doc["plan"]["items"]:  # only then is anything planned still missing
-        shots += [s for s in planned_shots(store, doc) if s.item_id not in rendered]
-    return JobShots(doc, shots, len(rendered), corrupt)
 
 
 def row_tables(store: Store, doc: dict, corrupt: list[str],
