@@ -2,9 +2,9 @@
 
 The report reads the job's rows once into buckets on the local disk (farm/report/census.py)
 and then works a bucket at a time, so the driver's memory does not grow with the number of
-images: it holds one bucket of shots (the images of a few prompts, seeds and settings),
-one prompt's sheets, and per-strength sums for each curve. Images are read by the series'
-tasks and by the sheets, one series or one sheet page at a time.
+images: it holds one bucket of shots (the images of a few prompt, settings and seed places),
+one prompt's sheets, and per-strength sums for each curve. Images are read only by tasks
+(farm/report/tasks.py): a series, a sheet, or a few checkpoint pairs each.
 
   1. census: each shot to its bucket, and the job-wide facts (swept LoRAs, axis values)
   2. sheets: each prompt's sheets laid out, so a bad --max-pixels is refused before
@@ -24,14 +24,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 from farm.errors import FarmError
 from farm.report.census import Census, Facts, bucket_details, bucket_shots, gather
 from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
 from farm.report.gallery_axes import gallery_axes, gallery_entry
-from farm.report.measure import decode
 from farm.report.response import (
     CurveSums,
     RunningMean,
@@ -47,13 +44,13 @@ from farm.report.series import Series, series_of
 from farm.report.series_tasks import (
     SERIES_CACHE,
     SeriesJob,
-    SeriesRunner,
     kept_results,
     measure_all,
 )
-from farm.report.sheet_sets import sheet_cell, sheet_name, sheets_of
-from farm.report.sheets import DEFAULT_MAX_PIXELS, layout, sheet_pages
+from farm.report.sheet_sets import draw_sheet, sheet_cell, sheet_name, sheets_of
+from farm.report.sheets import DEFAULT_MAX_PIXELS, layout
 from farm.report.spill import sheet_bucket, shot_json, shot_of
+from farm.report.tasks import TaskRunner
 from farm.storage.store import Store
 
 REPORT = "report/"
@@ -62,6 +59,8 @@ CURVES = f"{REPORT}curves.png"
 INDEX = f"{REPORT}index.html"
 # Bucket families on the local disk, besides the census' shots and details.
 ROWS, SHEETS, MARKS, ENTRIES = "rows", "sheets", "marks", "entries"
+# Sheets handed to the tasks at once: their cells are held until they are drawn.
+SHEETS_PER_BATCH = 64
 
 
 class ReportError(FarmError, ValueError):
@@ -129,18 +128,19 @@ class _Build:
         self.store.put(key, data)
         self.report.keys.append(key)
 
-    def load(self, key: str) -> Image.Image:
-        return decode(self.store.get(key))
-
     def shots(self, bucket: int) -> list:
         shots = bucket_shots(self.spill, bucket)
         self.report.peak_shots = max(self.report.peak_shots, len(shots))
         return shots
 
     def run(self, max_pixels: int, workers, address, progress) -> Report:
-        report = self.report
         self.lay_out_sheets(max_pixels)
-        self.measure(workers, address, progress)
+        with TaskRunner(workers, address) as self.runner:
+            return self._run(max_pixels, progress)
+
+    def _run(self, max_pixels: int, progress) -> Report:
+        report = self.report
+        self.measure(progress)
         report.notes = _notes(self.census, report)
         report.summaries = [summarize_points(lora, sums.points(), curve)
                             for (lora, curve), sums in sorted(self.curves.items(),
@@ -198,19 +198,29 @@ class _Build:
                                                     for pos, shot in cells.items()}  # fmt: skip
 
     def draw_sheets(self, max_pixels: int) -> None:
+        """Draw every sheet as a task, a sheet bucket's sheets at a time."""
+
         def marks(b: int) -> dict[str, list[str]]:
             return dict(self.spill.read(MARKS, b))
 
+        calls: list[tuple] = []
+
+        def draw() -> None:
+            for _, keys in self.runner.run(draw_sheet, calls):
+                self.report.keys.extend(keys)  # type: ignore[arg-type]
+            calls.clear()
+
         for n, (title, rows_axis, cols_axis, cells) in enumerate(self._sheets(marks)):
-            pages = sheet_pages(title=title, rows=rows_axis, cols=cols_axis, cells=cells,
-                                load=self.load, max_pixels=max_pixels,
-                                cell_px=self.cell_px)  # fmt: skip
-            for suffix, png in pages:
-                self.put(f"{REPORT}sheets/{n:03d}-{_slug(sheet_name(title))}{suffix}.png", png)
+            name = f"{REPORT}sheets/{n:03d}-{_slug(sheet_name(title))}"
+            calls.append((self.store.url, name, title, rows_axis, cols_axis, cells, max_pixels,
+                          self.cell_px))  # fmt: skip
+            if len(calls) >= SHEETS_PER_BATCH:
+                draw()
+        draw()
 
     # 3. measure --------------------------------------------------------------------------
 
-    def measure(self, workers, address, progress) -> None:
+    def measure(self, progress) -> None:
         """Measure each bucket's series as tasks; keep their rows on disk and add them to
         their curves' sums."""
         report, store = self.report, self.store
@@ -218,31 +228,30 @@ class _Build:
         total = max(1, int(self.census.doc["plan"]["items"]))
         done = 0
         self.echo(f"measuring {', '.join(self.loras) or 'no swept LoRA'}")
-        with SeriesRunner(store.url, self.cell_px, workers, address) as runner:
-            for b in range(self.spill.buckets):
-                shots = self.shots(b)
-                report.planned += len(shots)
-                report.rendered += sum(1 for s in shots if s.key)
-                jobs = [SeriesJob(one, _animation_key(one, report.series + i), lora)
-                        for i, (lora, one) in enumerate(self._series(shots))]  # fmt: skip
+        for b in range(self.spill.buckets):
+            shots = self.shots(b)
+            report.planned += len(shots)
+            report.rendered += sum(1 for s in shots if s.key)
+            jobs = [SeriesJob(one, _animation_key(one, report.series + i), lora)
+                    for i, (lora, one) in enumerate(self._series(shots))]  # fmt: skip
 
-                def count(series_done: int, series_all: int, base=done, n=shots) -> None:
-                    if progress:
-                        progress(min(total, base + len(n) * series_done // series_all), total)
-
-                results: list[dict] = [{}] * len(jobs)
-                for i, result, computed in measure_all(store, jobs, self.cell_px, kept=kept,
-                                                       runner=runner, progress=count):  # fmt: skip
-                    results[i] = result
-                    report.measured += computed
-                    report.keys.append(f"{SERIES_CACHE}{jobs[i].key}-{self.cell_px}.json")
-                    if result["animation"]:
-                        report.keys.append(result["animation"])
-                for job, result in zip(jobs, results, strict=True):
-                    self._add_series(b, job, result["rows"])
-                done += len(shots)
+            def count(series_done: int, series_all: int, base=done, n=shots) -> None:
                 if progress:
-                    progress(min(total, done), total)
+                    progress(min(total, base + len(n) * series_done // series_all), total)
+
+            results: list[dict] = [{}] * len(jobs)
+            for i, result, computed in measure_all(store, jobs, self.cell_px, kept=kept,
+                                                   runner=self.runner, progress=count):  # fmt: skip
+                results[i] = result
+                report.measured += computed
+                report.keys.append(f"{SERIES_CACHE}{jobs[i].key}-{self.cell_px}.json")
+                if result["animation"]:
+                    report.keys.append(result["animation"])
+            for job, result in zip(jobs, results, strict=True):
+                self._add_series(b, job, result["rows"])
+            done += len(shots)
+            if progress:
+                progress(min(total, done), total)
         self.spill.flush()
 
     def _series(self, shots: list) -> list[tuple[str, Series]]:
@@ -278,7 +287,7 @@ class _Build:
             series = list(self.spill.read(ROWS, b))
             marks = _mark_collapsed([rows for *_, rows in series], spans)
             self.report.collapsed += len(marks)
-            pairs.add(series, {i: s.key for i, s in shots.items()}, self.load)
+            pairs.add(series, {i: s.key for i, s in shots.items()}, self.store.url, self.runner)
             response.add([r for *_, rows in series for r in rows])
             d0: dict[str, float] = {}
             for *_, rows in series:

@@ -132,28 +132,46 @@ def summarize(lora: str, rows: list[dict], curve: str | None = None) -> Summary:
     return summarize_points(lora, sums.points(), curve)
 
 
+class ExactSum:
+    """A sum of floats without rounding, whatever order they are added in: held as
+    Shewchuk's non-overlapping partials (what math.fsum does), a handful of floats."""
+
+    __slots__ = ("partials",)
+
+    def __init__(self) -> None:
+        self.partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        _add_exact(self.partials, x)
+
+    def value(self) -> float:
+        return math.fsum(self.partials)
+
+    def fraction(self) -> Fraction:
+        return sum(map(Fraction, self.partials), Fraction(0))
+
+
 class RunningMean:
     """A running mean and population variance of the finite values, exact whatever order
     they come in: a report measured bucket by bucket, or by more workers, or of a job
-    rendered in two halves, gives the same figures to the last bit. The sums are kept as
-    Shewchuk's non-overlapping partials (what math.fsum does), a handful of floats."""
+    rendered in two halves, gives the same figures to the last bit."""
 
     __slots__ = ("n", "_sum", "_squares")
 
     def __init__(self) -> None:
         self.n = 0
-        self._sum: list[float] = []
-        self._squares: list[float] = []
+        self._sum = ExactSum()
+        self._squares = ExactSum()
 
     def add(self, value: float) -> None:
         if math.isnan(value):
             return
         self.n += 1
-        _add_exact(self._sum, value)
-        _add_exact(self._squares, value * value)
+        self._sum.add(value)
+        self._squares.add(value * value)
 
     def value(self) -> float:
-        return math.fsum(self._sum) / self.n if self.n else math.nan
+        return self._sum.value() / self.n if self.n else math.nan
 
     def variation(self) -> float:
         """The coefficient of variation (population std / mean); nan with fewer than two
@@ -161,9 +179,7 @@ class RunningMean:
         mean = self.value()
         if self.n < 2 or not mean > 0:
             return math.nan
-        total = sum(map(Fraction, self._sum), Fraction(0))
-        squares = sum(map(Fraction, self._squares), Fraction(0))
-        variance = squares / self.n - (total / self.n) ** 2
+        variance = self._squares.fraction() / self.n - (self._sum.fraction() / self.n) ** 2
         return math.sqrt(max(float(variance), 0.0)) / mean
 
 

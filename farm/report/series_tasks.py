@@ -13,17 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from farm.report.series import Series
+from farm.report.tasks import TaskRunner
 
 SERIES_CACHE = "report/series/"
-# With no worker count given, series are measured in this process up to this many: below
-# it, starting processes (about a second each, importing numpy, scikit-image and Pillow)
-# costs more than it saves.
-PROCESS_MIN = 100
 # Bump when measuring or animating changes, so results kept by an older report are not used.
 MEASURE_VERSION = 1
 
@@ -73,7 +69,7 @@ def measure_one(store_url: str, job: SeriesJob, cell_px: int) -> dict:
 def measure_all(store, jobs: Sequence[SeriesJob], cell_px: int, *, workers: int | None = None,
                 address: str | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                kept: set[str] | None = None, runner: SeriesRunner | None = None,
+                kept: set[str] | None = None, runner: TaskRunner | None = None,
                 ) -> Iterator[tuple[int, dict, bool]]:  # fmt: skip
     """(index, result, computed) for every job, kept results first; the others computed
     as tasks. An animation kept under an older name is copied to the job's name. `kept`:
@@ -97,8 +93,9 @@ def measure_all(store, jobs: Sequence[SeriesJob], cell_px: int, *, workers: int 
         yield i, result, False
     with contextlib.ExitStack() as stack:
         if runner is None:
-            runner = stack.enter_context(SeriesRunner(store.url, cell_px, workers, address))
-        for i, result in runner.run([jobs[i] for i in todo]):
+            runner = stack.enter_context(TaskRunner(workers, address))
+        calls = [(store.url, jobs[i], cell_px) for i in todo]
+        for i, result in runner.run(measure_one, calls):
             done += 1
             if progress:
                 progress(done, len(jobs))
@@ -118,70 +115,6 @@ def _kept(store, name: str) -> dict | None:
     except Exception:  # noqa: BLE001 - a damaged cache entry is only a miss
         pass
     return None
-
-
-class SeriesRunner:
-    """Where series are measured: here, on a pool of processes, or on the Ray cluster at
-    `address`. The pool or the cluster is joined on first use and kept for every batch
-    of one report, so a report measured bucket by bucket starts its processes once."""
-
-    def __init__(self, store_url: str, cell_px: int, workers: int | None = None,
-                 address: str | None = None) -> None:  # fmt: skip
-        self.store_url, self.cell_px = store_url, cell_px
-        self.workers, self.address = workers, address
-        self._pool = None
-        self._remote = None
-
-    def __enter__(self) -> SeriesRunner:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-    def run(self, jobs: list[SeriesJob]) -> Iterator[tuple[int, dict]]:
-        if not jobs:
-            return
-        if self.address:
-            yield from self._on_ray(jobs)
-            return
-        count = self.workers or ((os.cpu_count() or 1) if len(jobs) >= PROCESS_MIN else 1)
-        if self._pool is None and (count == 1 or len(jobs) == 1):
-            for i, job in enumerate(jobs):
-                yield i, measure_one(self.store_url, job, self.cell_px)
-            return
-        from concurrent.futures import as_completed
-
-        pool = self._pool or self._start(count)
-        futures = {pool.submit(measure_one, self.store_url, job, self.cell_px): i
-                   for i, job in enumerate(jobs)}  # fmt: skip
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-
-    def _start(self, count: int):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # Spawned, not forked: the driver may hold threads (a store's pool, torch's) that a
-        # forked child would inherit half-locked.
-        context = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(max_workers=count, mp_context=context)
-        return self._pool
-
-    def _on_ray(self, jobs: list[SeriesJob]) -> Iterator[tuple[int, dict]]:
-        import ray
-
-        if self._remote is None:
-            from farm.run.ray_start import start_ray
-
-            start_ray(self.address)
-            self._remote = ray.remote(num_cpus=1)(measure_one)
-        pending = {self._remote.remote(self.store_url, job, self.cell_px): i
-                   for i, job in enumerate(jobs)}  # fmt: skip
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            yield pending.pop(ready[0]), ray.get(ready[0])
 
 
 def _caption(lora: str, strength: float, shot) -> str:

@@ -100,3 +100,22 @@ def sheet_name(title: str) -> str:
 
 def sheet_cell(shot: Shot, marks: dict[str, list[str]]) -> SheetCell:
     return SheetCell(shot.key, shot.flags + tuple(marks.get(shot.item_id, ())))
+
+
+def draw_sheet(store_url: str, name: str, title: str, rows: Axis, cols: Axis,
+               cells: dict[tuple[int, int], SheetCell], max_pixels: int,
+               cell_px: int) -> list[str]:  # fmt: skip
+    """A task: draw one sheet's pages from the store's images and put them as
+    `{name}{suffix}.png`; returns their keys."""
+    from farm.report.measure import decode
+    from farm.report.sheets import sheet_pages
+    from farm.storage import open_store
+
+    store = open_store(store_url)
+    keys = []
+    for suffix, png in sheet_pages(title=title, rows=rows, cols=cols, cells=cells,
+                                   load=lambda key: decode(store.get(key)),
+                                   max_pixels=max_pixels, cell_px=cell_px):  # fmt: skip
+        keys.append(f"{name}{suffix}.png")
+        store.put(keys[-1], png)
+    return keys
