@@ -32,6 +32,7 @@ from conftest import REPO
 import farm.storage.s3
 from farm.audit.verify import verify_job
 from farm.plan.sweep import expand, group_units, make_plan
+from farm.records import parts
 from farm.records.parts import (
     METADATA,
     SCHEMA,
@@ -40,6 +41,7 @@ from farm.records.parts import (
     completed_items,
     decode_part,
     encode_rows,
+    iter_compacted,
     iter_parts,
     part_key,
     read_rows,
@@ -416,6 +418,24 @@ def test_compact_is_idempotent(store):
     assert store.get(METADATA) == first
     assert read_metadata(store).to_pylist() == pq.ParquetFile(io.BytesIO(first)).read().to_pylist()
     assert METADATA in list(store.list())
+
+
+def test_compacted_rows_are_read_a_row_group_at_a_time(store, monkeypatch):
+    """A reader of metadata.parquet holds one row group, read from a file of the object."""
+    monkeypatch.setattr(parts, "ROW_GROUP_ROWS", 4)
+    ids = [f"i{n:02d}" for n in range(10)]
+    store.put(part_key("u1"), encode_rows([row(i) for i in reversed(ids)]))
+    assert compact(store) == 10
+    tables = list(iter_compacted(store, ["item_id", "worker"]))
+    assert [t.num_rows for t in tables] == [4, 4, 2]
+    assert [i for t in tables for i in t.column("item_id").to_pylist()] == ids
+    with store.reading(METADATA) as f:
+        assert f.read() == store.get(METADATA)
+    store.put(METADATA, b"PAR1 damaged")
+    with pytest.raises(CorruptPart, match="metadata.parquet"):
+        list(iter_compacted(store))
+    with pytest.raises(FileNotFoundError), store.reading("no-such-key"):
+        pass
 
 
 def test_compact_with_no_parts_writes_an_empty_table(store):

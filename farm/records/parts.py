@@ -85,6 +85,9 @@ SCHEMA = pa.schema(
 LATER_COLUMNS = {"flags", "threads", "named_key", "batch_items"}
 PARTS = "parts/"
 METADATA = "metadata.parquet"
+# Rows per row group of metadata.parquet: a reader takes the table a group at a time, so
+# a million rows never have to be in memory at once.
+ROW_GROUP_ROWS = 8192
 
 
 class CorruptPart(ValueError):
@@ -112,6 +115,23 @@ def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
         table = parquet.read(columns=columns, use_threads=False)
     except (pa.ArrowException, OSError) as err:
         raise CorruptPart(str(err).splitlines()[0]) from None
+    return _conform(table, columns)
+
+
+def iter_compacted(store: Store, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """metadata.parquet a row group at a time (ROW_GROUP_ROWS rows, as `compact` writes
+    it), read from a file rather than from its bytes in memory."""
+    with store.reading(METADATA) as f:
+        try:
+            parquet = pq.ParquetFile(f, pre_buffer=False)
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=columns, use_threads=False)
+                yield _conform(table, columns)
+        except (pa.ArrowException, OSError) as err:
+            raise CorruptPart(f"{METADATA}: {str(err).splitlines()[0]}") from None
+
+
+def _conform(table: pa.Table, columns: list[str] | None) -> pa.Table:
     missing = set(columns or SCHEMA.names) - set(table.column_names)
     if missing - LATER_COLUMNS:
         raise CorruptPart(f"missing columns {sorted(missing)}")
@@ -177,6 +197,6 @@ def compact(store: Store) -> int:
     table = read_rows(store)
     table = table.sort_by("item_id")
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     store.put(METADATA, buf.getvalue())
     return table.num_rows

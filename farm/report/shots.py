@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from farm.plan.stored import stored_plan
 from farm.plan.sweep import expand
-from farm.records.parts import METADATA, decode_part, iter_parts
+from farm.records.parts import METADATA, iter_compacted, iter_parts
 from farm.spec.prompts import PromptError, parse_prompt
 from farm.spec.strength import format_number, schedule_text
 from farm.storage.store import Store
@@ -57,7 +57,7 @@ def row_tables(store: Store, doc: dict, corrupt: list[str],
     """The job's rows, a table at a time; unreadable parts are added to `corrupt`."""
     # A finished job's rows are in one file; a running or stopped one has only parts.
     if doc.get("status") == "done" and store.exists(METADATA):
-        yield decode_part(store.get(METADATA), columns)
+        yield from iter_compacted(store, columns)
         return
     for key, table in iter_parts(store, columns):
         if isinstance(table, pa.Table):

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from farm import faults
 from farm.storage.store import Store, StoreError, StoreRefused
@@ -38,6 +40,8 @@ MULTIPART_BYTES = 64 * 1024 * 1024
 # store known to come back slowly wants more; a test of the give-up path, less).
 OUTAGE_SECONDS = float(os.environ.get("FARM_S3_OUTAGE_SECONDS", "45"))
 OUTAGE_PAUSE = 1.0  # between tries while the store is gone
+# An object read as a file (`reading`) stays in memory up to this size, then on disk.
+READ_SPOOL = 16 * 1024 * 1024
 _clients: dict[tuple[str | None, int], object] = {}
 _clients_lock = threading.Lock()
 _down_since: dict[str | None, float] = {}  # endpoint -> when it stopped answering
@@ -139,6 +143,29 @@ class S3Store(Store):
             if _code(err) in ("NoSuchKey", "404"):
                 raise FileNotFoundError(self._url(key)) from None
             raise self._error(self._url(key), err) from None
+
+    @contextlib.contextmanager
+    def reading(self, key: str) -> Iterator[BinaryIO]:
+        """The object downloaded into a spooled file: in memory while small, on the local
+        disk past READ_SPOOL bytes, so a large table never sits whole in memory."""
+        from botocore.exceptions import ClientError
+
+        with tempfile.SpooledTemporaryFile(max_size=READ_SPOOL) as f:
+
+            def download() -> None:
+                f.seek(0)
+                f.truncate()
+                self.client.download_fileobj(self.bucket, self._key(key), f)
+
+            try:
+                with self._errors(key, passthrough=True):
+                    self._ride_out(download)
+            except ClientError as err:
+                if _code(err) in ("NoSuchKey", "404"):
+                    raise FileNotFoundError(self._url(key)) from None
+                raise self._error(self._url(key), err) from None
+            f.seek(0)
+            yield f  # type: ignore[misc]
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from farm import faults
 from farm.errors import FarmError
@@ -60,6 +62,12 @@ class Store:
 
     def get(self, key: str) -> bytes:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def reading(self, key: str) -> Iterator[BinaryIO]:
+        """A seekable file of one object, for readers that take a large file a piece at a
+        time (a compacted Parquet table by row groups) without holding all its bytes."""
+        yield io.BytesIO(self.get(key))
 
     def exists(self, key: str) -> bool:
         raise NotImplementedError
@@ -157,6 +165,11 @@ class LocalStore(Store):
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    @contextlib.contextmanager
+    def reading(self, key: str) -> Iterator[BinaryIO]:
+        with self._path(key).open("rb") as f:
+            yield f
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
