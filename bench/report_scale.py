@@ -10,6 +10,8 @@ With `--workers 1 2`, the report is written once per worker count (series measur
 that many processes), then once more with nothing new: every series' result is kept.
 
     python bench/report_scale.py [--seeds 25 100] [--workers 1 2] [--keep DIR]
+
+With --keep, a job already made there is used again, so a large one is made once.
 """
 
 from __future__ import annotations
@@ -134,12 +136,14 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="farm-report-scale-"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}; peak RSS of `farm report` in its own process")  # fmt: skip
-    print("| images | make (s) | decode all, baseline (s) | workers | farm report (s) | ratio | "
-          "peak RSS (MiB) | report files |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| images | make (s) | decode all, baseline (s) | workers | farm report (s) | "
+          "ms / image | ratio | peak RSS (MiB) | report files |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for seeds in args.seeds:
         start = time.perf_counter()
-        job = make_job(root, seeds)
+        job = root / f"scale-{seeds}"
+        if not (args.keep and (job / "job.json").is_file()):
+            job = make_job(root, seeds)
         made = time.perf_counter() - start
         base = decode_all(job)
         n = len(PROMPTS) * seeds * len(STRENGTHS)
@@ -153,7 +157,8 @@ def main() -> None:
             files = sum(1 for p in (job / "report").rglob("*") if p.is_file())
             label = (str(workers) if workers else "default") + ("" if fresh else ", all kept")
             print(f"| {n:,} | {made:.0f} | {base:.1f} | {label} | {seconds:.1f} | "
-                  f"{seconds / base:.1f}× | {rss:.0f} | {files:,} |")  # fmt: skip
+                  f"{1000 * seconds / n:.2f} | {seconds / base:.1f}× | {rss:.0f} | {files:,} |",
+                  flush=True)  # fmt: skip
     print(f"(driver peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} "
           "MiB, not the report's)")  # fmt: skip
 

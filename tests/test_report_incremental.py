@@ -109,3 +109,21 @@ def test_the_driver_holds_one_bucket_of_shots_and_the_report_is_the_same(whole, 
 
 def _frozen(row: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+
+
+def test_the_scratch_folder_is_removed_after_a_report_and_after_a_refusal(whole, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    import tempfile
+
+    from farm.report.build import ReportError
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    job = tmp_path / "scratch"
+    shutil.copytree(whole, job, ignore=shutil.ignore_patterns("report"))
+    with pytest.raises(ReportError, match="--max-pixels"):
+        build_report(open_store(str(job)), max_pixels=100)
+    assert not (job / "report").exists() and list(scratch.iterdir()) == []
+    build_report(open_store(str(job)))
+    assert (job / "report" / "index.html").is_file() and list(scratch.iterdir()) == []
