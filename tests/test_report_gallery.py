@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from farm.report.gallery import gallery_files, write_gallery
+from farm.report.gallery import Chunking, gallery_files, write_gallery
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "</script><script>alert(1)</script>"
@@ -79,6 +80,26 @@ def load_index(files: dict[str, bytes]) -> dict:
     return json.loads(text[len(prefix) : -2])
 
 
+def load_pages(files: dict[str, bytes]) -> list[list[list]]:
+    """The rows of each data/entries-NNNN.js page, pages in order."""
+    pages: list[list[list]] = []
+    start = 0
+    names = sorted(n for n in files if n.startswith("data/entries-"))
+    for k, name in enumerate(names):
+        assert name == f"data/entries-{k:04d}.js"
+        text = files[name].decode()
+        match = re.fullmatch(r"window\.farmEntries\((\d+),(\d+),(.*)\);\n", text, re.S)
+        assert match and int(match.group(1)) == k and int(match.group(2)) == start, name
+        pages.append(json.loads(match.group(3)))
+        start += len(pages[-1])
+    return pages
+
+
+def load_rows(files: dict[str, bytes]) -> list[list]:
+    """Every entry row, in the gallery's order."""
+    return [row for page in load_pages(files) for row in page]
+
+
 def load_chunk(data: bytes) -> tuple[int, list]:
     match = re.fullmatch(r"window\.farmDetail\((\d+),(.*)\);\n", data.decode(), re.S)
     assert match, data[:80]
@@ -100,12 +121,16 @@ def test_index_is_json_after_the_assignment():
     index = load_index(files)
     assert index["title"] == "neon sweep" and index["notes"] == [NOTE]
     assert [a["name"] for a in index["axes"]] == ["prompt", "seed", "neon"]
-    assert index["count"] == len(index["entries"]) == 30
+    assert [a["counts"] for a in index["axes"]] == [[15, 15], [10, 10, 10], [6] * 5]
+    assert index["count"] == 30 and "entries" not in index
     assert index["src"] == ["../images/", ".png"]
+    # A small job: no chunk axis, one key whose single page holds every entry.
+    assert index["chunks"] == {"axes": [], "keys": [[[], 30, 0, 1]]}
+    rows = load_rows(files)
+    assert len(rows) == 30
     # Compact rows: [id, src (0 = the template), axis value indices, flags, d0].
-    first = index["entries"][0]
-    assert first == ["p0-s0-a0", 0, [0, 0, 0], [], 0.0]
-    flagged = [row for row in index["entries"] if row[3]]
+    assert rows[0] == ["p0-s0-a0", 0, [0, 0, 0], [], 0.0]
+    flagged = [row for row in rows if row[3]]
     assert [row[0] for row in flagged] == ["p0-s1-a1"]
     assert flagged[0][3] == ["black image"]
 
@@ -139,32 +164,21 @@ def test_details_are_chunked():
     assert sizes == [8, 8, 8, 6]
     _, last = load_chunk(files[names[-1]])
     assert last[-1]["row"]["item_id"] == "p1-s2-a1"
-    assert load_index(files)["chunk"] == 8
+    assert load_index(files)["detail"] == 8
 
 
-def test_entries_are_streamed_and_chunks_written_as_they_fill():
-    yielded = 0
-
-    def entries() -> Iterator[dict]:
-        nonlocal yielded
-        for entry in make_entries():
-            yielded += 1
-            yield entry
-
-    seen_at: dict[str, int] = {}
-    stream = entries()
-    count = write_gallery(
-        stream,
-        lambda name, _: seen_at.setdefault(name, yielded),
-        title="t",
-        axes=AXES,
-        detail_chunk=10,
-    )
-    assert count == 30
+def test_entries_are_read_once_and_the_page_put_last():
+    stream = make_entries()
+    put: list[str] = []
+    written = write_gallery(stream, lambda name, _: put.append(name), title="t", axes=AXES,
+                            detail_chunk=10)  # fmt: skip
+    assert written.count == 30 and written.chunk_axes == () and written.pages == 1
     assert next(stream, None) is None  # iterated once, to the end
-    assert seen_at["data/detail-0000.js"] == 10  # put before the 11th entry was read
-    assert seen_at["data/detail-0001.js"] == 20
-    assert list(seen_at)[-1] == "index.html"  # the page last, after its data
+    assert len(put) == len(set(put))  # each file put once
+    # The data first, then its index, then the page: a half-written report never opens.
+    data = {"data/entries-0000.js", *(f"data/detail-{k:04d}.js" for k in range(3))}
+    assert set(put[:4]) == data
+    assert put[4:] == ["data/index.js", "gallery.js", "gallery.css", "index.html"]
 
 
 def test_odd_entries_keep_their_place():
@@ -173,11 +187,14 @@ def test_odd_entries_keep_their_place():
     entries[2]["axes"]["neon"] = "1.5"  # a value the axis did not list
     del entries[2]["axes"]["seed"]
     entries[2]["d0"] = float("nan")
-    index = load_index(gallery_files(iter(entries), title="t", axes=AXES))
-    rows = index["entries"]
-    assert rows[1][1] == "../images/elsewhere.webp"
-    assert index["axes"][2]["values"][-1] == "1.5" and rows[2][2] == [0, -1, 5]
-    assert rows[2][4] is None
+    files = gallery_files(iter(entries), title="t", axes=AXES)
+    index = load_index(files)
+    rows = {row[0]: row for row in load_rows(files)}
+    assert rows[entries[0]["id"]][1] == 0  # the template's
+    assert rows[entries[1]["id"]][1] == "../images/elsewhere.webp"
+    assert index["axes"][2]["values"][-1] == "1.5" and rows[entries[2]["id"]][2] == [0, -1, 5]
+    assert rows[entries[2]["id"]][4] is None
+    assert index["axes"][2]["counts"] == [1, 1, 0, 0, 0, 1]
 
 
 def test_bad_axes_are_named():
@@ -192,6 +209,117 @@ def test_page_names_no_network_address():
     files = gallery_files(make_entries(), title="t", axes=AXES)
     for name, data in files.items():
         assert not re.search(rb"https?:|//[a-z]", data, re.I), name
+
+
+# ---- big galleries: one chunk key at a time, written in bounded memory ----------------------
+
+
+@pytest.mark.parametrize(
+    ("key_limit", "chunk_axes", "keys"),
+    [
+        (15, [0], [[0], [1]]),  # a prompt holds 15 entries: one prompt at a time
+        (10, [1], [[0], [1], [2]]),  # too many for one prompt: one seed at a time
+        (5, [0, 1], [[p, s] for p in range(2) for s in range(3)]),  # both, together
+    ],
+)
+def test_the_chunk_axes_split_a_big_gallery_finely_enough(key_limit, chunk_axes, keys):
+    chunking = Chunking(big_from=30, key_limit=key_limit, page=4)
+    files = gallery_files(make_entries(), title="t", axes=AXES, chunking=chunking)
+    table = load_index(files)["chunks"]
+    assert table["axes"] == chunk_axes and [key[0] for key in table["keys"]] == keys
+    pages = load_pages(files)
+    for values, count, first, n in table["keys"]:
+        rows = [row for page in pages[first : first + n] for row in page]
+        assert len(rows) == count and all(len(page) <= 4 for page in pages[first : first + n])
+        assert all([row[2][k] for k in chunk_axes] == values for row in rows)
+        # Within a key, in axis value order: seeds down, strengths across.
+        assert [row[2] for row in rows] == sorted(row[2] for row in rows)
+    assert sum(key[1] for key in table["keys"]) == 30 == len(load_rows(files))
+
+
+def test_sliders_never_wait_on_a_chunk_file():
+    axes = [
+        {"name": "step", "kind": "checkpoint", "values": [str(s) for s in range(10)]},
+        {"name": "neon", "kind": "strength", "values": STRENGTHS},
+    ]
+    entries = ({"id": f"c{c}-{a}", "axes": {"step": str(c), "neon": a}}
+               for c in range(10) for a in STRENGTHS)  # fmt: skip
+    put: dict[str, bytes] = {}
+    chunking = Chunking(big_from=10, key_limit=5, page=8)
+    written = write_gallery(entries, put.__setitem__, title="t", axes=axes, chunking=chunking)
+    # Strength and checkpoint axes are never chunk axes: all 50 entries load at once.
+    assert written.chunk_axes == () and load_index(put)["chunks"]["keys"] == [[[], 50, 0, 7]]
+
+
+def many_entries() -> Iterator[dict]:
+    """6 prompts x 50 seeds x 10 strengths, some of them on values the axes do not list."""
+    for p in range(6):
+        for seed in range(50):
+            for a in range(10):
+                prompt = f"prompt {p}" if p < 4 else ["zebra", "aardvark"][p - 4]
+                strength = str(a / 10) if a < 8 else ["2.5", "1.5"][a - 8]
+                yield {
+                    "id": f"m{p}-{seed}-{a}",
+                    "axes": {"prompt": prompt, "seed": str(seed), "neon": strength},
+                    "flags": ["odd"] if seed == 7 else [],
+                    "d0": a / 10,
+                    "detail": {"infotext": f"{prompt}, seed {seed}", "row": {"a": a / 10}},
+                }
+
+
+MANY_AXES = [
+    {"name": "prompt", "kind": "prompt", "values": [f"prompt {p}" for p in range(4)]},
+    {"name": "seed", "kind": "seed", "values": [str(s) for s in range(50)]},
+    {"name": "neon", "kind": "strength", "values": [str(a / 10) for a in range(8)]},
+]
+
+
+def test_the_writer_holds_a_bounded_number_of_entries_in_any_order(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the spill goes
+    # 3000 entries, sorted in runs of 60 merged 30 at a time: two rounds of merging.
+    chunking = Chunking(big_from=1000, key_limit=500, page=20, hold=60)
+    entries = list(many_entries())
+
+    def write(order: list[dict]) -> tuple[dict[str, bytes], int]:
+        files: dict[str, bytes] = {}
+        written = write_gallery(iter(order), files.__setitem__, title="t", axes=MANY_AXES,
+                                detail_chunk=10, chunking=chunking)  # fmt: skip
+        assert written.count == 3000 and written.chunk_axes == ("prompt",)
+        assert list(tmp_path.iterdir()) == []  # the spill is gone
+        return files, written.peak_held
+
+    whole, peak = write(entries)
+    assert 0 < peak <= chunking.hold
+    shuffled = entries[:]
+    random.Random(7).shuffle(shuffled)
+    assert write(shuffled) == (whole, peak)  # byte for byte
+    # A job rendered in two halves, the second half first: the same report.
+    assert write(entries[1500:] + entries[:1500])[0] == whole
+    index = load_index(whole)
+    # Values the axes did not list follow the listed ones, numbers in order.
+    assert index["axes"][0]["values"][4:] == ["aardvark", "zebra"]
+    assert index["axes"][2]["values"][8:] == ["1.5", "2.5"]
+    assert [key[1] for key in index["chunks"]["keys"]] == [500] * 6
+    assert len(whole) == 3000 // 20 + 3000 // 10 + 4
+
+
+def test_a_failed_write_leaves_no_spill(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    entries = [*list(make_entries())[:5], {"axes": {}}]
+    with pytest.raises(ValueError, match="gallery entry 5: it has no 'id'"):
+        gallery_files(iter(entries), title="t", axes=AXES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_chunking_that_cannot_hold_a_page_is_refused():
+    with pytest.raises(ValueError, match=r"chunking\.hold: 100 leaves no room"):
+        gallery_files(make_entries(), title="t", axes=AXES, chunking=Chunking(hold=100))
+    with pytest.raises(ValueError, match=r"chunking\.page: must be at least 1"):
+        gallery_files(make_entries(), title="t", axes=AXES, chunking=Chunking(page=0))
 
 
 # ---- the page in a browser --------------------------------------------------------------------
@@ -223,16 +351,17 @@ def report(tmp_path_factory) -> Path:
 
 
 class Watched:
-    """A page with its console errors, uncaught errors and requests recorded."""
+    """A page (a file, or a URL) with its console errors, uncaught errors and requests
+    recorded."""
 
-    def __init__(self, browser, index: Path):
+    def __init__(self, browser, index: Path | str):
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.goto(index.as_uri())
+        self.page.goto(index.as_uri() if isinstance(index, Path) else index)
         self.page.wait_for_selector(".cell")
 
     def assert_clean(self) -> None:
@@ -245,6 +374,11 @@ def watched(browser, report):
     page = Watched(browser, report / "index.html")
     yield page
     page.page.close()
+
+
+def data_files(watched: Watched) -> list[str]:
+    """The entry pages the page asked for, in order."""
+    return [url[url.rindex("/data/") + 1 :] for url in watched.requests if "/data/entries-" in url]
 
 
 def cell_ids(page) -> list[str]:
@@ -432,9 +566,13 @@ def test_paging_a_big_job(browser, tmp_path):
                     }
                     n += 1
 
-    report = write_report(job, gallery_files(entries(), title="big", axes=axes))
+    # Under big_from: no chunk axis, and every one of the 7 pages of entries loads at once.
+    chunking = Chunking(page=300)
+    report = write_report(job, gallery_files(entries(), title="big", axes=axes, chunking=chunking))
     watched = Watched(browser, report / "index.html")
     page = watched.page
+    assert data_files(watched) == [f"data/entries-{k:04d}.js" for k in range(7)]
+    assert page.locator('.filter[data-axis="prompt"] option').first.text_content() == "all"
     # 40 prompts x 5 seeds = 200 rows of 10: 8 pages of 25 rows.
     assert page.text_content("#page-info") == "page 1 of 8"
     assert page.evaluate("document.images.length") == 250
@@ -454,3 +592,138 @@ def test_paging_a_big_job(browser, tmp_path):
     assert page.locator(".slider-card").count() == 24
     watched.assert_clean()
     page.close()
+
+
+# ---- a big gallery in a browser: one prompt's files at a time -------------------------------
+
+BIG_PROMPTS = ["a red fox", f"neon {EVIL}", "a blue whale"]
+BIG_STRENGTHS = ["0", "0.25", "0.5", "0.75"]
+# 3 prompts x 60 seeds x 4 strengths = 720 entries: over big_from, and a prompt's 240 under
+# key_limit, so the page shows one prompt at a time, from 3 pages of at most 100 entries.
+BIG_CHUNKING = Chunking(big_from=500, key_limit=300, page=100)
+BIG_AXES = [
+    {"name": "prompt", "label": "prompt", "kind": "prompt", "values": BIG_PROMPTS},
+    {"name": "seed", "label": "seed", "kind": "seed", "values": [str(s) for s in range(60)]},
+    {"name": "neon", "label": "neon strength", "kind": "strength", "values": BIG_STRENGTHS},
+]
+
+
+def big_id(p: int, seed: int, a: int) -> str:
+    return f"b{p}-s{seed:02d}-a{a}"
+
+
+def big_entries() -> Iterator[dict]:
+    """The big gallery's entries, strengths outermost: not in the order the page uses."""
+    for a, strength in enumerate(BIG_STRENGTHS):
+        for p, prompt in enumerate(BIG_PROMPTS):
+            for seed in range(60):
+                yield {
+                    "id": big_id(p, seed, a),
+                    "src": f"../images/im{(seed + a) % 4}.png",
+                    "axes": {"prompt": prompt, "seed": str(seed), "neon": strength},
+                    "flags": ["black image"] if (p, seed, a) == (2, 3, 3) else [],
+                    "d0": float(strength),
+                    "detail": {"infotext": f"{prompt}, seed {seed}, neon {strength}"},
+                }
+
+
+@pytest.fixture(scope="module")
+def big_report(tmp_path_factory) -> Path:
+    job = tmp_path_factory.mktemp("bigjob")
+    (job / "images").mkdir()
+    for n in range(4):
+        Image.new("RGB", (16, 16), (60 * n, 90, 200 - 40 * n)).save(job / "images" / f"im{n}.png")
+    files = gallery_files(big_entries(), title="big", axes=BIG_AXES, detail_chunk=50,
+                          chunking=BIG_CHUNKING)  # fmt: skip
+    assert load_index(files)["chunks"]["axes"] == [0]
+    return write_report(job, files)
+
+
+def entry_scripts(page) -> list[str]:
+    return page.eval_on_selector_all(
+        "script[src*='data/entries-']", "nodes => nodes.map(n => n.getAttribute('src'))"
+    )
+
+
+def test_a_big_gallery_loads_one_prompt_at_a_time(browser, big_report):
+    watched = Watched(browser, big_report / "index.html")
+    page = watched.page
+    prompt = '.filter[data-axis="prompt"]'
+    # The chunk axis has no "all": the first prompt is shown, from its 3 pages only.
+    assert page.get_attribute(prompt, "data-chunk") == ""
+    assert texts(page, f"{prompt} option") == BIG_PROMPTS
+    assert page.input_value(prompt) == "0"
+    assert page.input_value("#row-axis") == "seed" and page.input_value("#col-axis") == "neon"
+    assert data_files(watched) == [f"data/entries-{k:04d}.js" for k in range(3)]
+    assert page.text_content("#page-info") == "page 1 of 3"  # 60 seeds, 25 rows a page
+    assert cell_ids(page) == [big_id(0, s, a) for s in range(25) for a in range(4)]
+    assert "720 images in all" in page.text_content("#summary")
+    page.click("#next")
+    assert cell_ids(page) == [big_id(0, s, a) for s in range(25, 50) for a in range(4)]
+
+    page.select_option(prompt, "2")
+    page.wait_for_selector(f'main[aria-busy="false"] .cell[data-id="{big_id(2, 0, 0)}"]')
+    assert page.text_content("#page-info") == "page 1 of 3"
+    assert cell_ids(page) == [big_id(2, s, a) for s in range(25) for a in range(4)]
+    # Prompt 2's pages were loaded, prompt 1's never; prompt 0's have left the document.
+    assert data_files(watched)[3:] == [f"data/entries-{k:04d}.js" for k in range(6, 9)]
+    assert entry_scripts(page) == [f"data/entries-{k:04d}.js" for k in range(6, 9)]
+    flagged = page.locator(".cell.flagged")
+    assert flagged.count() == 1 and flagged.get_attribute("data-id") == big_id(2, 3, 3)
+    # Back to the first prompt: its pages load again.
+    page.select_option(prompt, "0")
+    page.wait_for_selector(f'main[aria-busy="false"] .cell[data-id="{big_id(0, 0, 0)}"]')
+    assert data_files(watched)[6:] == [f"data/entries-{k:04d}.js" for k in range(3)]
+    page.select_option(prompt, "2")
+    page.wait_for_selector(f'main[aria-busy="false"] .cell[data-id="{big_id(2, 0, 0)}"]')
+
+    # Other filters work over the loaded entries: nothing more is loaded.
+    page.select_option(".filter[data-axis=neon]", "3")
+    assert cell_ids(page) == [big_id(2, s, 3) for s in range(25)]
+    page.select_option(".filter[data-axis=neon]", "all")
+    target = big_id(2, 1, 2)  # entry 480 + 4 + 2 of the gallery's order: detail file 9
+    page.click(f'.cell[data-id="{target}"] img')
+    page.wait_for_function(
+        "document.getElementById('detail-infotext').textContent.endsWith('neon 0.5')"
+    )
+    assert page.text_content("#detail-infotext") == f"{BIG_PROMPTS[2]}, seed 1, neon 0.5"
+    assert any(url.endswith("data/detail-0009.js") for url in watched.requests)
+    page.keyboard.press("Escape")
+
+    page.click("#view-slider")  # one slider per seed of prompt 2
+    assert page.text_content("#page-info") == "page 1 of 3"
+    card = page.locator(".slider-card").nth(3)
+    slider = card.locator("input[type=range]")
+    slider.evaluate("(r) => { r.value = '3'; r.dispatchEvent(new Event('input')); }")
+    assert card.get_attribute("data-id") == big_id(2, 3, 3)
+    assert card.locator(".slider-label").text_content() == "neon 0.75"
+    assert "flagged" in card.get_attribute("class")
+    assert len(data_files(watched)) == 12
+    watched.assert_clean()
+    page.close()
+
+
+def test_a_big_gallery_over_http(browser, big_report):
+    """`farm report --serve`: the same files through the report server, nothing else."""
+    import threading
+
+    from farm.report.serve import ReportServer
+    from farm.storage.store import LocalStore
+
+    server = ReportServer(LocalStore(big_report.parent))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        origin = server.url.split("/report/")[0]
+        watched = Watched(browser, server.url)
+        page = watched.page
+        page.select_option('.filter[data-axis="prompt"]', "1")
+        page.wait_for_selector(f'main[aria-busy="false"] .cell[data-id="{big_id(1, 0, 0)}"]')
+        assert EVIL in page.text_content('.filter[data-axis="prompt"] option:checked')
+        assert data_files(watched)[3:] == [f"data/entries-{k:04d}.js" for k in range(3, 6)]
+        assert watched.errors == []
+        assert all(url.startswith(origin + "/") for url in watched.requests)
+        page.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=30)

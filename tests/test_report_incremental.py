@@ -29,11 +29,12 @@ def whole(tmp_path_factory, tiny_dir) -> Path:
 
 
 def report_files(job: Path) -> dict[str, bytes]:
-    """The report's sheets and curves."""
+    """The report's sheets and curves, and the gallery's index and entries (its details
+    hold each row's render times, which differ between two renders of an image)."""
     report = job / "report"
     files = {p.relative_to(report).as_posix(): p.read_bytes()
-             for p in (report / "sheets").iterdir()}  # fmt: skip
-    files["curves.png"] = (report / "curves.png").read_bytes()
+             for p in [*(report / "sheets").iterdir(), *(report / "data").glob("entries-*.js"),
+                       report / "data" / "index.js", report / "curves.png"]}  # fmt: skip
     return files
 
 

@@ -102,6 +102,33 @@ def test_serves_report_images_and_metadata(served):
     Image.open(io.BytesIO(files["images/a.png"])).verify()
 
 
+def test_serves_every_file_of_a_chunked_gallery(tmp_path):
+    """A gallery big enough to load one prompt at a time: its entry pages, detail files
+    and index are all served, as scripts, byte for byte."""
+    from farm.report.gallery import Chunking, gallery_files
+
+    axes = [{"name": "prompt", "kind": "prompt", "values": ["a", "b"]},
+            {"name": "neon", "kind": "strength", "values": ["0", "1"]}]  # fmt: skip
+    entries = ({"id": f"{p}{n}", "axes": {"prompt": p, "neon": str(n % 2)}}
+               for p in "ab" for n in range(30))  # fmt: skip
+    chunking = Chunking(big_from=10, key_limit=30, page=8)
+    files = gallery_files(entries, title="t", axes=axes, detail_chunk=16, chunking=chunking)
+    assert {"data/entries-0007.js", "data/detail-0003.js"} <= set(files)
+    store = LocalStore(tmp_path)
+    for name, data in files.items():
+        store.put(f"report/{name}", data)
+    running = Running(ReportServer(store))
+    try:
+        for name, data in files.items():
+            status, headers, body = running.request("GET", f"/report/{name}")
+            assert (status, body) == (200, data), name
+            assert headers["Content-Type"] == content_type(name)
+            if name.endswith(".js"):
+                assert headers["Content-Type"] == "text/javascript; charset=utf-8"
+    finally:
+        running.stop()
+
+
 def test_url_opens_the_index(served):
     assert served.server.url == f"http://127.0.0.1:{served.server.port}/report/index.html"
     with urllib.request.urlopen(served.server.url) as resp:

@@ -83,6 +83,7 @@ class Report:
     # series, and one prompt's (with its settings), while laying out its sheets.
     peak_shots: int = 0
     peak_sheet_shots: int = 0
+    peak_gallery: int = 0  # the most gallery entries the gallery's writer held at once
 
     @property
     def sheets(self) -> list[str]:
@@ -308,10 +309,11 @@ class _Build:
 
     def write_gallery(self) -> None:
         entries = (e for b in range(self.spill.buckets) for e in self.spill.read(ENTRIES, b))
-        write_gallery(entries, lambda name, data: self.put(f"{REPORT}{name}", data),
+        written = write_gallery(entries, lambda name, data: self.put(f"{REPORT}{name}", data),
                       title=f"farm report: {self.report.job_id}", axes=self.axes,
                       notes=self.report.notes,
                       headlines=[run.sentence() for run in self.report.runs])  # fmt: skip
+        self.report.peak_gallery = written.peak_held
 
 
 def _training_order(loras: list[str], places: dict[str, Place]) -> list[str]:

@@ -1,15 +1,28 @@
 /* farm report gallery: grid and strength-slider views over window.FARM_GALLERY.
  *
  * Plain script, no framework, no network: data comes from data/index.js (set before this
- * file runs) and from data/detail-NNNN.js chunks, loaded by <script> injection because
- * fetch() is refused on file://. Data is only ever put into the page with textContent,
- * attributes and properties, never innerHTML.
+ * file runs), then from data/entries-NNNN.js pages and data/detail-NNNN.js chunks, loaded
+ * by <script> injection because fetch() is refused on file://. Data is only ever put into
+ * the page with textContent, attributes and properties, never innerHTML.
+ *
+ * data/index.js holds no entry: only the axes (values, and entries per value), the title,
+ * notes, headlines, the src template, and the chunk table: chunks.axes (axis positions)
+ * and chunks.keys, each [value indices on those axes, entries, first page, pages]. A page
+ * file calls window.farmEntries(page, start, rows): the gallery's entries start, start+1,
+ * ..., each row [id, src (0 = template), value indices (-1 = none), flags, d0]. A detail
+ * file calls window.farmDetail(k, details) for entries k*data.detail onwards.
+ * With no chunk axis (a small job) the page loads every page file at once. Otherwise each
+ * chunk axis's filter has no "all": the page loads the pages of the key its chunk filters
+ * select (the first key at the start), and only those; the other views and filters work
+ * over the loaded entries, so a slider never waits for a file.
  *
  * Stable hooks (tests and users' scripts rely on them):
  *   #view-grid, #view-slider         buttons switching the view (aria-pressed)
  *   #grid-view, #slider-view         the two views' containers (the hidden one is empty)
  *   #row-axis, #col-axis             <select> of axis names ("" = none) for grid rows/columns
  *   .filter[data-axis=NAME]          <select> per varying axis: "all" or a value's index
+ *   .filter[data-chunk]              a chunk axis's filter: a value's index (-1 = none), no "all"
+ *   main[aria-busy=true]             while the entries a view needs are loading
  *   #heatmap                         checkbox; #grid-view gets .heat-on, .heat overlays show
  *   #slider-axis                     <select> of the axis the sliders move along
  *   #prev, #next, #page-info         pager of the current view ("page k of n")
@@ -44,27 +57,29 @@
   var data = window.FARM_GALLERY;
   var $ = function (id) { return document.getElementById(id); };
 
-  if (!data || !Array.isArray(data.entries)) {
-    showNotes(["The gallery's data (data/index.js) could not be loaded."]);
+  if (!data || !data.chunks || !Array.isArray(data.axes)) {
+    showLines("notes", "note", ["The gallery's data (data/index.js) could not be loaded."]);
     return;
   }
 
   var axes = data.axes;
   var srcTemplate = data.src || ["../images/", ".png"];
-  var entries = data.entries.map(function (row, i) {
-    return {
-      index: i,
-      id: row[0],
-      src: row[1] || srcTemplate[0] + row[0] + srcTemplate[1],
-      v: row[2],
-      flags: row[3] || [],
-      d0: row[4] == null ? null : row[4]
-    };
+  var chunkAxes = data.chunks.axes;
+  var keys = data.chunks.keys.map(function (key) {
+    return { values: key[0], count: key[1], first: key[2], pages: key[3] };
   });
+  var keyAt = new Map();
+  keys.forEach(function (key, i) { keyAt.set(key.values.join(","), i); });
+  var entries = [];         // the entries of the loaded pages, in the gallery's order
+  var byIndex = new Map();  // entry.index -> entry, for the buttons that open one
   var varying = [];
-  axes.forEach(function (axis, k) { if (axis.values.length > 1) varying.push(k); });
+  axes.forEach(function (axis, k) {
+    if (axis.values.length > 1 || isChunkAxis(k)) varying.push(k);
+  });
 
   var state = { view: "grid", page: { grid: 0, slider: 0 }, filters: {} };
+  // A chunk axis is always filtered: the page opens on the first key.
+  if (keys.length) chunkAxes.forEach(function (k, j) { state.filters[k] = keys[0].values[j]; });
 
   // ---- helpers --------------------------------------------------------------------------
 
@@ -81,6 +96,8 @@
   }
 
   function valueOf(entry, k) { return k === NONE ? 0 : entry.v[k]; }
+
+  function isChunkAxis(k) { return chunkAxes.indexOf(k) >= 0; }
 
   function short(text, n) { return text.length > n ? text.slice(0, n - 1) + "\u2026" : text; }
 
@@ -120,9 +137,9 @@
     select.value = chosen === NONE ? "" : axes[chosen].name;
   }
 
-  function firstOf(pred, exclude) {
-    for (var i = 0; i < varying.length; i++) {
-      var k = varying[i];
+  function firstOf(list, pred, exclude) {
+    for (var i = 0; i < list.length; i++) {
+      var k = list[i];
       if (k !== exclude && pred(axes[k])) return k;
     }
     return NONE;
@@ -132,13 +149,17 @@
   function any() { return true; }
 
   function defaultAxes() {
-    var col = firstOf(isKind("strength"), NONE);
+    // A chunk axis shows one value at a time: rows and columns go to the others first.
+    var free = varying.filter(function (k) { return !isChunkAxis(k); });
+    var col = firstOf(free, isKind("strength"), NONE);
     // A training run's checkpoints go down, as on its contact sheets.
-    var row = firstOf(isKind("checkpoint"), col);
-    if (row === NONE) row = firstOf(isKind("seed"), col);
-    if (row === NONE) row = firstOf(isKind("prompt"), col);
-    if (row === NONE) row = firstOf(any, col);
-    if (col === NONE) col = firstOf(any, row);
+    var row = firstOf(free, isKind("checkpoint"), col);
+    if (row === NONE) row = firstOf(free, isKind("seed"), col);
+    if (row === NONE) row = firstOf(free, isKind("prompt"), col);
+    if (row === NONE) row = firstOf(free, any, col);
+    if (col === NONE) col = firstOf(free, any, row);
+    if (row === NONE) row = firstOf(varying, any, col);
+    if (col === NONE) col = firstOf(varying, any, row);
     return [row, col];
   }
 
@@ -157,21 +178,29 @@
     var box = $("filters");
     varying.forEach(function (k) {
       var axis = axes[k];
+      var chunked = isChunkAxis(k);
       var label = el("label", "filter-label");
       label.appendChild(document.createTextNode(axis.name + " "));
       var select = el("select", "filter");
       select.dataset.axis = axis.name;
-      select.appendChild(new Option("all", "all"));
+      if (chunked) select.dataset.chunk = "";
+      else select.appendChild(new Option("all", "all"));
+      // A chunk axis offers only the values its keys hold: each is a set of files.
+      var held = chunked ? keyValues(chunkAxes.indexOf(k)) : null;
+      if (held && held.has(NONE)) select.appendChild(new Option("\u2014", String(NONE)));
       axis.values.forEach(function (value, i) {
+        if (held && !held.has(i)) return;
         var option = new Option(short(value, 60), String(i));
-        option.title = value;
+        option.title = value + (axis.counts ? " (" + axis.counts[i] + " images)" : "");
         select.appendChild(option);
       });
+      if (chunked && k in state.filters) select.value = String(state.filters[k]);
       select.addEventListener("change", function () {
         if (select.value === "all") delete state.filters[k];
         else state.filters[k] = Number(select.value);
         resetPages();
-        render();
+        if (chunked) loadView();
+        else render();
       });
       label.appendChild(select);
       box.appendChild(label);
@@ -205,6 +234,12 @@
     render();
   }
 
+  function keyValues(j) {
+    var held = new Set();
+    keys.forEach(function (key) { held.add(key.values[j]); });
+    return held;
+  }
+
   function setView(view) {
     state.view = view;
     $("view-grid").setAttribute("aria-pressed", String(view === "grid"));
@@ -223,6 +258,13 @@
     state.page[state.view] = page;
     render();
     window.scrollTo(0, 0);
+  }
+
+  // In a big gallery, what the loaded entries are out of.
+  function ofAll() {
+    if (!chunkAxes.length) return "";
+    var names = chunkAxes.map(function (k) { return axes[k].name; }).join(" and ");
+    return " (" + data.count + " images in all, one " + names + " at a time)";
   }
 
   function setPager(page, count, summary) {
@@ -278,7 +320,7 @@
     var count = Math.max(1, Math.ceil(model.lines.length / ROWS_PER_PAGE));
     var page = Math.min(state.page.grid, count - 1);
     state.page.grid = page;
-    setPager(page, count, model.shown + " images, " + model.lines.length + " rows");
+    setPager(page, count, model.shown + " images, " + model.lines.length + " rows" + ofAll());
     $("empty").hidden = model.shown > 0;
 
     var tbody = null, current = null;
@@ -408,7 +450,7 @@
     var count = Math.max(1, Math.ceil(model.cards.length / CARDS_PER_PAGE));
     var page = Math.min(state.page.slider, count - 1);
     state.page.slider = page;
-    setPager(page, count, model.cards.length + " sliders");
+    setPager(page, count, model.cards.length + " sliders" + ofAll());
     $("empty").hidden = model.cards.length > 0;
     model.cards.slice(page * CARDS_PER_PAGE, (page + 1) * CARDS_PER_PAGE).forEach(function (card) {
       view.appendChild(sliderCard(card, model));
@@ -500,14 +542,14 @@
     $("detail-infotext").textContent = "loading\u2026";
     $("detail-row").tBodies[0].textContent = "";
     if (!dialog.open) dialog.showModal();
-    var k = Math.floor(entry.index / data.chunk);
+    var k = Math.floor(entry.index / data.detail);
     loadChunk(k, function (err) {
       if (opened !== entry) return;
       if (err) {
         $("detail-infotext").textContent = "The details could not be loaded (" + err.message + ").";
         return;
       }
-      var detail = chunks.get(k)[entry.index - k * data.chunk] || {};
+      var detail = chunks.get(k)[entry.index - k * data.detail] || {};
       $("detail-infotext").textContent = detail.infotext || "(no infotext)";
       fillRow(detail.row || {});
     });
@@ -542,13 +584,111 @@
     document.addEventListener("keydown", function (ev) { if (ev.key === "Escape") closeDetail(); });
     document.querySelector("main").addEventListener("click", function (ev) {
       var button = ev.target.closest(".open");
-      if (button) openDetail(entries[Number(button.dataset.index)]);
+      var entry = button && byIndex.get(Number(button.dataset.index));
+      if (entry) openDetail(entry);
     });
+  }
+
+  // ---- entry pages ----------------------------------------------------------------------
+
+  var pages = new Map();    // page number -> its entries, once its file has run
+  var scripts = new Map();  // page number -> its <script>, from the moment it is added
+  var wanted = null;        // { list, done } of the view waiting for its pages
+
+  window.farmEntries = function (p, start, rows) {
+    pages.set(p, rows.map(function (row, i) { return toEntry(row, start + i); }));
+    settle();
+  };
+
+  function toEntry(row, index) {
+    return {
+      index: index,
+      id: row[0],
+      src: row[1] || srcTemplate[0] + row[0] + srcTemplate[1],
+      v: row[2],
+      flags: row[3] || [],
+      d0: row[4] == null ? null : row[4]
+    };
+  }
+
+  // The pages the view needs: its chunk key's, or all of them when there is no chunk axis.
+  function viewPages() {
+    var chosen = keys.map(function (_, i) { return i; });
+    if (chunkAxes.length) {
+      var i = keyAt.get(chunkAxes.map(function (k) { return state.filters[k]; }).join(","));
+      chosen = i === undefined ? [] : [i];
+    }
+    var list = [];
+    chosen.forEach(function (i) {
+      for (var p = keys[i].first; p < keys[i].first + keys[i].pages; p++) list.push(p);
+    });
+    return list;
+  }
+
+  function need(list, done) {
+    wanted = { list: list, done: done };
+    list.forEach(function (p) {
+      if (pages.has(p) || scripts.has(p)) return;
+      var script = document.createElement("script");
+      script.src = "data/entries-" + String(p).padStart(4, "0") + ".js";
+      script.onerror = function () {
+        scripts.delete(p);
+        script.remove();
+        if (!wanted || wanted.list.indexOf(p) < 0) return;
+        var failed = wanted;
+        wanted = null;
+        failed.done(new Error(script.src));
+      };
+      scripts.set(p, script);
+      document.head.appendChild(script);
+    });
+    settle();
+  }
+
+  function settle() {
+    if (!wanted || !wanted.list.every(function (p) { return pages.has(p); })) return;
+    var ready = wanted;
+    wanted = null;
+    ready.done(null);
+  }
+
+  function loadView() {
+    var list = viewPages();
+    var main = document.querySelector("main");
+    main.setAttribute("aria-busy", "true");
+    $("summary").textContent = "loading\u2026";
+    need(list, function (err) {
+      main.setAttribute("aria-busy", "false");
+      if (err) addNote("The gallery's data (" + err.message + ") could not be loaded.");
+      // Only the shown pages stay: the page holds one key's entries, whatever the job's size.
+      var keep = new Set(list);
+      Array.from(scripts.keys()).forEach(function (p) {
+        if (keep.has(p) || !pages.has(p)) return;
+        pages.delete(p);
+        scripts.get(p).remove();
+        scripts.delete(p);
+      });
+      entries = [];
+      byIndex = new Map();
+      list.forEach(function (p) {
+        (pages.get(p) || []).forEach(function (entry) {
+          entries.push(entry);
+          byIndex.set(entry.index, entry);
+        });
+      });
+      render();
+    });
+  }
+
+  function addNote(text) {
+    $("notes").appendChild(el("p", "note", text));
+    $("notes").hidden = false;
   }
 
   // ---- start ----------------------------------------------------------------------------
 
   function render() {
+    if (wanted) return;  // the pages on their way render the view when they arrive
     var grid = state.view === "grid";
     $("grid-view").hidden = !grid;
     $("slider-view").hidden = grid;
@@ -561,5 +701,5 @@
   showLines("notes", "note", data.notes || []);
   buildControls();
   buildDetail();
-  render();
+  loadView();
 })();
