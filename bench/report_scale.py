@@ -113,11 +113,14 @@ def decode_all(job: Path) -> float:
 
 def report(job: Path, workers: int | None = None) -> tuple[float, float]:
     """`farm report` in its own process: seconds and the driver's peak RSS in MiB."""
-    code = ("import resource, sys, time; from farm.cli import main; "
+    # VmHWM, not ru_maxrss: a child started by fork and exec inherits its parent's
+    # ru_maxrss, which would report this bench's own peak as the report's.
+    code = ("import re, sys, time; from farm.cli import main; "
             "t = time.perf_counter()\ntry:\n main(['report', *sys.argv[1:]])\n"
             "except SystemExit: pass\n"
             "print('SECONDS', time.perf_counter() - t); "
-            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")  # fmt: skip
+            "status = open('/proc/self/status').read()\n"
+            "print('RSS', re.search(r'VmHWM:\\s+(\\d+)', status)[1])")  # fmt: skip
     more = ["--workers", str(workers)] if workers else []
     proc = subprocess.run([sys.executable, "-c", code, str(job), *more], capture_output=True,
                           text=True, check=True)  # fmt: skip
@@ -159,8 +162,8 @@ def main() -> None:
             print(f"| {n:,} | {made:.0f} | {base:.1f} | {label} | {seconds:.1f} | "
                   f"{1000 * seconds / n:.2f} | {seconds / base:.1f}× | {rss:.0f} | {files:,} |",
                   flush=True)  # fmt: skip
-    print(f"(driver peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} "
-          "MiB, not the report's)")  # fmt: skip
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"(this bench's own peak RSS {own:.0f} MiB, not the report's)")
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ from typing import Any
 
 from farm.report.gallery_chunks import (
     Chunking,
+    EntrySpill,
     Peak,
-    Spill,
     choose_chunk_axes,
     finite,
     sorted_records,
@@ -134,7 +134,7 @@ def write_gallery(
 
     with tempfile.TemporaryDirectory(prefix="farm-gallery-") as folder:
         # 2. Spill every entry, counting values as they come
-        spill = Spill(Path(folder), axes_out)
+        spill = EntrySpill(Path(folder), axes_out)
         try:
             for entry in entries:
                 spill.add(entry)

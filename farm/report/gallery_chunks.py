@@ -75,7 +75,7 @@ class Peak:
         self.value = max(self.value, self.reading + held)
 
 
-class Spill:
+class EntrySpill:
     """Entries as JSON lines in `folder`, with their counts per axis value kept beside.
 
     A record is [id, src, value indices, flags, d0, infotext, metadata row]. A value an
@@ -151,7 +151,7 @@ class Spill:
         return index
 
 
-def choose_chunk_axes(spill: Spill, chunking: Chunking) -> list[int]:
+def choose_chunk_axes(spill: EntrySpill, chunking: Chunking) -> list[int]:
     """The axes (by position) the page shows one value of at a time; [] loads everything."""
     if spill.count < chunking.big_from:
         return []
@@ -170,7 +170,7 @@ def choose_chunk_axes(spill: Spill, chunking: Chunking) -> list[int]:
 
 
 def sorted_records(
-    spill: Spill, remaps: list[list[int]], chunk_axes: list[int], *, hold: int, fan_in: int,
+    spill: EntrySpill, remaps: list[list[int]], chunk_axes: list[int], *, hold: int, fan_in: int,
     peak: Peak,
 ) -> Iterator[list]:  # fmt: skip
     """The spilled records, value indices final, in the gallery's order: by chunk key, then
@@ -200,7 +200,7 @@ def sorted_records(
 
 
 def _sorted_runs(
-    spill: Spill, remaps: list[list[int]], chunk_axes: list[int], hold: int, peak: Peak
+    spill: EntrySpill, remaps: list[list[int]], chunk_axes: list[int], hold: int, peak: Peak
 ) -> list[Path]:
     runs: list[Path] = []
     with spill.path.open(encoding="ascii", newline="\n") as source:
