@@ -163,3 +163,14 @@ def test_curve_sums_are_exact_in_any_order():
     one = RunningMean()
     one.add(0.5)
     assert one.value() == 0.5 and math.isnan(one.variation())
+
+
+def test_a_key_set_knows_its_keys_and_no_others():
+    from farm.report.key_set import KeySet
+
+    keys = KeySet(f"report/animations/{n:05d}-x.webp" for n in range(2000))
+    keys.add("report/index.html")
+    assert "report/index.html" in keys and "report/animations/01999-x.webp" in keys
+    assert "report/animations/02000-x.webp" not in keys and "" not in keys
+    keys.add("report/animations/02000-x.webp")  # added after a lookup: still found
+    assert "report/animations/02000-x.webp" in keys and None not in keys

@@ -54,7 +54,7 @@ def write_report(job_url: str, *, max_pixels: int, cell_px: int, workers: int | 
             "full-strength picture (framed on the sheets, flagged in the gallery)"
         )
     click.echo(f"report:   {job_url}/{INDEX}")
-    click.echo(f"          {len(report.sheets)} contact sheets, {len(report.animations)} "
+    click.echo(f"          {report.sheets} contact sheets, {report.animations} "
                f"animations, curves.png, response.parquet")  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from farm.report.census import Census, Facts, bucket_details, bucket_shots, gath
 from farm.report.curves import curves_png
 from farm.report.gallery import write_gallery
 from farm.report.gallery_axes import gallery_axes, gallery_entry
+from farm.report.key_set import KeySet
 from farm.report.response import (
     CurveSums,
     RunningMean,
@@ -47,9 +48,9 @@ from farm.report.series_tasks import (
     kept_results,
     measure_all,
 )
-from farm.report.sheet_sets import draw_sheet, sheet_cell, sheet_name, sheets_of
+from farm.report.sheet_sets import SeedBlocks, draw_sheet, sheet_cell, sheet_name, sheets_of
 from farm.report.sheets import DEFAULT_MAX_PIXELS, layout
-from farm.report.spill import sheet_bucket, shot_json, shot_of
+from farm.report.spill import shot_json, shot_of
 from farm.report.tasks import TaskRunner
 from farm.storage.store import Store
 
@@ -59,8 +60,9 @@ CURVES = f"{REPORT}curves.png"
 INDEX = f"{REPORT}index.html"
 # Bucket families on the local disk, besides the census' shots and details.
 ROWS, SHEETS, MARKS, ENTRIES = "rows", "sheets", "marks", "entries"
-# Sheets handed to the tasks at once: their cells are held until they are drawn.
+# Sheets handed to the tasks at once, and their cells, held until they are drawn.
 SHEETS_PER_BATCH = 64
+CELLS_PER_BATCH = 8000
 
 
 class ReportError(FarmError, ValueError):
@@ -73,7 +75,9 @@ class Report:
     planned: int
     rendered: int
     summaries: list[Summary]
-    keys: list[str] = field(default_factory=list)  # every file written, under the job
+    files: int = 0  # files written, under the job's report/
+    sheets: int = 0  # contact sheet pages
+    animations: int = 0
     notes: list[str] = field(default_factory=list)
     collapsed: int = 0  # images the report marked collapsed
     series: int = 0  # series measured in all
@@ -84,14 +88,6 @@ class Report:
     peak_shots: int = 0
     peak_sheet_shots: int = 0
     peak_gallery: int = 0  # the most gallery entries the gallery's writer held at once
-
-    @property
-    def sheets(self) -> list[str]:
-        return [k for k in self.keys if k.startswith(f"{REPORT}sheets/")]
-
-    @property
-    def animations(self) -> list[str]:
-        return [k for k in self.keys if k.startswith(f"{REPORT}animations/")]
 
 
 def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px: int = 256,
@@ -122,12 +118,21 @@ class _Build:
         self.places = {n: p for n, p in run_places(census.doc).items() if n in loras}
         self.loras = _training_order(loras, self.places)
         self.report = Report(census.doc["job_id"], 0, 0, [])
+        self.blocks = SeedBlocks(facts.all_seeds, facts.prompt_shots, census.per_bucket)
         self.curves: dict[tuple[str, str], CurveSums] = {}
+        self.written = KeySet()
         self.spans: dict[str, RunningMean] = {}
+
+    def wrote(self, key: str) -> None:
+        """Count a file this report leaves, and remember it for the cleanup."""
+        self.written.add(key)
+        self.report.files += 1
+        self.report.sheets += key.startswith(f"{REPORT}sheets/")
+        self.report.animations += key.startswith(f"{REPORT}animations/")
 
     def put(self, key: str, data: bytes) -> None:
         self.store.put(key, data)
-        self.report.keys.append(key)
+        self.wrote(key)
 
     def shots(self, bucket: int) -> list:
         shots = bucket_shots(self.spill, bucket)
@@ -161,10 +166,9 @@ class _Build:
         self.draw_sheets(max_pixels)
         self.echo("writing the gallery")
         self.write_gallery()
-        written = set(report.keys)
-        for key in list(self.store.list(REPORT)):
-            if key not in written:  # left by an earlier report of this job
-                self.store.delete(key)
+        stale = [key for key in self.store.list(REPORT) if key not in self.written]
+        for key in stale:  # left by an earlier report of this job
+            self.store.delete(key)
         return report
 
     def _curve_order(self, item) -> tuple[int, str]:
@@ -179,7 +183,7 @@ class _Build:
         report folder untouched."""
         for b in range(self.spill.buckets):
             for shot in self.shots(b):
-                self.spill.add(SHEETS, sheet_bucket(shot, self.spill.buckets), shot_json(shot))
+                self.spill.add(SHEETS, self.blocks.bucket(shot), shot_json(shot))
         self.spill.flush()
         for _, rows_axis, cols_axis, _ in self._sheets():
             try:
@@ -189,12 +193,12 @@ class _Build:
 
     def _sheets(self, marks: Callable[[int], dict] | None = None):
         varying = self.census.facts.varying()
-        for b in range(self.spill.buckets):
+        for b in range(self.blocks.buckets):
             shots = [shot_of(v) for v in self.spill.read(SHEETS, b)]
             self.report.peak_sheet_shots = max(self.report.peak_sheet_shots, len(shots))
             at = marks(b) if marks else {}
             for title, rows_axis, cols_axis, cells in sheets_of(shots, self.loras, self.places,
-                                                                varying):  # fmt: skip
+                                                                varying, self.blocks):  # fmt: skip
                 yield title, rows_axis, cols_axis, {pos: sheet_cell(shot, at)
                                                     for pos, shot in cells.items()}  # fmt: skip
 
@@ -205,17 +209,22 @@ class _Build:
             return dict(self.spill.read(MARKS, b))
 
         calls: list[tuple] = []
+        held = 0  # cells in `calls`
 
         def draw() -> None:
+            nonlocal held
             for _, keys in self.runner.run(draw_sheet, calls):
-                self.report.keys.extend(keys)  # type: ignore[arg-type]
+                for key in keys:  # type: ignore[attr-defined]
+                    self.wrote(key)
             calls.clear()
+            held = 0
 
         for n, (title, rows_axis, cols_axis, cells) in enumerate(self._sheets(marks)):
             name = f"{REPORT}sheets/{n:03d}-{_slug(sheet_name(title))}"
             calls.append((self.store.url, name, title, rows_axis, cols_axis, cells, max_pixels,
                           self.cell_px))  # fmt: skip
-            if len(calls) >= SHEETS_PER_BATCH:
+            held += len(cells)
+            if len(calls) >= SHEETS_PER_BATCH or held >= CELLS_PER_BATCH:
                 draw()
         draw()
 
@@ -245,9 +254,9 @@ class _Build:
                                                    runner=self.runner, progress=count):  # fmt: skip
                 results[i] = result
                 report.measured += computed
-                report.keys.append(f"{SERIES_CACHE}{jobs[i].key}-{self.cell_px}.json")
+                self.wrote(f"{SERIES_CACHE}{jobs[i].key}-{self.cell_px}.json")
                 if result["animation"]:
-                    report.keys.append(result["animation"])
+                    self.wrote(result["animation"])
             for job, result in zip(jobs, results, strict=True):
                 self._add_series(b, job, result["rows"])
             done += len(shots)
@@ -296,8 +305,7 @@ class _Build:
                     if not math.isnan(r["d0_pixel"]):
                         d0.setdefault(r["item_id"], r["d0_pixel"])
             for item_id, found in marks.items():
-                self.spill.add(MARKS, sheet_bucket(shots[item_id], self.spill.buckets),
-                               [item_id, found])  # fmt: skip
+                self.spill.add(MARKS, self.blocks.bucket(shots[item_id]), [item_id, found])
             for item_id, infotext, row in bucket_details(self.spill, b):
                 shot = shots[item_id]
                 entry = gallery_entry(shot, axes, d0.get(item_id), marks.get(item_id, []),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from farm.records.job_doc import read_job
 from farm.report.shots import Shot, detail_row, planned_shots, row_tables, shot_from_row
-from farm.report.spill import Spill, bucket_count, place_bucket, shot_json, shot_of
+from farm.report.spill import BUCKET_SHOTS, Spill, bucket_count, place_bucket, shot_json, shot_of
 from farm.storage.store import Store
 
 SHOTS = "shots"
@@ -25,6 +25,9 @@ class Facts:
 
     weights: dict[str, set[float]] = field(default_factory=dict)  # LoRA → every weight
     context: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    all_seeds: set[int] = field(default_factory=set)
+    # Images of each prompt with its settings (text, context), for the sheets' seed blocks.
+    prompt_shots: dict[tuple, int] = field(default_factory=lambda: defaultdict(int))
     # Over rendered shots only:
     prompts: dict[str, None] = field(default_factory=dict)  # in first-seen order
     seeds: set[int] = field(default_factory=set)
@@ -39,6 +42,8 @@ class Facts:
             self.weights.setdefault(x.name, set()).add(x.weight)
         for k, v in shot.context:
             self.context[k].add(v)
+        self.all_seeds.add(shot.seed)
+        self.prompt_shots[(shot.text, shot.context)] += 1
         if shot.key is None:
             return
         self.prompts.setdefault(shot.text)
@@ -76,6 +81,7 @@ class Census:
     spill: Spill
     corrupt_parts: list[str]
     rows: int  # rows read, a repeated item counted each time
+    per_bucket: int  # the shots a bucket aims at
 
 
 def gather(store: Store, spill_dir: str | None = None,
@@ -84,7 +90,8 @@ def gather(store: Store, spill_dir: str | None = None,
     gallery), adding the planned items that have no row yet."""
     doc = read_job(store)
     planned = int(doc["plan"]["items"])
-    buckets = bucket_count(planned, per_bucket) if per_bucket else bucket_count(planned)
+    per_bucket = per_bucket or BUCKET_SHOTS
+    buckets = bucket_count(planned, per_bucket)
     spill = Spill(buckets, spill_dir)
     facts = Facts()
     corrupt: list[str] = []
@@ -110,7 +117,7 @@ def gather(store: Store, spill_dir: str | None = None,
     except BaseException:
         spill.close()
         raise
-    return Census(doc, facts, spill, corrupt, rows)
+    return Census(doc, facts, spill, corrupt, rows, per_bucket)
 
 
 def bucket_shots(spill: Spill, bucket: int) -> list[Shot]:

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from farm.report.key_set import KeySet
 from farm.report.series import Series
 from farm.report.tasks import TaskRunner
 
@@ -69,7 +70,7 @@ def measure_one(store_url: str, job: SeriesJob, cell_px: int) -> dict:
 def measure_all(store, jobs: Sequence[SeriesJob], cell_px: int, *, workers: int | None = None,
                 address: str | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                kept: set[str] | None = None, runner: TaskRunner | None = None,
+                kept: KeySet | None = None, runner: TaskRunner | None = None,
                 ) -> Iterator[tuple[int, dict, bool]]:  # fmt: skip
     """(index, result, computed) for every job, kept results first; the others computed
     as tasks. An animation kept under an older name is copied to the job's name. `kept`:
@@ -102,8 +103,8 @@ def measure_all(store, jobs: Sequence[SeriesJob], cell_px: int, *, workers: int 
             yield todo[i], result, True
 
 
-def kept_results(store) -> set[str]:
-    return {k.removeprefix(SERIES_CACHE) for k in store.list(SERIES_CACHE)}
+def kept_results(store) -> KeySet:
+    return KeySet(k.removeprefix(SERIES_CACHE) for k in store.list(SERIES_CACHE))
 
 
 def _kept(store, name: str) -> dict | None:

@@ -23,8 +23,9 @@ from farm.report.shots import LoraSetting, Shot
 # Shots per bucket the report aims at. A bucket holds whole places (prompt, settings and
 # seed), so one bigger than this holds a single place's images.
 BUCKET_SHOTS = 5000
-# Lines kept in memory, over all buckets, before they are appended to their files.
-_FLUSH_LINES = 4096
+# Text kept in memory, over all buckets, before it is appended to the files: a line may be
+# a shot (a few hundred bytes) or a whole series' rows (a few kilobytes).
+_FLUSH_BYTES = 4 * 1024 * 1024
 
 
 def bucket_count(shots: int, per_bucket: int = BUCKET_SHOTS) -> int:
@@ -39,11 +40,6 @@ def place_bucket(shot: Shot, buckets: int) -> int:
 def _bucket(value: list, buckets: int) -> int:
     text = json.dumps(value, ensure_ascii=False)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest()) % buckets
-
-
-def sheet_bucket(shot: Shot, buckets: int) -> int:
-    """The bucket of a shot's prompt and settings, every seed: a sheet's shots."""
-    return _bucket([shot.text, shot.context], buckets)
 
 
 def shot_json(shot: Shot) -> list:
@@ -77,9 +73,10 @@ class Spill:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def add(self, family: str, bucket: int, value: object) -> None:
-        self._pending.setdefault((family, bucket), []).append(json.dumps(value, ensure_ascii=False))
-        self._held += 1
-        if self._held >= _FLUSH_LINES:
+        line = json.dumps(value, ensure_ascii=False)
+        self._pending.setdefault((family, bucket), []).append(line)
+        self._held += len(line)
+        if self._held >= _FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
@@ -98,7 +95,7 @@ class Spill:
 
     def write(self, family: str, bucket: int, values: Iterable[object]) -> None:
         """Replace one bucket's values."""
-        self._held -= len(self._pending.pop((family, bucket), ()))
+        self._held -= sum(map(len, self._pending.pop((family, bucket), ())))
         with self._path(family, bucket).open("w", encoding="utf-8") as f:
             for value in values:
                 f.write(json.dumps(value, ensure_ascii=False) + "\n")
@@ -106,7 +103,7 @@ class Spill:
     def _flush(self, family: str, bucket: int) -> None:
         lines = self._pending.pop((family, bucket), None)
         if lines:
-            self._held -= len(lines)
+            self._held -= sum(map(len, lines))
             with self._path(family, bucket).open("a", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
 
