@@ -178,7 +178,7 @@ class _Build:
     # 2. sheets ---------------------------------------------------------------------------
 
     def lay_out_sheets(self, max_pixels: int) -> None:
-        """Spread the shots to sheet buckets (a prompt and its settings each) and lay out
+        """Spread the shots to sheet buckets (a few blocks of a prompt's seeds each) and lay out
         every sheet. A cap too small for one cell is a bad flag, refused with the job's
         report folder untouched."""
         for b in range(self.spill.buckets):
