@@ -107,3 +107,37 @@ def test_verify_holds_a_bounded_number_of_rows_whatever_the_job(damaged):
     assert [p for p in verdict.problems if p.startswith(key)]
     whole = verify_job(open_store(str(job)), workers=1)  # one chunk holds the 16
     assert whole.peak_rows == 16 and whole.problems == verdict.problems
+
+
+def test_item_ids_are_compared_a_scratch_bucket_at_a_time(job, tmp_path, monkeypatch):
+    """Buckets of 3 ids (6 buckets for 16 items): a missing item, a repeated row and a
+    row the plan never made are found as with one bucket, and the first missing id named
+    is the smallest of all buckets'."""
+    import shutil
+
+    from farm.audit import verify
+    from farm.records.parts import encode_rows, read_rows
+
+    copy = tmp_path / "ids"
+    shutil.copytree(job, copy)
+    store = open_store(str(copy))
+    rows = sorted(read_rows(store).to_pylist(), key=lambda r: r["item_id"])
+    (copy / "metadata.parquet").unlink()
+    for part in (copy / "parts").iterdir():
+        part.unlink()
+    kept = rows[2:5] + rows[7:]  # items 0, 1, 5 and 6 have no row
+    foreign = dict(rows[9], item_id="f" * len(rows[9]["item_id"]))
+    store.put("parts/a.parquet", encode_rows(kept))
+    store.put("parts/b.parquet", encode_rows([rows[3], foreign]))
+
+    def problems() -> list[str]:
+        return verify_job(store, check_images=False).problems
+
+    whole = problems()
+    monkeypatch.setattr(verify, "IDS_PER_BUCKET", 3)
+    assert sorted(problems()) == sorted(whole)
+    assert f"4 planned items have no row (e.g. {rows[0]['item_id']}); run `farm resume " \
+        f"{store.url}`" in whole  # fmt: skip
+    assert f"item {rows[3]['item_id']}: 2 rows (expected exactly one)" in whole
+    assert f"item {foreign['item_id']}: has a row but is not in the plan" in whole
+    assert len(whole) == 3

@@ -16,9 +16,13 @@ import pyarrow as pa
 from farm.plan.stored import stored_plan
 from farm.plan.sweep import expand
 from farm.records.job_doc import read_job
-from farm.records.parts import METADATA, completed_items, decode_part, iter_parts
+from farm.records.parts import METADATA, completed_items, iter_parts
+from farm.storage.scratch import Spill, bucket_count, key_bucket
 from farm.storage.store import Store
 
+# Item ids a scratch bucket aims at, planned and seen: a few megabytes held at once.
+IDS_PER_BUCKET = 50_000
+PLANNED, SEEN = "planned", "seen"
 # Rows whose images one task hashes: big enough that a task's start-up (a store client,
 # a Ray task) is small beside its reads, small enough to spread a part over the workers.
 CHUNK = 256
@@ -39,9 +43,34 @@ class Verdict:
         return not self.problems
 
 
-def planned_items(store: Store, doc: dict) -> set[str]:
-    """Every item_id the job planned, rebuilt from job.json without reading LoRA files."""
-    return {item.item_id for item in expand(stored_plan(store, doc))}
+def _compare_ids(ids: Spill) -> tuple[int, tuple[int, str] | None, list[str]]:
+    """Planned item ids against those with rows, a bucket at a time: the number of items
+    with a row, (how many, the first) of the planned items with none (None when none),
+    and the problems of items with several rows or none planned."""
+    items, missing, first = 0, 0, None
+    problems: list[str] = []
+    for b in range(ids.buckets):
+        planned = set(ids.read(PLANNED, b))
+        seen = Counter(ids.read(SEEN, b))
+        items += len(seen)
+        gone = planned - seen.keys()
+        if gone:
+            missing += len(gone)
+            first = min(gone) if first is None else min(first, min(gone))
+        problems += [f"item {i}: {n} rows (expected exactly one)" for i, n in seen.items() if n > 1]
+        problems += [f"item {i}: has a row but is not in the plan" for i in seen.keys() - planned]
+    return items, ((missing, first) if missing else None), problems
+
+
+def _compacted_rows(store: Store) -> int | None:
+    """metadata.parquet's row count, from its footer; None when it cannot be read."""
+    import pyarrow.parquet as pq
+
+    with store.reading(METADATA) as f:
+        try:
+            return pq.ParquetFile(f).metadata.num_rows
+        except (pa.ArrowException, OSError):
+            return None
 
 
 def verify_job(store: Store, *, check_images: bool = True, limit: int = 20,
@@ -54,57 +83,59 @@ def verify_job(store: Store, *, check_images: bool = True, limit: int = 20,
     `workers` threads here (default: one per core). With `sample`, only that many rows'
     images are hashed, drawn at random with `seed` (a fresh one when None, recorded in the
     verdict); the rows are all checked. `progress(done, total)` is told as images are
-    checked. Rows stream part by part: the driver holds the item ids, the part being read,
+    checked. Rows stream part by part: the driver holds the part being read,
     and at most IN_FLIGHT chunks of `chunk` rows a worker and one chunk's remainder
-    (the verdict's peak_rows), whatever the job's size."""
+    (the verdict's peak_rows), whatever the job's size; item ids are compared a scratch
+    bucket at a time (farm/storage/scratch.py)."""
     doc = read_job(store)
     verdict = Verdict()
-    planned = planned_items(store, doc)
-    verdict.planned = len(planned)
-    seen: Counter[str] = Counter()
-    draw = _Reservoir(sample, seed) if check_images and sample is not None else None
-    if draw is not None:
-        verdict.sample_seed = draw.seed
-    # Every row's image is hashed as its part is read, a bounded number of chunks in
-    # flight: the driver holds the item ids, never every row.
-    hasher = Hasher(store, workers, address, progress, len(planned),
-                    chunk) if check_images and draw is None else None  # fmt: skip
-    for key, table in iter_parts(store):
-        if not isinstance(table, pa.Table):
-            verdict.problems.append(
-                f"{key}: corrupt part ({table}); resume renders its items again"
-            )
-            continue
-        columns = ["item_id", "image_key", "image_sha256"]
-        columns += ["named_key"] if "named_key" in table.column_names else []  # later column
-        part_rows = table.select(columns).to_pylist()
-        seen.update(r["item_id"] for r in part_rows)
-        verdict.rows += len(part_rows)
+    with Spill(bucket_count(int(doc["plan"]["items"]), IDS_PER_BUCKET)) as ids:
+        for item in expand(stored_plan(store, doc)):
+            ids.add(PLANNED, key_bucket(item.item_id, ids.buckets), item.item_id)
+            verdict.planned += 1
+        draw = _Reservoir(sample, seed) if check_images and sample is not None else None
         if draw is not None:
-            draw.offer(part_rows)
-        elif hasher is not None:
-            hasher.add(part_rows)
-    if draw is not None and draw.rows:
-        hasher = Hasher(store, workers, address, progress, len(draw.rows), chunk)
-        hasher.add(draw.rows)
+            verdict.sample_seed = draw.seed
+        # Every row's image is hashed as its part is read, a bounded number of chunks in
+        # flight; item ids go to the scratch buckets: the driver never holds every row.
+        hasher = Hasher(store, workers, address, progress, verdict.planned,
+                        chunk) if check_images and draw is None else None  # fmt: skip
+        for key, table in iter_parts(store):
+            if not isinstance(table, pa.Table):
+                verdict.problems.append(
+                    f"{key}: corrupt part ({table}); resume renders its items again"
+                )
+                continue
+            columns = ["item_id", "image_key", "image_sha256"]
+            columns += ["named_key"] if "named_key" in table.column_names else []  # later
+            part_rows = table.select(columns).to_pylist()
+            for r in part_rows:
+                ids.add(SEEN, key_bucket(r["item_id"], ids.buckets), r["item_id"])
+            verdict.rows += len(part_rows)
+            if draw is not None:
+                draw.offer(part_rows)
+            elif hasher is not None:
+                hasher.add(part_rows)
+        if draw is not None and draw.rows:
+            hasher = Hasher(store, workers, address, progress, len(draw.rows), chunk)
+            hasher.add(draw.rows)
+        ids.flush()
+        items, missing, found = _compare_ids(ids)
     problems = verdict.problems
-    missing = planned - seen.keys()
     if missing:
-        problems.append(f"{len(missing)} planned items have no row (e.g. {sorted(missing)[0]}); "
+        problems.append(f"{missing[0]} planned items have no row (e.g. {missing[1]}); "
                         f"run `farm resume {store.url}`")  # fmt: skip
-    for item_id, n in seen.items():
-        if n > 1:
-            problems.append(f"item {item_id}: {n} rows (expected exactly one)")
-    for item_id in seen.keys() - planned:
-        problems.append(f"item {item_id}: has a row but is not in the plan")
+    problems += found
     if hasher is not None:
         problems += hasher.finish()
         verdict.images_checked, verdict.tasks = hasher.checked, hasher.tasks
         verdict.peak_rows = hasher.peak
     if doc.get("status") == "done" and store.exists(METADATA) and not missing:
-        compacted = decode_part(store.get(METADATA), ["item_id"]).num_rows
-        if compacted != len(seen):
-            problems.append(f"{METADATA}: {compacted} rows, parts hold {len(seen)} items; "
+        compacted = _compacted_rows(store)
+        if compacted is None:
+            problems.append(f"{METADATA}: unreadable; rerun `farm resume` to compact again")
+        elif compacted != items:
+            problems.append(f"{METADATA}: {compacted} rows, parts hold {items} items; "
                             "rerun `farm resume` to compact again")  # fmt: skip
     if len(problems) > limit:
         verdict.problems = problems[:limit] + [f"… and {len(problems) - limit} more problems"]

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from farm.records.job_doc import read_job
 from farm.report.shots import Shot, detail_row, planned_shots, row_tables, shot_from_row
-from farm.report.spill import BUCKET_SHOTS, Spill, bucket_count, place_bucket, shot_json, shot_of
+from farm.report.spill import BUCKET_SHOTS, place_bucket, shot_json, shot_of
+from farm.storage.scratch import Spill, bucket_count
 from farm.storage.store import Store
 
 SHOTS = "shots"
