@@ -929,3 +929,31 @@ def test_s3_get_of_a_missing_key_names_its_url(s3):
     store = S3Store.from_url(s3.url(f"missing/{uuid4().hex}"))
     with pytest.raises(FileNotFoundError, match=f"{store.url}/nope"):
         store.get("nope")
+
+
+def test_a_scratch_folder_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch):
+    import tempfile
+
+    from farm.errors import FarmError
+    from farm.storage.scratch import Spill
+
+    with Spill(2, str(tmp_path)) as spill:
+        spill.add("ids", 1, "a")
+        spill.add("ids", 1, "b")
+        assert list(spill.read("ids", 1)) == ["a", "b"] and list(spill.read("ids", 0)) == []
+        # A bucket file the disk will not take (here: a folder in its place).
+        (spill.root / "ids-00000.jsonl").mkdir()
+        spill.add("ids", 0, "c")
+        with pytest.raises(
+            FarmError,
+            match=r"^scratch folder .*farm-scratch-.*: Is a "
+            r"directory; free space there or set TMPDIR",
+        ):
+            spill.flush()
+        root = spill.root
+    assert not root.exists()  # removed on close, error or not
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    with pytest.raises(FarmError, match=f"^scratch folder {not_a_folder}: Not a directory"):
+        Spill(1)

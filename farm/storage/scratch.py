@@ -13,12 +13,19 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+
+from farm.errors import FarmError
 
 # Text kept in memory, over all buckets, before it is appended to the files: a line may be
 # an item id (a few dozen bytes) or a whole series' rows (a few kilobytes).
 _FLUSH_BYTES = 4 * 1024 * 1024
+
+
+class ScratchError(FarmError):
+    """The local scratch folder cannot be written (no space, no folder): the reader stops
+    with one line that says where, and nothing half-written is left there."""
 
 
 def bucket_count(values: int, per_bucket: int) -> int:
@@ -36,7 +43,10 @@ class Spill:
 
     def __init__(self, buckets: int, parent: str | None = None) -> None:
         self.buckets = buckets
-        self.root = Path(tempfile.mkdtemp(prefix="farm-report-", dir=parent))
+        try:
+            self.root = Path(tempfile.mkdtemp(prefix="farm-scratch-", dir=parent))
+        except OSError as err:
+            raise _refused(parent or tempfile.gettempdir(), err) from None
         self._pending: dict[tuple[str, int], list[str]] = {}
         self._held = 0
 
@@ -70,19 +80,21 @@ class Spill:
             for line in f:
                 yield json.loads(line)
 
-    def write(self, family: str, bucket: int, values: Iterable[object]) -> None:
-        """Replace one bucket's values."""
-        self._held -= sum(map(len, self._pending.pop((family, bucket), ())))
-        with self._path(family, bucket).open("w", encoding="utf-8") as f:
-            for value in values:
-                f.write(json.dumps(value, ensure_ascii=False) + "\n")
-
     def _flush(self, family: str, bucket: int) -> None:
         lines = self._pending.pop((family, bucket), None)
         if lines:
             self._held -= sum(map(len, lines))
-            with self._path(family, bucket).open("a", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
+            try:
+                with self._path(family, bucket).open("a", encoding="utf-8") as f:
+                    f.write("\n".join(lines) + "\n")
+            except OSError as err:
+                raise _refused(self.root, err) from None
 
     def _path(self, family: str, bucket: int) -> Path:
         return self.root / f"{family}-{bucket:05d}.jsonl"
+
+
+def _refused(where: object, err: OSError) -> ScratchError:
+    reason = err.strerror or type(err).__name__
+    return ScratchError(f"scratch folder {where}: {reason}; free space there or set TMPDIR "
+                        "to a folder on a disk with room (about 4 KB an image)")  # fmt: skip
