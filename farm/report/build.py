@@ -75,7 +75,6 @@ class Report:
     planned: int
     rendered: int
     summaries: list[Summary]
-    files: int = 0  # files written, under the job's report/
     sheets: int = 0  # contact sheet pages
     animations: int = 0
     notes: list[str] = field(default_factory=list)
@@ -87,7 +86,6 @@ class Report:
     # series, and one prompt's (with its settings), while laying out its sheets.
     peak_shots: int = 0
     peak_sheet_shots: int = 0
-    peak_gallery: int = 0  # the most gallery entries the gallery's writer held at once
 
 
 def build_report(store: Store, *, max_pixels: int = DEFAULT_MAX_PIXELS, cell_px: int = 256,
@@ -126,7 +124,6 @@ class _Build:
     def wrote(self, key: str) -> None:
         """Count a file this report leaves, and remember it for the cleanup."""
         self.written.add(key)
-        self.report.files += 1
         self.report.sheets += key.startswith(f"{REPORT}sheets/")
         self.report.animations += key.startswith(f"{REPORT}animations/")
 
@@ -317,11 +314,10 @@ class _Build:
 
     def write_gallery(self) -> None:
         entries = (e for b in range(self.spill.buckets) for e in self.spill.read(ENTRIES, b))
-        written = write_gallery(entries, lambda name, data: self.put(f"{REPORT}{name}", data),
+        write_gallery(entries, lambda name, data: self.put(f"{REPORT}{name}", data),
                       title=f"farm report: {self.report.job_id}", axes=self.axes,
                       notes=self.report.notes,
                       headlines=[run.sentence() for run in self.report.runs])  # fmt: skip
-        self.report.peak_gallery = written.peak_held
 
 
 def _training_order(loras: list[str], places: dict[str, Place]) -> list[str]:

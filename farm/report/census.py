@@ -81,7 +81,6 @@ class Census:
     facts: Facts
     spill: Spill
     corrupt_parts: list[str]
-    rows: int  # rows read, a repeated item counted each time
     per_bucket: int  # the shots a bucket aims at
 
 
@@ -118,7 +117,7 @@ def gather(store: Store, spill_dir: str | None = None,
     except BaseException:
         spill.close()
         raise
-    return Census(doc, facts, spill, corrupt, rows, per_bucket)
+    return Census(doc, facts, spill, corrupt, per_bucket)
 
 
 def bucket_shots(spill: Spill, bucket: int) -> list[Shot]:

@@ -39,10 +39,6 @@ class KeySet:
         i = int(np.searchsorted(values, h))
         return i < len(values) and values[i] == h
 
-    def __len__(self) -> int:
-        """Keys added, a key added twice counted twice until the next lookup."""
-        return len(self._hashes)
-
 
 def _hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,17 +37,6 @@ RESPONSE_SCHEMA = pa.schema([
 ])  # fmt: skip
 
 
-def response_table(rows: list[dict], summaries: list[Summary],
-                   runs: list[RunComparison] = ()) -> bytes:  # fmt: skip
-    """response.parquet: a row per series and strength, a row per curve and strength, a
-    summary row per curve, and a recommendation row per training run."""
-    out = [{"kind": "strength", **r} for r in rows] + curve_rows(summaries, runs)
-    table = pa.Table.from_pylist(out, schema=RESPONSE_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
-
-
 class ResponseWriter:
     """response.parquet written as it is measured: the series' rows a batch at a time,
     then the rows of the curves and runs, which need every series."""
@@ -63,9 +51,9 @@ class ResponseWriter:
             self._writer.write_table(pa.Table.from_pylist(out, schema=RESPONSE_SCHEMA))
 
     def finish(self, summaries: list[Summary], runs: list[RunComparison]) -> None:
+        """The rows of the curves and runs, after every series'; `close` ends the file."""
         self._writer.write_table(pa.Table.from_pylist(curve_rows(summaries, runs),
                                                       schema=RESPONSE_SCHEMA))  # fmt: skip
-        self._writer.close()
 
     def close(self) -> None:
         self._writer.close()
