@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from farm.families.standard_configs import byte_symbols
 from farm.home import build_folder
 from farm.tiny.identity import (
     SCHEDULER_CONFIG,
@@ -117,7 +118,7 @@ def build_tokenizer():
 
 
 def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    symbols = list(_bytes_to_unicode().values())
+    symbols = byte_symbols()
     vocab_list = symbols + [s + "</w>" for s in symbols]
     merges: list[tuple[str, str]] = []
     for word in WORDS:
@@ -143,20 +144,3 @@ def _bpe(word: str, merges: list[tuple[str, str]]) -> list[str]:
             break
         parts[i : i + 2] = [parts[i] + parts[i + 1]]
     return parts
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level alphabet: every byte maps to a printable character.
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
