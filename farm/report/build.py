@@ -247,8 +247,8 @@ class _Build:
                     progress(min(total, base + len(n) * series_done // series_all), total)
 
             results: list[dict] = [{}] * len(jobs)
-            for i, result, computed in measure_all(store, jobs, self.cell_px, kept=kept,
-                                                   runner=self.runner, progress=count):  # fmt: skip
+            for i, result, computed in measure_all(store, jobs, self.cell_px, self.runner,
+                                                   kept, progress=count):  # fmt: skip
                 results[i] = result
                 report.measured += computed
                 self.wrote(f"{SERIES_CACHE}{jobs[i].key}-{self.cell_px}.json")

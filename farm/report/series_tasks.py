@@ -10,7 +10,6 @@ everything that shapes it, so a report of a grown or resumed job measures only w
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -67,16 +66,12 @@ def measure_one(store_url: str, job: SeriesJob, cell_px: int) -> dict:
     return result
 
 
-def measure_all(store, jobs: Sequence[SeriesJob], cell_px: int, *, workers: int | None = None,
-                address: str | None = None,
-                progress: Callable[[int, int], None] | None = None,
-                kept: KeySet | None = None, runner: TaskRunner | None = None,
+def measure_all(store, jobs: Sequence[SeriesJob], cell_px: int, runner: TaskRunner,
+                kept: KeySet, progress: Callable[[int, int], None] | None = None,
                 ) -> Iterator[tuple[int, dict, bool]]:  # fmt: skip
     """(index, result, computed) for every job, kept results first; the others computed
-    as tasks. An animation kept under an older name is copied to the job's name. `kept`:
-    the names under report/series/, listed once by a caller that measures in batches."""
-    if kept is None:
-        kept = kept_results(store)
+    as tasks on `runner`. An animation kept under an older name is copied to the job's
+    name. `kept`: the names under report/series/ (kept_results), listed once a report."""
     todo: list[int] = []
     done = 0
     for i, job in enumerate(jobs):
@@ -92,15 +87,12 @@ def measure_all(store, jobs: Sequence[SeriesJob], cell_px: int, *, workers: int 
         if progress:
             progress(done, len(jobs))
         yield i, result, False
-    with contextlib.ExitStack() as stack:
-        if runner is None:
-            runner = stack.enter_context(TaskRunner(workers, address))
-        calls = [(store.url, jobs[i], cell_px) for i in todo]
-        for i, result in runner.run(measure_one, calls):
-            done += 1
-            if progress:
-                progress(done, len(jobs))
-            yield todo[i], result, True
+    calls = [(store.url, jobs[i], cell_px) for i in todo]
+    for i, result in runner.run(measure_one, calls):
+        done += 1
+        if progress:
+            progress(done, len(jobs))
+        yield todo[i], result, True
 
 
 def kept_results(store) -> KeySet:
